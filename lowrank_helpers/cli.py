@@ -1,0 +1,228 @@
+"""``lowrank-study``: run the study notebook with papermill once per rank, then the summary.
+
+    lowrank-study                         # the reference run: 17 models, 100 epochs, figures
+    lowrank-study --smoke                 # a quick end-to-end run into runs/smoke/
+    lowrank-study --ranks 4 8 --seeds 0 1 2 --jobs 2
+    lowrank-study table                   # README's results table from the records
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .config import StudyConfig
+from .data import DATASETS
+from .layers import INITS
+from .models import METHODS
+from .results import check_writable, has_record
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Job:
+    name: str            # "full" or "r004"
+    config: StudyConfig  # the notebook's parameters for this job
+
+    def done(self) -> bool:
+        return all(has_record(run, self.config.results_dir) for run in self.config.runs())
+
+
+def plan_jobs(cfg: StudyConfig) -> list[Job]:
+    """One job for the full-rank baseline and one per rank (both factorized methods in it)."""
+    params = cfg.to_dict()
+    jobs = []
+    if "full" in cfg.methods:
+        jobs.append(Job("full", StudyConfig(**{**params, "methods": ["full"], "ranks": []})))
+    factorized = [m for m in cfg.methods if m != "full"]
+    if factorized:
+        jobs += [Job(f"r{r:03d}", StudyConfig(**{**params, "methods": factorized, "ranks": [r]}))
+                 for r in cfg.ranks]
+    return jobs
+
+
+def _find_notebook(path: str | None, name: str) -> Path:
+    candidates = [Path(path)] if path else [Path.cwd() / "notebooks" / name,
+                                            REPO / "notebooks" / name]
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    raise SystemExit(f"error: notebook {name} not found (looked in "
+                     f"{', '.join(map(str, candidates))}); run from the repository root or "
+                     f"pass its path")
+
+
+class Runner:
+    """Runs papermill jobs as subprocesses, so Ctrl-C or a kill can stop them all cleanly."""
+
+    def __init__(self, threads_per_job: int | None):
+        self.procs: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.env = dict(os.environ)
+        if threads_per_job:
+            self.env["OMP_NUM_THREADS"] = str(threads_per_job)
+
+    def papermill(self, notebook: Path, out: Path, params: dict) -> tuple[int, str]:
+        """Execute ``notebook`` into ``out``; it is written as ``*.running.ipynb`` until done."""
+        out.parent.mkdir(parents=True, exist_ok=True)
+        params_file = out.with_suffix(".params.json")  # the job's exact parameters, kept
+        params_file.write_text(json.dumps(params, indent=1))
+        running = out.with_name(out.stem + ".running.ipynb")
+        cmd = [sys.executable, "-m", "papermill", str(notebook), str(running), "-f",
+               str(params_file), "--cwd", str(notebook.parent), "-k", "python3",
+               "--no-progress-bar", "--log-level", "ERROR"]
+        proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        with self.lock:
+            self.procs.add(proc)
+        output, _ = proc.communicate()
+        with self.lock:
+            self.procs.discard(proc)
+        if proc.returncode == 0:
+            running.replace(out)
+        else:
+            running.replace(out.with_name(out.stem + ".failed.ipynb")) if running.exists() else None
+        return proc.returncode, output
+
+    def stop_all(self) -> None:
+        with self.lock:
+            for proc in self.procs:
+                proc.terminate()
+
+
+def run_batch(cfg: StudyConfig, args) -> int:
+    runs_dir = Path(args.runs_dir)
+    check_writable(cfg.results_dir)
+    study_nb = _find_notebook(args.notebook, "study.ipynb")
+    jobs = plan_jobs(cfg)
+    todo = [j for j in jobs if not j.done()]
+    print(f"{len(jobs)} jobs ({sum(len(j.config.runs()) for j in jobs)} runs): "
+          f"{len(jobs) - len(todo)} done already in {cfg.results_dir}, {len(todo)} to run, "
+          f"{args.jobs} at a time; executed notebooks go to {runs_dir}/")
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    runner = Runner(threads)
+    tag = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:6]
+    failed = []
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {pool.submit(runner.papermill, study_nb,
+                                   runs_dir / f"study-{cfg.dataset}-{job.name}-{tag}.ipynb",
+                                   job.config.to_dict()): job for job in todo}
+            with tqdm(total=len(todo), desc="jobs", unit="job") as bar:
+                for fut in as_completed(futures):
+                    job, (rc, output) = futures[fut], fut.result()
+                    bar.update()
+                    if rc != 0:
+                        failed.append(job.name)
+                        tqdm.write(f"job {job.name} FAILED (exit {rc}):\n{output[-3000:]}")
+                    else:
+                        tqdm.write(f"job {job.name} done")
+        if not args.no_summary:
+            summary_nb = _find_notebook(args.summary_notebook, "summary.ipynb")
+            rc, output = runner.papermill(
+                summary_nb, runs_dir / f"summary-{cfg.dataset}-{tag}.ipynb",
+                {"dataset": cfg.dataset, "results_dir": cfg.results_dir,
+                 "img_dir": str(Path(args.img_dir).resolve()), "smoke": cfg.smoke})
+            if rc != 0:
+                failed.append("summary")
+                print(f"summary FAILED (exit {rc}):\n{output[-3000:]}")
+            else:
+                print(f"figures written to {args.img_dir}/")
+    except KeyboardInterrupt:
+        runner.stop_all()
+        print("\ninterrupted: finished runs are kept in "
+              f"{cfg.results_dir}; run the same command again to resume", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if failed:
+        print(f"failed: {', '.join(failed)} (see the *.failed.ipynb notebooks in {runs_dir}/)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_table(args) -> int:
+    from .report import comparison_table
+    from .results import load_records
+    runs = load_records(args.results_dir, dataset=args.dataset)
+    if runs.empty:
+        print(f"error: no {args.dataset} records in {args.results_dir}", file=sys.stderr)
+        return 1
+    print(comparison_table(runs).to_markdown(index=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lowrank-study", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", nargs="?", default="run", choices=["run", "table"],
+                   help="run the study (default) or print the results table")
+    p.add_argument("--dataset", default="fashion_mnist", choices=list(DATASETS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
+                   help=f"any of {', '.join(METHODS)} (default: all)")
+    p.add_argument("--ranks", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32, 64, 128])
+    p.add_argument("--init", default="lora", help=f"init of the 'lora' method: "
+                   f"{', '.join(sorted(INITS))}")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", default="sgd")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--jobs", type=int, default=1, help="papermill jobs in parallel (default 1)")
+    p.add_argument("--results-dir", default=None, help="default: results (smoke: runs/smoke/"
+                   "results)")
+    p.add_argument("--runs-dir", default=None, help="executed notebooks (default: runs, "
+                   "smoke: runs/smoke)")
+    p.add_argument("--img-dir", default=None, help="figures (default: img, smoke: "
+                   "runs/smoke/img)")
+    p.add_argument("--data-root", default=None, help="data directory (default: $LOWRANK_DATA "
+                   "or ~/.cache/lowrank_helpers/data)")
+    p.add_argument("--notebook", default=None, help="study notebook (default: "
+                   "notebooks/study.ipynb)")
+    p.add_argument("--summary-notebook", default=None)
+    p.add_argument("--no-summary", action="store_true", help="skip the summary notebook")
+    p.add_argument("--smoke", action="store_true", help="tiny data, 2 epochs, 2 ranks")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    base = Path("runs/smoke") if args.smoke else Path(".")
+    args.results_dir = args.results_dir or str(base / "results")
+    args.runs_dir = args.runs_dir or str(Path("runs/smoke") if args.smoke else Path("runs"))
+    args.img_dir = args.img_dir or str(base / "img")
+    if args.command == "table":
+        return print_table(args)
+    if args.jobs < 1:
+        raise SystemExit(f"error: --jobs must be >= 1, got {args.jobs}")
+    try:
+        cfg = StudyConfig(dataset=args.dataset, methods=args.methods, ranks=args.ranks,
+                          init=args.init, epochs=args.epochs, batch_size=args.batch_size,
+                          lr=args.lr, optimizer=args.optimizer, seeds=args.seeds,
+                          device=args.device, results_dir=str(Path(args.results_dir).resolve()),
+                          data_root=(str(Path(args.data_root).resolve()) if args.data_root
+                                     else None), smoke=args.smoke)
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"error: {exc}")
+    return run_batch(cfg, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Figures of the study. Each takes data (and an optional ``ax``) and returns the figure."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .results import epochs_frame
+
+# The original's colours for ranks 4…128, extended to ranks 1 and 2 (and others, by cycling).
+RANK_COLORS = {1: "tab:cyan", 2: "tab:olive", 4: "blue", 8: "green", 16: "red", 32: "purple",
+               64: "orange", 128: "brown"}
+_EXTRA = plt.get_cmap("tab10").colors
+METHOD_STYLE = {"full": "-", "lora": "-", "ae": "--"}
+METHOD_NAMES = {"full": "full-rank", "lora": "LoRA layers", "ae": "autoencoder layers"}
+
+
+def rank_color(rank) -> str:
+    if pd.isna(rank):
+        return "black"
+    return RANK_COLORS.get(int(rank), _EXTRA[int(np.log2(max(int(rank), 1))) % len(_EXTRA)])
+
+
+def _ax(ax, figsize=(10, 5)):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+    return ax.figure, ax
+
+
+def _model_label(method: str, rank, init: str) -> str:
+    if method == "full":
+        return "full-rank MLP"
+    extra = "" if (method, init) in (("lora", "lora"), ("ae", "default")) else f", init {init}"
+    return f"{method} r={int(rank)}{extra}"
+
+
+def mean_band(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Mean, standard deviation, min, max and count of ``y`` over seeds, per ``x``."""
+    return df.groupby(x)[y].agg(["mean", "std", "min", "max", "count"]).reset_index()
+
+
+def plot_curves(runs: pd.DataFrame, metric: str = "test_accuracy", ax=None, title=None,
+                band: str = "std"):
+    """Test accuracy (or another per-epoch metric) against epoch, one line per model.
+
+    Full-rank in black, one colour per rank, autoencoder layers dashed, as in the original.
+    With several seeds per model: the mean line and a band (``band="std"``: ±1 standard
+    deviation; ``"minmax"``: the range over seeds).
+    """
+    fig, ax = _ax(ax)
+    epochs = epochs_frame(runs)
+    if epochs.empty:
+        ax.text(0.5, 0.5, "no records", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    scale = 100 if metric.endswith("accuracy") else 1
+    order = {"full": 0, "lora": 1, "ae": 2}
+    keys = (epochs[["method", "rank", "init"]].drop_duplicates()
+            .assign(o=lambda d: d.method.map(order), r=lambda d: d["rank"].fillna(0))
+            .sort_values(["o", "init", "r"]))
+    for _, key in keys.iterrows():
+        sel = ((epochs.method == key.method) & (epochs.init == key.init)
+               & (epochs["rank"].isna() if pd.isna(key["rank"]) else epochs["rank"] == key["rank"]))
+        stats = mean_band(epochs[sel], "epoch", metric)
+        n_seeds = int(stats["count"].max())
+        label = _model_label(key.method, key["rank"], key.init)
+        if n_seeds > 1:
+            label += f" ({n_seeds} seeds)"
+        color = rank_color(key["rank"])
+        ax.plot(stats.epoch, stats["mean"] * scale, METHOD_STYLE[key.method], color=color,
+                label=label, lw=1.5)
+        if n_seeds > 1:
+            lo, hi = ((stats["mean"] - stats["std"], stats["mean"] + stats["std"])
+                      if band == "std" else (stats["min"], stats["max"]))
+            ax.fill_between(stats.epoch, lo * scale, hi * scale, color=color, alpha=0.2, lw=0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(("test accuracy (%)" if scale == 100 else metric.replace("_", " ")))
+    ax.set_title(title or "Test accuracy per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right", ncol=2 if len(keys) > 8 else 1)
+    return fig
+
+
+def plot_final_vs(runs: pd.DataFrame, x: str = "rank", metric: str = "final_test_accuracy",
+                  ax=None, title=None):
+    """Final test accuracy against rank (``x="rank"``) or parameter count (``x="params"``) for
+    each factorized method; the full-rank level as a horizontal line. Mean ± std over seeds.
+    """
+    fig, ax = _ax(ax, figsize=(7, 4.5))
+    if runs.empty:
+        ax.text(0.5, 0.5, "no records", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    scale = 100 if metric.endswith("accuracy") else 1
+    factorized = runs[runs.method != "full"]
+    for (method, init), group in factorized.groupby(["method", "init"], sort=False):
+        stats = mean_band(group, x, metric).sort_values(x)
+        label = METHOD_NAMES[method] + ("" if (method, init) in (("lora", "lora"),
+                                                                 ("ae", "default"))
+                                        else f" (init {init})")
+        ax.errorbar(stats[x].astype(float), stats["mean"] * scale,
+                    yerr=stats["std"].fillna(0) * scale, fmt="o" + METHOD_STYLE[method],
+                    capsize=3, label=label)
+    full = runs[runs.method == "full"][metric]
+    if len(full):
+        mean, std = full.mean() * scale, (full.std() if len(full) > 1 else 0.0) * scale
+        ax.axhline(mean, color="black", lw=1.2, label=f"full-rank ({mean:.1f}%)"
+                   if scale == 100 else "full-rank")
+        if std > 0:
+            ax.axhspan(mean - std, mean + std, color="black", alpha=0.1, lw=0)
+        if x == "params":
+            ax.axvline(runs[runs.method == "full"]["params"].iloc[0], color="black", lw=0.8,
+                       ls=":", label="full-rank parameters")
+    ax.set_xscale("log", base=2 if x == "rank" else 10)
+    if x == "rank":
+        ranks = sorted(factorized["rank"].dropna().unique().astype(int))
+        ax.set_xticks(ranks, [str(r) for r in ranks])
+    ax.set_xlabel("rank r" if x == "rank" else "trainable parameters")
+    ax.set_ylabel("final test accuracy (%)" if scale == 100 else metric.replace("_", " "))
+    ax.set_title(title or f"Final test accuracy against {'rank' if x == 'rank' else 'parameters'}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def study_figures(runs: pd.DataFrame, dataset: str) -> dict[str, plt.Figure]:
+    """The study's standard figures, keyed by the file name they are saved under."""
+    runs = runs[runs.dataset == dataset]
+    name = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}.get(dataset, dataset)
+    ae, lora = runs[runs.method.isin(["full", "ae"])], runs[runs.method.isin(["full", "lora"])]
+    return {
+        f"{dataset}_ae_vs_full.png": plot_curves(ae, title=f"{name}: autoencoder layers vs full-rank"),
+        f"{dataset}_lora_vs_full.png": plot_curves(lora, title=f"{name}: LoRA layers vs full-rank"),
+        f"{dataset}_all.png": plot_curves(runs, title=f"{name}: all models"),
+        f"{dataset}_accuracy_vs_rank.png": plot_final_vs(runs, "rank", title=f"{name}: final "
+                                                         "test accuracy against rank"),
+        f"{dataset}_accuracy_vs_params.png": plot_final_vs(runs, "params", title=f"{name}: final "
+                                                           "test accuracy against parameters"),
+    }
+
+
+def save_figures(figures: dict[str, plt.Figure], img_dir, dpi: int = 110) -> list[str]:
+    from pathlib import Path
+    img_dir = Path(img_dir)
+    img_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fname, fig in figures.items():
+        fig.savefig(img_dir / fname, dpi=dpi, bbox_inches="tight")
+        paths.append(str(img_dir / fname))
+    return paths

@@ -1,0 +1,130 @@
+"""Tables and computed prose: this study's numbers beside the original study's.
+
+The original numbers are read off the original's three figures (LoRALinear README; Fashion-MNIST,
+reference protocol, one seed), to about ±2 points at epoch 1 and ±0.5 at epoch 100. The
+original shows ranks 4…128 only; it has no published numbers for ranks 1 and 2.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+#: (method, rank) -> (epoch-1 accuracy, epoch-100 accuracy) in %, as text (some are ranges).
+ORIGINAL = {
+    ("full", None): ("52.5", "84.5"),
+    ("lora", 4): ("43", "75.5"), ("lora", 8): ("62", "82.2"), ("lora", 16): ("61", "85.2"),
+    ("lora", 32): ("62.5", "86.4"), ("lora", 64): ("60", "86.2"), ("lora", 128): ("40", "86.5"),
+    ("ae", 4): ("10–13", "82.3"),
+    **{("ae", r): ("10–14", "83.5–84.5") for r in (8, 16, 32, 64, 128)},
+}
+
+
+def _midpoint(text: str) -> float:
+    lo, _, hi = text.partition("–")
+    return (float(lo) + float(hi or lo)) / 2
+
+
+def _fmt(values: pd.Series) -> str:
+    values = values.dropna() * 100
+    if len(values) == 0:
+        return "—"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.1f}"
+    return f"{values.mean():.1f} ± {values.std():.1f}"
+
+
+def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Epoch-1 and final test accuracy per model (mean ± std over seeds when there are several)
+    beside the original's numbers, with the final difference to the original's midpoint.
+
+    ``runs`` is :func:`lowrank_helpers.load_records` output for one data set and protocol.
+    """
+    rows = []
+    order = {"full": 0, "lora": 1, "ae": 2}
+    runs = runs.assign(_o=runs.method.map(order), _r=runs["rank"].fillna(0))
+    for (method, rank, init), group in runs.groupby(["method", "_r", "init"], sort=True):
+        group = group.sort_values("seed")
+        rank = None if method == "full" else int(rank)
+        orig = ORIGINAL.get((method, rank)) if init in ("lora", "default") else None
+        final = group.final_test_accuracy.dropna()
+        model = ("full-rank MLP" if method == "full" else
+                 f"{'LoRA layers' if method == 'lora' else 'autoencoder'} r={rank}"
+                 + ("" if init in ("lora", "default") else f" ({init} init)"))
+        diverged = group.diverged_epoch.notna().sum()
+        rows.append({
+            "_o": order[method], "_r": rank or 0, "model": model,
+            "parameters": int(group.params.iloc[0]), "seeds": len(group),
+            "epoch 1": _fmt(group.epoch1_test_accuracy),
+            "epoch 1 (original)": orig[0] if orig else "—",
+            "epochs": int(group.epochs.max()),
+            "final": _fmt(group.final_test_accuracy)
+            + (f" ({diverged} diverged)" if diverged else ""),
+            "epoch 100 (original)": orig[1] if orig else "—",
+            "final − original": (f"{final.mean() * 100 - _midpoint(orig[1]):+.1f}"
+                                 if orig and len(final) else "—"),
+        })
+    table = pd.DataFrame(rows).sort_values(["_o", "_r"]).drop(columns=["_o", "_r"])
+    return table.reset_index(drop=True)
+
+
+def _per_model(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds per (method, rank, init) of the headline metrics, plus epochs to 50 %."""
+    def first_above(history, level=0.5):
+        return next((h["epoch"] for h in history if (h["test_accuracy"] or 0) >= level), None)
+    runs = runs.assign(epochs_to_50=[first_above(h) for h in runs.history],
+                       rank=runs["rank"].astype("float"))
+    return (runs.groupby(["method", "init", "rank"], dropna=False)
+            .agg(final=("final_test_accuracy", "mean"), epoch1=("epoch1_test_accuracy", "mean"),
+                 params=("params", "first"), epochs=("epochs_done", "max"),
+                 to50_min=("epochs_to_50", "min"), to50_max=("epochs_to_50", "max"),
+                 seeds=("seed", "nunique"))
+            .reset_index())
+
+
+def discussion(runs: pd.DataFrame) -> str:
+    """A short discussion in Markdown whose every number is computed from ``runs``."""
+    m = _per_model(runs)
+    full = m[m.method == "full"]
+    lora = m[(m.method == "lora")].sort_values("rank")
+    ae = m[m.method == "ae"].sort_values("rank")
+    seeds = int(m.seeds.max()) if len(m) else 0
+    out = [f"*Computed from {len(runs)} records ({seeds} seed{'s' if seeds > 1 else ''} per "
+           "model{}).*".format(", means over seeds" if seeds > 1 else "")]
+    if len(full):
+        F, E = full.final.iloc[0], int(full.epochs.iloc[0])
+        P = full.params.iloc[0]
+        out.append(f"- **Full-rank MLP**: {full.epoch1.iloc[0]:.1%} after one epoch, "
+                   f"{F:.1%} after {E}.")
+    for name, part in (("LoRA layers", lora), ("Autoencoder layers", ae)):
+        if part.empty:
+            continue
+        best = part.loc[part.final.idxmax()]
+        text = (f"- **{name}**: {part.epoch1.min():.1%}–{part.epoch1.max():.1%} after one epoch "
+                f"across ranks {int(part['rank'].min())}–{int(part['rank'].max())}; best final "
+                f"accuracy {best.final:.1%} at rank {int(best['rank'])}")
+        if len(full):
+            text += f" ({best.params / P:.1%} of the full-rank parameters)"
+            match = part[part.final >= F]
+            text += (f"; rank {int(match['rank'].iloc[0])} and above "
+                     f"({match.params.iloc[0] / P:.1%} of the parameters) match or beat the "
+                     f"full-rank MLP" if len(match) and (match.index == part.index[-len(match):]).all()
+                     else f"; ranks matching the full-rank MLP: "
+                     f"{', '.join(str(int(r)) for r in match['rank']) or 'none'}")
+        low = part.iloc[0]
+        text += f". Rank {int(low['rank'])} ends at {low.final:.1%}"
+        slow = part.to50_max.max()
+        text += (f"; the slowest rank needs {int(slow)} epochs to pass 50 %." if pd.notna(slow)
+                 else "; some rank never passes 50 %.")
+        out.append(text)
+    diffs = []
+    for _, row in m.iterrows():
+        orig = ORIGINAL.get((row.method, None if pd.isna(row["rank"]) else int(row["rank"])))
+        if orig and row.init in ("lora", "default") and row.epochs == 100:
+            diffs.append((abs(row.final * 100 - _midpoint(orig[1])), row))
+    if diffs:
+        worst, row = max(diffs, key=lambda d: d[0])
+        within = sum(d <= 2 for d, _ in diffs)
+        label = "full-rank" if row.method == "full" else f"{row.method} r={int(row['rank'])}"
+        out.append(f"- **Against the original** (epoch 100): {within} of {len(diffs)} models "
+                   f"are within 2 points of the original's numbers; the largest difference is "
+                   f"{worst:.1f} points ({label}).")
+    return "\n".join(out)

@@ -1,0 +1,200 @@
+"""Run records: one JSON file per run, written atomically, loaded into pandas."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .config import RunConfig
+
+SCHEMA = 1
+REQUIRED = ("run_id", "config", "history", "parameters")
+
+
+class ResultsDirError(OSError):
+    """The results directory cannot be created or written."""
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the checkout this package runs from, "+dirty" if modified; None if unknown."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _finite_or_none(obj):
+    """JSON has no NaN/inf: store them as null (pandas reads null back as NaN)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def make_record(run: RunConfig, result, parameters: dict[str, int]) -> dict:
+    """The record of a finished run: config, metrics, parameter counts and provenance."""
+    from . import __version__
+    return _finite_or_none({
+        "schema": SCHEMA,
+        "run_id": run.run_id,
+        "name": run.name,
+        "config": run.to_dict(),
+        "parameters": parameters,
+        "init_test_accuracy": result.init_test_accuracy,
+        "init_test_loss": result.init_test_loss,
+        "history": result.history,
+        "diverged_epoch": result.diverged_epoch,
+        "wall_time": result.wall_time,
+        "device": result.device,
+        "torch_threads": torch.get_num_threads(),
+        "versions": {"lowrank_helpers": __version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+        "git_commit": git_commit(),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+
+
+def record_path(run: RunConfig, results_dir) -> Path:
+    return Path(results_dir) / f"{run.name}-{run.run_id}.json"
+
+
+def check_writable(results_dir) -> Path:
+    """Create ``results_dir`` if needed and check that a file can be written there."""
+    path = Path(results_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, suffix=".tmp"):
+            pass
+    except OSError as exc:
+        raise ResultsDirError(f"results directory {str(path)!r} cannot be written ({exc}); "
+                              "choose another with results_dir / --results-dir") from exc
+    return path
+
+
+def _write_atomic(record: dict, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1, ensure_ascii=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_record(record: dict, results_dir) -> Path:
+    """Write ``record`` atomically (temporary file, then rename) into ``results_dir``.
+
+    If that fails, the record is written to the system's temporary directory instead, so the
+    computed run is not lost, and ResultsDirError names both places.
+    """
+    path = Path(results_dir) / f"{record['name']}-{record['run_id']}.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(record, path)
+    except OSError as exc:
+        rescue = Path(tempfile.gettempdir()) / "lowrank_helpers-unsaved" / path.name
+        rescue.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(record, rescue)
+        raise ResultsDirError(f"could not write {path} ({exc}); the record was saved to "
+                              f"{rescue} instead: move it into your results directory") from exc
+    return path
+
+
+def read_record(path) -> dict:
+    """Load one record; raise ValueError if it is not a valid record."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"unreadable record {path}: {exc}") from exc
+    missing = [k for k in REQUIRED if not isinstance(record, dict) or k not in record]
+    if missing:
+        raise ValueError(f"record {path} lacks {', '.join(missing)}")
+    return record
+
+
+def has_record(run: RunConfig, results_dir) -> bool:
+    """True if a valid record of exactly this run exists (a corrupt one is warned about)."""
+    path = record_path(run, results_dir)
+    if not path.exists():
+        return False
+    try:
+        read_record(path)
+        return True
+    except ValueError as exc:
+        warnings.warn(f"{exc}; the run will be redone", stacklevel=2)
+        return False
+
+
+def _row(record: dict, path: Path) -> dict:
+    cfg = record["config"]
+    hist = record["history"]
+    last = hist[-1] if hist else {}
+    return {**{k: v for k, v in cfg.items() if k != "widths"},
+            "widths": "-".join(map(str, cfg.get("widths", ()))),  # hashable, one cell
+            "run_id": record["run_id"], "name": record.get("name"),
+            "params": record["parameters"].get("total"),
+            "init_test_accuracy": record.get("init_test_accuracy"),
+            "epoch1_test_accuracy": hist[0].get("test_accuracy") if hist else None,
+            "final_test_accuracy": last.get("test_accuracy"),
+            "final_test_loss": last.get("test_loss"),
+            "epochs_done": len(hist), "diverged_epoch": record.get("diverged_epoch"),
+            "wall_time": record.get("wall_time"), "device": record.get("device"),
+            "torch": record.get("versions", {}).get("torch"),
+            "git_commit": record.get("git_commit"), "history": hist, "path": str(path)}
+
+
+def load_records(results_dir, **where) -> pd.DataFrame:
+    """All records under ``results_dir`` as a DataFrame, one row per run.
+
+    Corrupt files are named in a warning and skipped. Keyword filters keep rows whose column
+    equals the value, or is in it when a list/tuple/set is given: ``load_records(d, rank=[4, 8])``.
+    """
+    rows = []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        try:
+            rows.append(_row(read_record(path), path))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            warnings.warn(f"skipping corrupt record {path}: {exc}", stacklevel=2)
+    df = pd.DataFrame(rows)
+    for col, value in where.items():
+        if df.empty:
+            break
+        if col not in df:
+            raise ValueError(f"unknown column {col!r}; columns: {', '.join(df.columns)}")
+        values = value if isinstance(value, (list, tuple, set)) else [value]
+        df = df[df[col].isin(values)]
+    if not df.empty:
+        df["rank"] = df["rank"].astype("Int64")  # full-rank runs have no rank
+    return df.reset_index(drop=True)
+
+
+def epochs_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """Long form of ``load_records``: one row per run and epoch, with the run's columns."""
+    keep = [c for c in runs.columns if c not in ("history", "path")]
+    parts = [pd.DataFrame(row.history).assign(**{c: row[c] for c in keep})
+             for _, row in runs.iterrows() if row.history]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
