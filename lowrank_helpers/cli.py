@@ -1,7 +1,7 @@
 """``lowrank-study``: run the study notebook with papermill once per rank, then the summary.
 
     lowrank-study                         # the reference run: 17 models, 100 epochs, figures
-    lowrank-study --smoke                 # a quick end-to-end run into runs/smoke/
+    lowrank-study --smoke                 # quick end-to-end run into {results,img,runs}/smoke
     lowrank-study --ranks 4 8 --seeds 0 1 2 --jobs 2
     lowrank-study table                   # README's results table from the records
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import StudyConfig
+from .config import StudyConfig, smoke_dir
 from .data import DATASETS
 from .layers import INITS
 from .models import METHODS
@@ -64,17 +64,19 @@ def _find_notebook(path: str | None, name: str) -> Path:
 
 
 class Runner:
-    """Runs papermill jobs as subprocesses, so Ctrl-C or a kill can stop them all cleanly."""
+    """Runs papermill jobs as subprocesses, so that Ctrl-C or a kill stops them all cleanly."""
 
     def __init__(self, threads_per_job: int | None):
         self.procs: set[subprocess.Popen] = set()
         self.lock = threading.Lock()
+        self.stopped = False
         self.env = dict(os.environ)
-        if threads_per_job:
+        if threads_per_job:  # parallel jobs share the cores instead of oversubscribing them
             self.env["OMP_NUM_THREADS"] = str(threads_per_job)
 
     def papermill(self, notebook: Path, out: Path, params: dict) -> tuple[int, str]:
-        """Execute ``notebook`` into ``out``; it is written as ``*.running.ipynb`` until done."""
+        """Execute ``notebook`` into ``out``; it is named ``*.running.ipynb`` until done and
+        ``*.failed.ipynb`` if it fails. Returns papermill's exit code and output."""
         out.parent.mkdir(parents=True, exist_ok=True)
         params_file = out.with_suffix(".params.json")  # the job's exact parameters, kept
         params_file.write_text(json.dumps(params, indent=1))
@@ -82,73 +84,95 @@ class Runner:
         cmd = [sys.executable, "-m", "papermill", str(notebook), str(running), "-f",
                str(params_file), "--cwd", str(notebook.parent), "-k", "python3",
                "--no-progress-bar", "--log-level", "ERROR"]
-        proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
         with self.lock:
+            if self.stopped:
+                return 130, "not started: the batch was interrupted"
+            # own session: a terminal's Ctrl-C reaches only us, and we pass it on once
+            proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
             self.procs.add(proc)
         output, _ = proc.communicate()
         with self.lock:
             self.procs.discard(proc)
         if proc.returncode == 0:
             running.replace(out)
-        else:
-            running.replace(out.with_name(out.stem + ".failed.ipynb")) if running.exists() else None
+        elif self.stopped:
+            running.unlink(missing_ok=True)  # interrupted, not failed: rerunning redoes it
+        elif running.exists():
+            running.replace(out.with_name(out.stem + ".failed.ipynb"))
         return proc.returncode, output
 
-    def stop_all(self) -> None:
+    def stop_all(self, grace: float = 20.0) -> None:
+        """Interrupt every papermill job (papermill then shuts its kernel down); kill laggards."""
         with self.lock:
-            for proc in self.procs:
-                proc.terminate()
+            self.stopped = True
+            procs = list(self.procs)
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def run_batch(cfg: StudyConfig, args) -> int:
     runs_dir = Path(args.runs_dir)
     check_writable(cfg.results_dir)
     study_nb = _find_notebook(args.notebook, "study.ipynb")
+    summary_nb = None if args.no_summary else _find_notebook(args.summary_notebook,
+                                                             "summary.ipynb")
     jobs = plan_jobs(cfg)
     todo = [j for j in jobs if not j.done()]
-    print(f"{len(jobs)} jobs ({sum(len(j.config.runs()) for j in jobs)} runs): "
-          f"{len(jobs) - len(todo)} done already in {cfg.results_dir}, {len(todo)} to run, "
-          f"{args.jobs} at a time; executed notebooks go to {runs_dir}/")
-    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
-    runner = Runner(threads)
+    print(f"{len(jobs)} jobs ({len(cfg.runs())} runs): {len(jobs) - len(todo)} done already in "
+          f"{cfg.results_dir}, {len(todo)} to run, {args.jobs} at a time; executed notebooks "
+          f"go to {runs_dir}/", flush=True)
+    runner = Runner(max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
     tag = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:6]
     failed = []
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a kill stops like Ctrl-C
+    pool, futures = ThreadPoolExecutor(max_workers=args.jobs), {}
     try:
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {pool.submit(runner.papermill, study_nb,
-                                   runs_dir / f"study-{cfg.dataset}-{job.name}-{tag}.ipynb",
-                                   job.config.to_dict()): job for job in todo}
-            with tqdm(total=len(todo), desc="jobs", unit="job") as bar:
-                for fut in as_completed(futures):
-                    job, (rc, output) = futures[fut], fut.result()
-                    bar.update()
-                    if rc != 0:
-                        failed.append(job.name)
-                        tqdm.write(f"job {job.name} FAILED (exit {rc}):\n{output[-3000:]}")
-                    else:
-                        tqdm.write(f"job {job.name} done")
-        if not args.no_summary:
-            summary_nb = _find_notebook(args.summary_notebook, "summary.ipynb")
+        futures = {pool.submit(runner.papermill, study_nb,
+                               runs_dir / f"study-{cfg.dataset}-{job.name}-{tag}.ipynb",
+                               job.config.to_dict()): job for job in todo}
+        with tqdm(total=len(todo), desc="jobs", unit="job") as bar:
+            for fut in as_completed(futures):
+                job, (rc, output) = futures[fut], fut.result()
+                bar.update()
+                if rc != 0:
+                    failed.append(job.name)
+                    tqdm.write(f"job {job.name} FAILED (exit {rc}):\n{output[-3000:]}")
+                else:
+                    tqdm.write(f"job {job.name} done")
+        if failed:
+            print("summary skipped: some jobs failed", file=sys.stderr)
+        elif summary_nb is not None:
             rc, output = runner.papermill(
                 summary_nb, runs_dir / f"summary-{cfg.dataset}-{tag}.ipynb",
                 {"dataset": cfg.dataset, "results_dir": cfg.results_dir,
-                 "img_dir": str(Path(args.img_dir).resolve()), "smoke": cfg.smoke})
+                 "img_dir": str(Path(args.img_dir).resolve()), "epochs": cfg.epochs,
+                 "lr": cfg.lr, "batch_size": cfg.batch_size, "optimizer": cfg.optimizer,
+                 "smoke": cfg.smoke})
             if rc != 0:
                 failed.append("summary")
-                print(f"summary FAILED (exit {rc}):\n{output[-3000:]}")
+                print(f"summary FAILED (exit {rc}):\n{output[-3000:]}", file=sys.stderr)
             else:
                 print(f"figures written to {args.img_dir}/")
     except KeyboardInterrupt:
+        for fut in futures:
+            fut.cancel()
         runner.stop_all()
+        pool.shutdown(wait=True)
         print("\ninterrupted: finished runs are kept in "
               f"{cfg.results_dir}; run the same command again to resume", file=sys.stderr)
         return 130
     finally:
+        pool.shutdown(wait=False)
         signal.signal(signal.SIGTERM, previous)
     if failed:
         print(f"failed: {', '.join(failed)} (see the *.failed.ipynb notebooks in {runs_dir}/)",
@@ -186,12 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--jobs", type=int, default=1, help="papermill jobs in parallel (default 1)")
-    p.add_argument("--results-dir", default=None, help="default: results (smoke: runs/smoke/"
-                   "results)")
-    p.add_argument("--runs-dir", default=None, help="executed notebooks (default: runs, "
-                   "smoke: runs/smoke)")
-    p.add_argument("--img-dir", default=None, help="figures (default: img, smoke: "
-                   "runs/smoke/img)")
+    p.add_argument("--results-dir", default=None, help="run records (default: results; "
+                   "with --smoke: results/smoke)")
+    p.add_argument("--runs-dir", default=None, help="executed notebooks (default: runs; "
+                   "with --smoke: runs/smoke)")
+    p.add_argument("--img-dir", default=None, help="figures (default: img; with --smoke: "
+                   "img/smoke)")
     p.add_argument("--data-root", default=None, help="data directory (default: $LOWRANK_DATA "
                    "or ~/.cache/lowrank_helpers/data)")
     p.add_argument("--notebook", default=None, help="study notebook (default: "
@@ -204,10 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    base = Path("runs/smoke") if args.smoke else Path(".")
-    args.results_dir = args.results_dir or str(base / "results")
-    args.runs_dir = args.runs_dir or str(Path("runs/smoke") if args.smoke else Path("runs"))
-    args.img_dir = args.img_dir or str(base / "img")
+    args.results_dir = args.results_dir or "results"
+    args.runs_dir = args.runs_dir or "runs"
+    args.img_dir = args.img_dir or "img"
+    if args.smoke:  # as the notebooks do: smoke output goes into smoke/ subfolders
+        args.runs_dir, args.img_dir = smoke_dir(args.runs_dir), smoke_dir(args.img_dir)
     if args.command == "table":
         return print_table(args)
     if args.jobs < 1:

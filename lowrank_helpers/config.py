@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable
 
@@ -16,8 +17,18 @@ from .layers import INITS, check_init, check_rank
 from .models import DEFAULT_WIDTHS, METHODS, check_method, method_init
 
 OPTIMIZERS = ("sgd", "adamw")
-#: What ``smoke=True`` shrinks a study to (the only place smoke sizes are set).
-SMOKE = {"epochs": 2, "train_subset": 1024, "test_subset": 512, "max_ranks": 2, "max_seeds": 1}
+#: What ``smoke=True`` shrinks a study to (the only place smoke sizes are set). Smoke runs write
+#: into a ``smoke`` subfolder of the results and figure directories, never beside real results.
+SMOKE = {"epochs": 2, "train_subset": 1024, "test_subset": 512, "max_ranks": 2, "max_seeds": 1,
+         "subdir": "smoke"}
+#: Setting this environment variable to 1 turns smoke mode on in every notebook (tests and CI).
+SMOKE_ENV = "LOWRANK_SMOKE"
+
+
+def smoke_dir(path: str) -> str:
+    """``path/smoke`` (idempotent): where smoke mode writes instead of ``path``."""
+    return path if os.path.basename(os.path.normpath(path)) == SMOKE["subdir"] else \
+        os.path.join(path, SMOKE["subdir"])
 
 
 def _kind_ok(value, kind: str) -> bool:
@@ -157,10 +168,13 @@ class NotebookParams:
     def from_notebook(cls, namespace: dict[str, Any], before: Iterable[str]):
         """Build from the names a notebook's parameters cell (and papermill's injected cell)
         defined: every public global that is not in ``before``, the names that existed before.
+        ``$LOWRANK_SMOKE=1`` turns smoke mode on (how tests run the notebooks).
         """
         before = set(before)
         params = {k: v for k, v in namespace.items()
                   if not k.startswith("_") and k not in before}
+        if os.environ.get(SMOKE_ENV) == "1" and "smoke" in cls.parameter_names():
+            params["smoke"] = True
         return cls.from_params(params)
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,7 +202,7 @@ class StudyConfig(NotebookParams):
     device: str = "auto"
     results_dir: str = "../results"
     data_root: str | None = None
-    smoke: bool = False
+    smoke: bool = False        # tiny data, 2 epochs, 2 ranks, 1 seed; writes into results_dir/smoke
     train_subset: int | None = field(default=None, repr=False)  # set by smoke
     test_subset: int | None = field(default=None, repr=False)
 
@@ -225,6 +239,7 @@ class StudyConfig(NotebookParams):
             object.__setattr__(self, "seeds", self.seeds[:SMOKE["max_seeds"]])
             object.__setattr__(self, "train_subset", SMOKE["train_subset"])
             object.__setattr__(self, "test_subset", SMOKE["test_subset"])
+            object.__setattr__(self, "results_dir", smoke_dir(self.results_dir))
         self.runs()  # every run's own checks (optimizer, lr, ...) fail here, before any training
 
     @property
@@ -272,6 +287,8 @@ class SummaryConfig(NotebookParams):
         check_optimizer(self.optimizer)
         if self.smoke:
             object.__setattr__(self, "epochs", min(self.epochs, SMOKE["epochs"]))
+            object.__setattr__(self, "results_dir", smoke_dir(self.results_dir))
+            object.__setattr__(self, "img_dir", smoke_dir(self.img_dir))
 
     def record_filter(self) -> dict[str, Any]:
         """Keyword filters for :func:`load_records` that select this protocol's records."""

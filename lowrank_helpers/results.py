@@ -117,8 +117,11 @@ def save_record(record: dict, results_dir) -> Path:
         _write_atomic(record, path)
     except OSError as exc:
         rescue = Path(tempfile.gettempdir()) / "lowrank_helpers-unsaved" / path.name
-        rescue.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(record, rescue)
+        try:
+            rescue.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(record, rescue)
+        except OSError as exc2:
+            raise ResultsDirError(f"could not write {path} ({exc}) nor {rescue} ({exc2})") from exc
         raise ResultsDirError(f"could not write {path} ({exc}); the record was saved to "
                               f"{rescue} instead: move it into your results directory") from exc
     return path
@@ -158,6 +161,7 @@ def _row(record: dict, path: Path) -> dict:
             "run_id": record["run_id"], "name": record.get("name"),
             "params": record["parameters"].get("total"),
             "init_test_accuracy": record.get("init_test_accuracy"),
+            "init_test_loss": record.get("init_test_loss"),
             "epoch1_test_accuracy": hist[0].get("test_accuracy") if hist else None,
             "final_test_accuracy": last.get("test_accuracy"),
             "final_test_loss": last.get("test_loss"),

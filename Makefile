@@ -1,0 +1,48 @@
+# Two commands for a fresh machine; each does its own set-up.
+#   make study   run the study (the reference sweep: 17 models x 100 epochs) -> results/, img/
+#   make test    run the tests (unit, notebooks in smoke mode, papermill batch, browser)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STUDY_ARGS ?=
+
+.PHONY: setup system-deps study smoke test notebooks lab bench table clean-smoke
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+# Best effort, Debian/Ubuntu as root only: Fashion-MNIST from the distribution (used when
+# there is no network for torchvision's download) and Chromium for the browser test.
+system-deps:
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -q && apt-get install -y -q dataset-fashion-mnist chromium; \
+	else echo "system-deps: no apt-get or not root; skipping (data will be downloaded)"; fi
+
+study: setup
+	@[ -d /usr/share/datasets/fashion-mnist ] || $(MAKE) --no-print-directory system-deps || true
+	$(BIN)/lowrank-study $(STUDY_ARGS)
+
+smoke: setup
+	$(BIN)/lowrank-study --smoke $(STUDY_ARGS)
+
+test: setup
+	$(BIN)/pytest
+
+# Re-execute the committed notebooks in place (cwd notebooks/); runs with records are skipped.
+notebooks: setup
+	cd notebooks && for nb in study summary explorer; do \
+	  ../$(BIN)/papermill $$nb.ipynb $$nb.ipynb -k python3 --cwd . || exit 1; done
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/
+
+bench: setup
+	$(BIN)/python benchmarks/bench_epoch.py
+
+table: setup
+	$(BIN)/lowrank-study table

@@ -1,0 +1,118 @@
+"""An ipywidgets panel over stored records: pick data set, protocol, methods, ranks and seed."""
+from __future__ import annotations
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import display
+
+from .plots import plot_curves, plot_final_vs
+
+ALL_SEEDS = "all (mean ± std)"
+METRICS = {"test accuracy": "test_accuracy", "test loss": "test_loss",
+           "train loss": "train_loss"}
+PROTOCOL = ["epochs", "lr", "batch_size", "optimizer", "momentum", "weight_decay", "shuffle",
+            "train_subset"]
+
+
+def _protocol_label(row) -> str:
+    text = f"{row.optimizer} lr={row.lr:g} batch {row.batch_size}, {row.epochs} epochs"
+    if row.momentum:
+        text += f", momentum {row.momentum:g}"
+    if row.weight_decay:
+        text += f", wd {row.weight_decay:g}"
+    if row.shuffle:
+        text += ", shuffled"
+    if pd.notna(row.train_subset):
+        text += f", {int(row.train_subset)} train samples"
+    return text
+
+
+class Explorer(widgets.VBox):
+    """Controls on top, the figure (curves and final accuracy against rank) below.
+
+    Every control change redraws the figure from the records; nothing is retrained.
+    """
+
+    def __init__(self, records: pd.DataFrame):
+        if records.empty:
+            raise ValueError("no records to explore: run the study first (lowrank-study)")
+        self.records = records.assign(protocol=[_protocol_label(r) for r in records.itertuples()])
+        style = {"description_width": "70px"}
+        self.dataset = widgets.Dropdown(options=sorted(self.records.dataset.unique()),
+                                        description="data set", style=style)
+        self.protocol = widgets.Dropdown(description="protocol", style=style,
+                                         layout={"width": "420px"})
+        self.methods = widgets.SelectMultiple(description="methods", style=style, rows=3)
+        self.ranks = widgets.SelectMultiple(description="ranks", style=style, rows=8)
+        self.seed = widgets.Dropdown(description="seed", style=style)
+        self.metric = widgets.Dropdown(options=list(METRICS), description="curves", style=style)
+        self.out = widgets.Output()
+        self._updating = False
+        self.figure = None
+        controls = widgets.HBox([widgets.VBox([self.dataset, self.protocol, self.seed,
+                                               self.metric]), self.methods, self.ranks])
+        super().__init__([controls, self.out])
+        self.dataset.observe(self._on_dataset, "value")
+        self.protocol.observe(lambda change: self._updating or self._on_protocol(), "value")
+        for w in (self.methods, self.ranks, self.seed, self.metric):
+            w.observe(lambda change: self.draw(), "value")
+        self._on_dataset()
+
+    def _subset(self) -> pd.DataFrame:
+        r = self.records
+        return r[(r.dataset == self.dataset.value) & (r.protocol == self.protocol.value)]
+
+    def _on_dataset(self, change=None) -> None:
+        protocols = self.records[self.records.dataset == self.dataset.value].protocol
+        options = list(protocols.value_counts().index)  # most runs first
+        self._updating = True  # one redraw, by _on_protocol below
+        self.protocol.options = options
+        # Select explicitly: ipywidgets 8 leaves a Dropdown created without options at
+        # value None when its options are set later, which would select no records at all.
+        self.protocol.value = options[0]
+        self._updating = False
+        self._on_protocol()
+
+    def _on_protocol(self, change=None) -> None:
+        sub = self._subset()
+        self._updating = True  # fill the options without drawing once per control
+        self.methods.options = [m for m in ("full", "lora", "ae") if m in set(sub.method)]
+        self.methods.value = tuple(self.methods.options)
+        ranks = sorted(int(r) for r in sub["rank"].dropna().unique())
+        self.ranks.options = ranks
+        self.ranks.value = tuple(ranks)
+        self.seed.options = [ALL_SEEDS] + sorted(int(s) for s in sub.seed.unique())
+        self.seed.value = ALL_SEEDS
+        self._updating = False
+        self.draw()
+
+    def selection(self) -> pd.DataFrame:
+        """The records the controls select."""
+        sub = self._subset()
+        sub = sub[sub.method.isin(self.methods.value)]
+        sub = sub[(sub.method == "full") | sub["rank"].isin(self.ranks.value)]
+        if self.seed.value != ALL_SEEDS:
+            sub = sub[sub.seed == self.seed.value]
+        return sub
+
+    def draw(self) -> None:
+        if self._updating:
+            return
+        sub = self.selection()
+        with self.out:
+            self.out.clear_output(wait=True)
+            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8),
+                                           gridspec_kw={"width_ratios": [3, 2]})
+            plot_curves(sub, metric=METRICS[self.metric.value], ax=ax1,
+                        title=f"{self.metric.value} per epoch")
+            plot_final_vs(sub, "rank", ax=ax2)
+            fig.tight_layout()
+            display(fig)
+            plt.close(fig)
+        self.figure = fig  # the figure on show (for tests and for saving)
+
+
+def explorer(records: pd.DataFrame) -> Explorer:
+    """The explorer panel over ``records`` (from :func:`lowrank_helpers.load_records`)."""
+    return Explorer(records)

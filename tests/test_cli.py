@@ -1,0 +1,108 @@
+"""The papermill batch through the command line, in smoke mode on the synthetic test data."""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lowrank_helpers import count_parameters, load_records
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.notebook
+
+
+def cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "lowrank_helpers", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def dirs(tmp_path):
+    return ["--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"),
+            "--img-dir", str(tmp_path / "img")]
+
+
+def test_smoke_batch_interrupted_then_resumed(tmp_path):
+    args = [sys.executable, "-m", "lowrank_helpers", "--smoke", "--ranks", "1", "4",
+            *dirs(tmp_path)]
+    results = tmp_path / "results" / "smoke"
+    # a kill in the middle of the batch: stop as soon as the first job's record is written
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 300
+    while not list(results.glob("*.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "interrupted: finished runs are kept" in output
+    kept = {p.name for p in results.glob("*.json")}
+    assert kept and len(kept) < 5
+
+    # the rerun resumes: what was recorded is not redone
+    done = cli("--smoke", "--ranks", "1", "4", "--jobs", "2", *dirs(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 done already" in done.stdout or "2 done already" in done.stdout
+    assert kept <= {p.name for p in results.glob("*.json")}
+
+    runs = load_records(results)
+    assert len(runs) == 5  # full-rank + (lora, ae) x ranks (1, 4)
+    assert set(zip(runs.method, runs["rank"].fillna(0))) == {
+        ("full", 0), ("lora", 1), ("lora", 4), ("ae", 1), ("ae", 4)}
+    assert (runs.epochs_done == 2).all() and (runs.train_subset == 1024).all()
+    for row in runs.itertuples():
+        rank = None if row.method == "full" else int(row.rank)
+        assert row.params == count_parameters(row.method, rank)["total"]
+    full = runs[runs.method == "full"].iloc[0]
+    assert full.final_test_loss < full.init_test_loss  # it learned something
+
+    runs_dir = tmp_path / "runs" / "smoke"
+    executed = sorted(p.name for p in runs_dir.glob("*.ipynb"))
+    assert 2 <= sum(n.startswith("study-fashion_mnist-") for n in executed) <= 3  # jobs rerun
+    assert any(n.startswith("summary-") for n in executed)
+    assert not [n for n in executed if "failed" in n]
+    params = json.loads(next(runs_dir.glob("study-*-r004-*.params.json")).read_text())
+    assert params["ranks"] == [4] and params["methods"] == ["lora", "ae"]
+    figures = {p.name for p in (tmp_path / "img" / "smoke").glob("*.png")}
+    assert {"fashion_mnist_all.png", "fashion_mnist_accuracy_vs_rank.png"} <= figures
+
+    again = cli("--smoke", "--ranks", "1", "4", "--no-summary", *dirs(tmp_path))
+    assert again.returncode == 0 and "0 to run" in again.stdout
+
+    table = cli("table", "--results-dir", str(results))
+    assert table.returncode == 0 and "| full-rank MLP" in table.stdout
+
+
+def test_misspelled_notebook_parameter_fails_clearly(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "papermill", "notebooks/study.ipynb", str(tmp_path / "o.ipynb"),
+         "-p", "rnaks", "4", "-p", "results_dir", str(tmp_path), "--cwd", "notebooks"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "unknown parameter(s) 'rnaks' (did you mean 'ranks'?)" in out.stdout + out.stderr
+    assert not list(tmp_path.glob("*.json"))  # nothing was trained
+
+
+def test_ill_typed_notebook_parameter_fails_clearly(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "papermill", "notebooks/study.ipynb", str(tmp_path / "o.ipynb"),
+         "-p", "epochs", "ten", "--cwd", "notebooks"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "epochs must be int, got 'ten'" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "full", "lowrank"], "unknown method 'lowrank'; valid methods: full, lora, ae"),
+    (["--ranks", "0"], "rank must be an integer >= 1, got 0"),
+    (["--init", "he"], "unknown init 'he'; valid inits"),
+    (["--optimizer", "adam"], "unknown optimizer 'adam'"),
+    (["--jobs", "0"], "--jobs must be >= 1"),
+    (["--dataset", "cifar"], "invalid choice: 'cifar'"),
+])
+def test_bad_command_line(tmp_path, args, message):
+    out = cli(*args, *dirs(tmp_path))
+    assert out.returncode != 0 and message in out.stderr
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,80 @@
+import pytest
+
+from lowrank_helpers import RunConfig, StudyConfig, SummaryConfig, TrainConfig
+from lowrank_helpers.config import SMOKE, smoke_dir
+
+
+def test_defaults_are_the_reference_protocol():
+    t = TrainConfig()
+    assert (t.epochs, t.lr, t.batch_size, t.optimizer, t.momentum, t.weight_decay,
+            t.shuffle) == (100, 1e-3, 64, "sgd", 0.0, 0.0, False)
+
+
+def test_reference_study_has_17_runs():
+    runs = StudyConfig().runs()
+    assert len(runs) == 17
+    assert sum(r.method == "full" for r in runs) == 1
+    assert {r.init for r in runs if r.method == "lora"} == {"lora"}
+    assert {r.init for r in runs if r.method == "ae"} == {"default"}
+    assert len({r.run_id for r in runs}) == 17
+
+
+def test_run_id_depends_on_every_field():
+    base = RunConfig(method="lora", rank=4)
+    assert base.run_id == RunConfig(method="lora", rank=4).run_id
+    for change in ({"seed": 1}, {"lr": 0.01}, {"rank": 8}, {"shuffle": True},
+                   {"train_subset": 10}, {"init": "default"}):
+        assert RunConfig(**{"method": "lora", "rank": 4, **change}).run_id != base.run_id
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    ({"methods": ["full", "lorra"]}, ValueError, "unknown method 'lorra'; valid methods"),
+    ({"init": "he"}, ValueError, "unknown init 'he'; valid inits: default, lora"),
+    ({"dataset": "cifar"}, ValueError, "unknown data set 'cifar'; valid data sets: "
+                                       "fashion_mnist, mnist"),
+    ({"optimizer": "adam"}, ValueError, "unknown optimizer 'adam'; valid optimizers: sgd, adamw"),
+    ({"ranks": [4, 0]}, ValueError, "rank must be an integer >= 1, got 0"),
+    ({"ranks": [-2]}, ValueError, "rank must be an integer >= 1, got -2"),
+    ({"ranks": [2.5]}, TypeError, "ranks must be list\\[int\\]"),
+    ({"ranks": 4}, TypeError, "ranks must be list\\[int\\]"),
+    ({"epochs": "100"}, TypeError, "epochs must be int, got '100'"),
+    ({"lr": 0}, ValueError, "lr must be > 0"),
+    ({"shuffle": "yes"}, TypeError, "shuffle must be bool"),
+    ({"device": "gpu"}, ValueError, "unknown device 'gpu'; valid devices: auto, cpu, cuda"),
+    ({"ranks": []}, ValueError, "ranks is empty"),
+    ({"optimizer": "adamw", "momentum": 0.9}, ValueError, "momentum applies to optimizer 'sgd'"),
+])
+def test_bad_study_parameters(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        StudyConfig(**kwargs)
+
+
+def test_misspelled_parameter_gets_a_suggestion():
+    with pytest.raises(ValueError, match="unknown parameter.*'rnaks' \\(did you mean 'ranks'\\?\\)"
+                                         ".*valid parameters: dataset, methods, ranks"):
+        StudyConfig.from_params({"rnaks": [4]})
+
+
+def test_from_notebook_takes_only_new_public_names(monkeypatch):
+    monkeypatch.delenv("LOWRANK_SMOKE", raising=False)
+    namespace = {"lh": object(), "ranks": [4], "epochs": 3, "_i3": "x"}
+    cfg = StudyConfig.from_notebook(namespace, before={"lh"})
+    assert cfg.ranks == (4,) and cfg.epochs == 3 and not cfg.smoke
+    monkeypatch.setenv("LOWRANK_SMOKE", "1")
+    assert StudyConfig.from_notebook(namespace, before={"lh"}).smoke
+
+
+def test_smoke_shrinks_and_redirects():
+    cfg = StudyConfig(ranks=[1, 2, 4, 8], seeds=[0, 1], results_dir="out", smoke=True)
+    assert cfg.epochs == SMOKE["epochs"] and cfg.ranks == (1, 2) and cfg.seeds == (0,)
+    assert cfg.results_dir == smoke_dir("out") != "out"
+    assert all(r.train_subset == SMOKE["train_subset"] for r in cfg.runs())
+    # idempotent, so a smoke config's parameters can be passed on (the CLI's jobs do)
+    assert StudyConfig(**cfg.to_dict()).results_dir == cfg.results_dir
+    summary = SummaryConfig(img_dir="pics", smoke=True)
+    assert summary.img_dir == smoke_dir("pics") and summary.epochs == SMOKE["epochs"]
+
+
+def test_full_only_study_needs_no_ranks():
+    runs = StudyConfig(methods=["full"], ranks=[], seeds=[0, 1]).runs()
+    assert [r.seed for r in runs] == [0, 1] and all(r.rank is None for r in runs)
