@@ -248,6 +248,18 @@ def lab(tmp_path, chromium_path):
 # ---------------------------------------------------------------------------------------------
 # the page
 
+#: The figure: a PNG that the explorer's Output widget displays.
+IMAGE = ".jp-NotebookPanel:not(.lm-mod-hidden) .jupyter-widgets .widget-output img"
+
+#: A new figure (another PNG than ``before``) is shown.
+REDRAWN_JS = r"""
+([selector, before]) => {
+  const img = document.querySelector(selector);
+  return !!img && img.complete && img.naturalWidth > 0
+         && img.src.startsWith('data:image/png') && img.src !== before;
+}
+"""
+
 #: The notebook's state as the page shows it: "panel" once the widget's figure is there, a
 #: failure ("error: ...") as soon as one shows, or null while it is still coming.
 PANEL_STATE_JS = r"""
@@ -310,8 +322,7 @@ def _explain_no_panel(page, timeout: float) -> str:
 
 
 def _image_src(page) -> str:
-    return page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) "
-                        ".jupyter-widgets .widget-output img").first.get_attribute("src")
+    return page.locator(IMAGE).first.get_attribute("src")
 
 
 def _screenshot(page, name: str) -> Path:
@@ -329,6 +340,8 @@ def test_explorer_widgets_in_jupyterlab(lab, chromium_path):
     console: list[str] = []
     blocked: list[str] = []
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("explorer_*"):  # no screenshot of an earlier run left behind
+        old.unlink()
     with sync_playwright() as pw:
         try:
             browser = pw.chromium.launch(executable_path=chromium_path, headless=True,
@@ -372,6 +385,7 @@ def test_explorer_widgets_in_jupyterlab(lab, chromium_path):
 
             page.get_by_text(f"{lab.n_records} records in ../results").wait_for(timeout=5000)
             panel = notebook.locator(".jupyter-widgets.widget-vbox").first
+
             def control(kind: str, label: str):
                 found = notebook.locator(f".widget-{kind}").filter(
                     has=page.get_by_text(label, exact=True)).locator("select")
@@ -401,13 +415,8 @@ def test_explorer_widgets_in_jupyterlab(lab, chromium_path):
             assert options[1:] == ["0", "1"], f"seed options {options}"
             seed.select_option(label="1")
             try:
-                page.wait_for_function(
-                    """(before) => {
-                      const img = document.querySelector(
-                        '.jp-NotebookPanel:not(.lm-mod-hidden) .jupyter-widgets .widget-output img');
-                      return img && img.complete && img.naturalWidth > 0
-                             && img.src.startsWith('data:image/png') && img.src !== before;
-                    }""", arg=before, timeout=REDRAW_S * 1000, polling=250)
+                page.wait_for_function(REDRAWN_JS, arg=[IMAGE, before],
+                                       timeout=REDRAW_S * 1000, polling=250)
             except PlaywrightTimeout:
                 _screenshot(page, "explorer_no_redraw.png")
                 pytest.fail(f"the figure was not redrawn within {REDRAW_S} s of choosing seed 1 "
