@@ -3,7 +3,8 @@
     lowrank-study                         # the reference run: 17 models, 100 epochs, figures
     lowrank-study --smoke                 # quick end-to-end run into {results,img,runs}/smoke
     lowrank-study --ranks 4 8 --seeds 0 1 2 --jobs 2
-    lowrank-study table                   # README's results table from the records
+    lowrank-study table                   # the results table from the records
+    lowrank-study readme                  # regenerate README's result blocks from the records
 """
 from __future__ import annotations
 
@@ -192,11 +193,26 @@ def print_table(args) -> int:
     return 0
 
 
+def readme(args) -> int:
+    from .report import update_readme
+    stale = update_readme(args.readme, check=args.check)
+    if args.check and stale:
+        print(f"{args.readme} is stale: {', '.join(stale)}; run lowrank-study readme",
+              file=sys.stderr)
+        return 1
+    print(f"{args.readme}: {'updated ' + ', '.join(stale) if stale else 'up to date'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowrank-study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", nargs="?", default="run", choices=["run", "table"],
-                   help="run the study (default) or print the results table")
+    p.add_argument("command", nargs="?", default="run", choices=["run", "table", "readme"],
+                   help="run the study (default); print the results table; or regenerate "
+                   "README's result blocks from the records")
+    p.add_argument("--readme", default="README.md", help="with 'readme': the file to update")
+    p.add_argument("--check", action="store_true", help="with 'readme': only check, exit 1 "
+                   "if stale")
     p.add_argument("--dataset", default="fashion_mnist", choices=list(DATASETS))
     p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
                    help=f"any of {', '.join(METHODS)} (default: all)")
@@ -235,6 +251,8 @@ def main(argv=None) -> int:
         args.runs_dir, args.img_dir = smoke_dir(args.runs_dir), smoke_dir(args.img_dir)
     if args.command == "table":
         return print_table(args)
+    if args.command == "readme":
+        return readme(args)
     if args.jobs < 1:
         raise SystemExit(f"error: --jobs must be >= 1, got {args.jobs}")
     try:

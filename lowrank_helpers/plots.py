@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 import pandas as pd
 
 from .results import epochs_frame
@@ -73,6 +74,7 @@ def plot_curves(runs: pd.DataFrame, metric: str = "test_accuracy", ax=None, titl
                       if band == "std" else (stats["min"], stats["max"]))
             ax.fill_between(stats.epoch, lo * scale, hi * scale, color=color, alpha=0.2, lw=0)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(("test accuracy (%)" if scale == 100 else metric.replace("_", " ")))
     ax.set_title(title or "Test accuracy per epoch")
     ax.grid(alpha=0.3)

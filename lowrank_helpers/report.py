@@ -6,7 +6,12 @@ original shows ranks 4…128 only; it has no published numbers for ranks 1 and 2
 """
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pandas as pd
+
+from .plots import METHOD_NAMES
 
 #: (method, rank) -> (epoch-1 accuracy, epoch-100 accuracy) in %, as text (some are ranges).
 ORIGINAL = {
@@ -52,7 +57,7 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
         diverged = group.diverged_epoch.notna().sum()
         rows.append({
             "_o": order[method], "_r": rank or 0, "model": model,
-            "parameters": int(group.params.iloc[0]), "seeds": len(group),
+            "parameters": f"{int(group.params.iloc[0]):,}", "seeds": len(group),
             "epoch 1": _fmt(group.epoch1_test_accuracy),
             "epoch 1 (original)": orig[0] if orig else "—",
             "epochs": int(group.epochs.max()),
@@ -67,7 +72,7 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _per_model(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds per (method, rank, init) of the headline metrics, plus epochs to 50 %."""
+    """Mean over seeds per (method, rank, init) of the headline metrics, plus epochs to 50%."""
     def first_above(history, level=0.5):
         return next((h["epoch"] for h in history if (h["test_accuracy"] or 0) >= level), None)
     runs = runs.assign(epochs_to_50=[first_above(h) for h in runs.history],
@@ -80,6 +85,10 @@ def _per_model(runs: pd.DataFrame) -> pd.DataFrame:
             .reset_index())
 
 
+def _join(items) -> str:
+    return ", ".join(str(i) for i in items)
+
+
 def discussion(runs: pd.DataFrame) -> str:
     """A short discussion in Markdown whose every number is computed from ``runs``."""
     m = _per_model(runs)
@@ -87,8 +96,10 @@ def discussion(runs: pd.DataFrame) -> str:
     lora = m[(m.method == "lora")].sort_values("rank")
     ae = m[m.method == "ae"].sort_values("rank")
     seeds = int(m.seeds.max()) if len(m) else 0
-    out = [f"*Computed from {len(runs)} records ({seeds} seed{'s' if seeds > 1 else ''} per "
-           "model{}).*".format(", means over seeds" if seeds > 1 else "")]
+    devices = ", ".join(sorted(runs.device.dropna().unique()))
+    out = [f"*Computed from {len(runs)} records: {seeds} seed{'s' if seeds > 1 else ''} per "
+           f"model{', means over seeds' if seeds > 1 else ''}; trained on {devices}, "
+           f"{runs.wall_time.sum() / 60:.0f} minutes of training in all.*", ""]
     if len(full):
         F, E = full.final.iloc[0], int(full.epochs.iloc[0])
         P = full.params.iloc[0]
@@ -111,10 +122,36 @@ def discussion(runs: pd.DataFrame) -> str:
                      f"{', '.join(str(int(r)) for r in match['rank']) or 'none'}")
         low = part.iloc[0]
         text += f". Rank {int(low['rank'])} ends at {low.final:.1%}"
-        slow = part.to50_max.max()
-        text += (f"; the slowest rank needs {int(slow)} epochs to pass 50 %." if pd.notna(slow)
-                 else "; some rank never passes 50 %.")
-        out.append(text)
+        never = part[part.to50_max.isna()]["rank"].astype(int).tolist()
+        passing = part.dropna(subset=["to50_max"])
+        if len(passing):
+            text += (f"; the others pass 50% after {int(passing.to50_min.min())}–"
+                     f"{int(passing.to50_max.max())} epochs" if never else
+                     f"; all pass 50% after {int(passing.to50_min.min())}–"
+                     f"{int(passing.to50_max.max())} epochs")
+        if never:
+            text += f", rank{'s' if len(never) > 1 else ''} {_join(never)} never"
+        out.append(text + ".")
+    if len(lora) and len(ae):
+        both = lora.merge(ae, on="rank", suffixes=("_lora", "_ae"))
+        ahead1 = both[both.epoch1_lora > both.epoch1_ae]
+        ahead = both[both.final_lora > both.final_ae]["rank"].astype(int).tolist()
+        behind = both[both.final_lora < both.final_ae]["rank"].astype(int).tolist()
+        out.append(f"- **LoRA vs autoencoder layers at equal rank**: after one epoch the LoRA "
+                   f"init is ahead at {len(ahead1)} of {len(both)} ranks; at the end it is ahead "
+                   f"at rank{'s' if len(ahead) != 1 else ''} {_join(ahead) or 'none'} and behind "
+                   f"at rank{'s' if len(behind) != 1 else ''} {_join(behind) or 'none'}.")
+    fact = m[m.method != "full"]
+    if len(full) and len(fact):
+        match = fact[fact.final >= F].sort_values("rank")
+        caveat = (" With one seed per model, differences of a point or less may be seed noise."
+                  if seeds == 1 else "")
+        out.append("- **Answer**: " + (
+            f"factorized layers trained from scratch reach the full-rank MLP's final accuracy "
+            f"with {match.params.iloc[0] / P:.1%} of its parameters (rank "
+            f"{int(match['rank'].iloc[0])}, {METHOD_NAMES[match.method.iloc[0]].lower()}, "
+            f"{match.final.iloc[0]:.1%} against {F:.1%})." if len(match) else
+            "no factorized model reaches the full-rank MLP's final accuracy.") + caveat)
     diffs = []
     for _, row in m.iterrows():
         orig = ORIGINAL.get((row.method, None if pd.isna(row["rank"]) else int(row["rank"])))
@@ -128,3 +165,40 @@ def discussion(runs: pd.DataFrame) -> str:
                    f"are within 2 points of the original's numbers; the largest difference is "
                    f"{worst:.1f} points ({label}).")
     return "\n".join(out)
+
+
+#: README blocks regenerated from records: ``<!-- generated: table results -->`` … ``<!-- end -->``
+#: (kinds: ``table``, ``discussion``; the path is a results directory relative to the README).
+README_BLOCK = re.compile(r"(<!-- generated: (table|discussion) (\S+) -->\n)(.*?)(<!-- end -->)",
+                          re.S)
+
+
+def render_block(kind: str, results_dir) -> str:
+    """A README block from the Fashion-MNIST reference-protocol records in ``results_dir``."""
+    from .config import SummaryConfig
+    from .results import load_records
+    runs = load_records(results_dir, **SummaryConfig().record_filter())
+    if runs.empty:
+        raise ValueError(f"no reference-protocol records in {results_dir}")
+    return (comparison_table(runs).to_markdown(index=False) if kind == "table"
+            else discussion(runs))
+
+
+def update_readme(path, check: bool = False) -> list[str]:
+    """Regenerate every generated block of the README at ``path``; return the stale ones.
+
+    With ``check=True`` nothing is written (tests use this to keep README true to the records).
+    """
+    path = Path(path)
+    text = path.read_text()
+    stale = []
+
+    def fill(m: re.Match) -> str:
+        new = render_block(m.group(2), path.parent / m.group(3)) + "\n"
+        if new != m.group(4):
+            stale.append(f"{m.group(2)} {m.group(3)}")
+        return m.group(1) + new + m.group(5)
+    new_text = README_BLOCK.sub(fill, text)
+    if not check and new_text != text:
+        path.write_text(new_text)
+    return stale

@@ -1,24 +1,18 @@
-"""README's results come from the stored records: regenerate its table and compare."""
+"""README's results come from the stored records: every generated block must regenerate."""
 import re
 from pathlib import Path
 
-import pytest
-
-from lowrank_helpers import SummaryConfig, comparison_table, load_records
+from lowrank_helpers.report import README_BLOCK, update_readme
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-def test_results_table_matches_the_records():
-    match = re.search(r"<!-- results-table:start -->\n(.*?)\n<!-- results-table:end -->",
-                      README, re.S)
-    assert match, "README lacks the results-table markers"
-    runs = load_records(ROOT / "results", **SummaryConfig().record_filter())
-    if runs.empty:
-        pytest.fail("results/ holds no reference records")
-    # the same command as README gives: lowrank-study table
-    assert match.group(1).strip() == comparison_table(runs).to_markdown(index=False).strip()
+def test_generated_blocks_match_the_records():
+    kinds = {m.group(2) for m in README_BLOCK.finditer(README)}
+    assert {"table", "discussion"} <= kinds, "README lacks its generated result blocks"
+    stale = update_readme(ROOT / "README.md", check=True)
+    assert not stale, f"README blocks differ from the records: {stale}; run lowrank-study readme"
 
 
 def test_figures_in_readme_exist():
