@@ -12,7 +12,7 @@ from .plots import plot_curves, plot_final_vs, save_figures, study_figures
 from .report import ORIGINAL, comparison_table, discussion
 from .results import (ResultsDirError, epochs_frame, load_records, make_record, read_record,
                       save_record)
-from .study import run_one, run_study
+from .study import run_one, run_study, summary_records
 from .training import TrainResult, build_model, evaluate, resolve_device, train
 
 __version__ = "0.1.0"
@@ -25,6 +25,6 @@ __all__ = [
     "plot_curves", "plot_final_vs", "save_figures", "study_figures",
     "ORIGINAL", "comparison_table", "discussion",
     "ResultsDirError", "epochs_frame", "load_records", "make_record", "read_record",
-    "save_record", "run_one", "run_study",
+    "save_record", "run_one", "run_study", "summary_records",
     "TrainResult", "build_model", "evaluate", "resolve_device", "train",
 ]

@@ -158,7 +158,8 @@ def run_batch(cfg: StudyConfig, args) -> int:
                 {"dataset": cfg.dataset, "results_dir": cfg.results_dir,
                  "img_dir": str(Path(args.img_dir).resolve()), "epochs": cfg.epochs,
                  "lr": cfg.lr, "batch_size": cfg.batch_size, "optimizer": cfg.optimizer,
-                 "smoke": cfg.smoke})
+                 "momentum": cfg.momentum, "weight_decay": cfg.weight_decay,
+                 "shuffle": cfg.shuffle, "smoke": cfg.smoke})
             if rc != 0:
                 failed.append("summary")
                 print(f"summary FAILED (exit {rc}):\n{output[-3000:]}", file=sys.stderr)
@@ -222,7 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", default="sgd")
+    p.add_argument("--optimizer", default="sgd", help="sgd or adamw")
+    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--shuffle", action="store_true", help="shuffle the training data each "
+                   "epoch (the original does not)")
+    p.add_argument("--hidden-sizes", nargs="+", type=int, default=[512, 512])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--jobs", type=int, default=1, help="papermill jobs in parallel (default 1)")
@@ -258,7 +264,9 @@ def main(argv=None) -> int:
     try:
         cfg = StudyConfig(dataset=args.dataset, methods=args.methods, ranks=args.ranks,
                           init=args.init, epochs=args.epochs, batch_size=args.batch_size,
-                          lr=args.lr, optimizer=args.optimizer, seeds=args.seeds,
+                          lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
+                          weight_decay=args.weight_decay, shuffle=args.shuffle,
+                          hidden_sizes=args.hidden_sizes, seeds=args.seeds,
                           device=args.device, results_dir=str(Path(args.results_dir).resolve()),
                           data_root=(str(Path(args.data_root).resolve()) if args.data_root
                                      else None), smoke=args.smoke)

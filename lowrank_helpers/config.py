@@ -12,8 +12,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable
 
-from .data import DATASETS, check_dataset
-from .layers import INITS, check_init, check_rank
+from .data import check_dataset
+from .layers import check_init, check_rank
 from .models import DEFAULT_WIDTHS, METHODS, check_method, method_init
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -276,10 +276,14 @@ class SummaryConfig(NotebookParams):
     lr: float = 1e-3
     batch_size: int = 64
     optimizer: str = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    shuffle: bool = False
     smoke: bool = False
 
     _KINDS = {"dataset": "str", "results_dir": "str", "img_dir": "str", "epochs": "int",
-              "lr": "float", "batch_size": "int", "optimizer": "str", "smoke": "bool"}
+              "lr": "float", "batch_size": "int", "optimizer": "str", "momentum": "float",
+              "weight_decay": "float", "shuffle": "bool", "smoke": "bool"}
 
     def __post_init__(self):
         check_kinds(self, self._KINDS)
@@ -293,7 +297,9 @@ class SummaryConfig(NotebookParams):
     def record_filter(self) -> dict[str, Any]:
         """Keyword filters for :func:`load_records` that select this protocol's records."""
         return {"dataset": self.dataset, "epochs": self.epochs, "lr": self.lr,
-                "batch_size": self.batch_size, "optimizer": self.optimizer}
+                "batch_size": self.batch_size, "optimizer": self.optimizer,
+                "momentum": self.momentum, "weight_decay": self.weight_decay,
+                "shuffle": self.shuffle}
 
 
 @dataclass(frozen=True)
@@ -303,10 +309,3 @@ class ExplorerConfig(NotebookParams):
 
     def __post_init__(self):
         check_kinds(self, {"results_dir": "str"})
-
-
-def valid_names() -> dict[str, tuple]:
-    """The valid choices of each categorical setting (for error messages and widgets)."""
-    return {"dataset": tuple(DATASETS), "method": METHODS, "init": tuple(sorted(INITS)),
-            "optimizer": OPTIMIZERS}
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .config import RunConfig, StudyConfig
+from .config import RunConfig, StudyConfig, SummaryConfig
 from .data import Data, load_data
 from .models import parameter_counts
 from .results import check_writable, has_record, load_records, make_record, save_record
@@ -41,3 +41,22 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> pd.DataFrame:
                 print(f"{run.label} (seed {run.seed}) diverged at epoch "
                       f"{record['diverged_epoch']}; recorded as diverged")
     return load_records(results_dir, run_id=[r.run_id for r in runs])
+
+
+def summary_records(cfg: SummaryConfig) -> pd.DataFrame:
+    """The records a summary draws: ``cfg``'s data set and protocol in ``cfg.results_dir``.
+
+    In smoke mode a missing smoke study is trained first, so that a smoke summary runs on its
+    own (tests run notebooks in any order).
+    """
+    where = cfg.record_filter()
+    runs = load_records(cfg.results_dir, **where)
+    if runs.empty and cfg.smoke:
+        protocol = {k: v for k, v in where.items() if k != "dataset"}
+        run_study(StudyConfig(dataset=cfg.dataset, results_dir=cfg.results_dir, smoke=True,
+                              **protocol), progress=False)
+        runs = load_records(cfg.results_dir, **where)
+    if runs.empty:
+        raise FileNotFoundError(f"no records in {cfg.results_dir} for {where}; run the study "
+                                "first (lowrank-study, or notebooks/study.ipynb)")
+    return runs

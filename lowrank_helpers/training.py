@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import RunConfig, StudyConfig, TrainConfig
-from .data import Data, load_data
+from .config import RunConfig, TrainConfig
+from .data import Data
 from .models import MLP
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
