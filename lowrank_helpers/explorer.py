@@ -59,6 +59,11 @@ class Explorer(widgets.VBox):
             w.observe(lambda change: self.draw(), "value")
         self._on_dataset()
 
+    def __repr__(self) -> str:
+        # what a notebook shows where the widget cannot render (no kernel, saved output)
+        return (f"<Explorer panel over {len(self.records)} records: run the notebook with a "
+                "kernel (JupyterLab) to use it>")
+
     def _subset(self) -> pd.DataFrame:
         r = self.records
         return r[(r.dataset == self.dataset.value) & (r.protocol == self.protocol.value)]
