@@ -1,7 +1,8 @@
 """Helpers for the low-rank layers study: can W be a product B·A trained from scratch?
 
-One module per concept: layers, models, data, training, results (records), study (runs with
-resume), plots, report (tables and computed prose), config (typed configs), cli (batches).
+One module per concept: layers, models, data, training (the plain loop), engine (many models
+stacked in lockstep), results (records), study (runs with resume), plots, report (tables and
+computed prose), config (typed configs), explorer (widgets), cli (batches).
 """
 from .config import (OPTIMIZERS, SMOKE, ExplorerConfig, RunConfig, StudyConfig, SummaryConfig,
                      TrainConfig)
@@ -9,10 +10,11 @@ from .data import DATASETS, Data, DataNotFoundError, load_data
 from .layers import INITS, LowRankLinear, register_init
 from .models import METHODS, MLP, count_parameters, parameter_counts, parameter_table
 from .plots import plot_curves, plot_final_vs, save_figures, study_figures
-from .report import ORIGINAL, comparison_table, discussion
+from .report import ORIGINAL, comparison_table, cost_table, discussion
 from .results import (ResultsDirError, epochs_frame, load_records, make_record, read_record,
                       save_record)
 from .study import run_one, run_study, summary_records
+from .engine import StackedMLP, plan_stacks, train_many
 from .training import TrainResult, build_model, evaluate, resolve_device, train
 
 __version__ = "0.1.0"
@@ -23,8 +25,9 @@ __all__ = [
     "INITS", "LowRankLinear", "register_init",
     "METHODS", "MLP", "count_parameters", "parameter_counts", "parameter_table",
     "plot_curves", "plot_final_vs", "save_figures", "study_figures",
-    "ORIGINAL", "comparison_table", "discussion",
+    "ORIGINAL", "comparison_table", "cost_table", "discussion",
     "ResultsDirError", "epochs_frame", "load_records", "make_record", "read_record",
     "save_record", "run_one", "run_study", "summary_records",
+    "StackedMLP", "plan_stacks", "train_many",
     "TrainResult", "build_model", "evaluate", "resolve_device", "train",
 ]

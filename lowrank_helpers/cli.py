@@ -1,4 +1,6 @@
-"""``lowrank-study``: run the study notebook with papermill once per rank, then the summary.
+"""``lowrank-study``: run the study notebook with papermill once per job, then the summary.
+
+A job is the full-rank baseline, or one stack of factorized ranks (1-16, 32, 64, 128, ...).
 
     lowrank-study                         # the reference run: 17 models, 100 epochs, figures
     lowrank-study --smoke                 # quick end-to-end run into {results,img,runs}/smoke
@@ -23,6 +25,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .config import StudyConfig, smoke_dir
+from .engine import stack_rank
 from .data import DATASETS
 from .layers import INITS
 from .models import METHODS
@@ -41,15 +44,20 @@ class Job:
 
 
 def plan_jobs(cfg: StudyConfig) -> list[Job]:
-    """One job for the full-rank baseline and one per rank (both factorized methods in it)."""
+    """One job for the full-rank baseline and one per stack of factorized ranks (ranks up to 16
+    together, then one per power of two; both factorized methods and all seeds in each), so
+    that the engine can stack each job's models."""
     params = cfg.to_dict()
     jobs = []
     if "full" in cfg.methods:
         jobs.append(Job("full", StudyConfig(**{**params, "methods": ["full"], "ranks": []})))
     factorized = [m for m in cfg.methods if m != "full"]
-    if factorized:
-        jobs += [Job(f"r{r:03d}", StudyConfig(**{**params, "methods": factorized, "ranks": [r]}))
-                 for r in cfg.ranks]
+    buckets: dict[int, list[int]] = {}
+    for r in cfg.ranks:
+        buckets.setdefault(stack_rank(r), []).append(r)
+    for ranks in buckets.values() if factorized else ():
+        name = f"r{ranks[0]:03d}" + (f"-r{ranks[-1]:03d}" if len(ranks) > 1 else "")
+        jobs.append(Job(name, StudyConfig(**{**params, "methods": factorized, "ranks": ranks})))
     return jobs
 
 
@@ -232,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--jobs", type=int, default=1, help="papermill jobs in parallel (default 1)")
+    p.add_argument("--no-engine", action="store_true", help="train one model at a time with "
+                   "the plain loop instead of the stacked engine")
     p.add_argument("--results-dir", default=None, help="run records (default: results; "
                    "with --smoke: results/smoke)")
     p.add_argument("--runs-dir", default=None, help="executed notebooks (default: runs; "
@@ -267,6 +277,7 @@ def main(argv=None) -> int:
                           lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
                           weight_decay=args.weight_decay, shuffle=args.shuffle,
                           hidden_sizes=args.hidden_sizes, seeds=args.seeds,
+                          engine=not args.no_engine,
                           device=args.device, results_dir=str(Path(args.results_dir).resolve()),
                           data_root=(str(Path(args.data_root).resolve()) if args.data_root
                                      else None), smoke=args.smoke)

@@ -200,6 +200,7 @@ class StudyConfig(NotebookParams):
     shuffle: bool = False
     seeds: tuple = (0,)
     device: str = "auto"
+    engine: bool = True        # stacked lockstep training (False: the plain one-model loop)
     results_dir: str = "../results"
     data_root: str | None = None
     smoke: bool = False        # tiny data, 2 epochs, 2 ranks, 1 seed; writes into results_dir/smoke
@@ -209,7 +210,8 @@ class StudyConfig(NotebookParams):
     _KINDS = {"dataset": "str", "methods": "list[str]", "ranks": "list[int]", "init": "str",
               "hidden_sizes": "list[int]", "epochs": "int", "batch_size": "int", "lr": "float",
               "optimizer": "str", "momentum": "float", "weight_decay": "float",
-              "shuffle": "bool", "seeds": "list[int]", "device": "str", "results_dir": "str",
+              "shuffle": "bool", "seeds": "list[int]", "device": "str", "engine": "bool",
+              "results_dir": "str",
               "data_root": "str|None", "smoke": "bool", "train_subset": "int|None",
               "test_subset": "int|None"}
 

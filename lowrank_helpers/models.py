@@ -110,3 +110,40 @@ def parameter_table(ranks: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128),
     table = pd.DataFrame(rows).set_index("model")
     table["% of full"] = (100 * table["total"] / full["total"]).round(2)
     return table
+
+
+def _products(method: str, rank: int | None, widths: Sequence[int]) -> list[int]:
+    """Multiply-adds per sample of each matrix product of the model, in forward order."""
+    check_method(method)
+    products = []
+    for d_in, d_out in zip(widths[:-1], widths[1:]):
+        products += [d_in * d_out] if method == "full" else [d_in * check_rank(rank),
+                                                             rank * d_out]
+    return products
+
+
+def forward_flops_per_sample(method: str, rank: int | None = None,
+                             widths: Sequence[int] = DEFAULT_WIDTHS) -> int:
+    """Matrix-product FLOPs of one forward pass (2 per multiply-add; biases and activations
+    not counted)."""
+    return 2 * sum(_products(method, rank, widths))
+
+
+def training_flops_per_sample(method: str, rank: int | None = None,
+                              widths: Sequence[int] = DEFAULT_WIDTHS) -> int:
+    """Matrix-product FLOPs to train on one sample (forward and backward), from the formula.
+
+    Each product with m multiply-adds costs 2m FLOPs forward, 2m for the weight gradient and 2m
+    for the input gradient, except the network's first product, whose input (the image) needs
+    no gradient. Biases, activations, the loss and the optimizer are not counted.
+    """
+    products = _products(method, rank, widths)
+    return 6 * sum(products) - 2 * products[0]
+
+
+def optimizer_state_bytes(optimizer: str, momentum: float, parameters: int,
+                          bytes_per_value: int = 4) -> int:
+    """Bytes of optimizer state per model: none for plain SGD, one buffer per parameter for SGD
+    with momentum, two (first and second moments) for AdamW."""
+    buffers = {"sgd": 1 if momentum else 0, "adamw": 2}[optimizer]
+    return buffers * parameters * bytes_per_value

@@ -51,9 +51,7 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
         rank = None if method == "full" else int(rank)
         orig = ORIGINAL.get((method, rank)) if init in ("lora", "default") else None
         final = group.final_test_accuracy.dropna()
-        model = ("full-rank MLP" if method == "full" else
-                 f"{'LoRA layers' if method == 'lora' else 'autoencoder'} r={rank}"
-                 + ("" if init in ("lora", "default") else f" ({init} init)"))
+        model = _model_name(method, rank, init)
         diverged = group.diverged_epoch.notna().sum()
         rows.append({
             "_o": order[method], "_r": rank or 0, "model": model,
@@ -202,3 +200,40 @@ def update_readme(path, check: bool = False) -> list[str]:
     if not check and new_text != text:
         path.write_text(new_text)
     return stale
+
+
+def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """What each model cost to train (means over seeds): trainable parameters, matrix-product
+    FLOPs per training sample, optimizer state, seconds per epoch of the stack it trained in
+    (shared by the ``stack`` models trained with it), and peak memory (on CPU the whole
+    process's peak RSS, which every model in the process shares)."""
+    rows = []
+    order = {"full": 0, "lora": 1, "ae": 2}
+    for (method, rank, init), g in runs.assign(_r=runs["rank"].fillna(0)).groupby(
+            ["method", "_r", "init"], sort=False):
+        mem = g.peak_memory_bytes.dropna()
+        rows.append({
+            "_o": order[method], "_r": rank, "model": _model_name(method, rank, init),
+            "seeds": len(g), "parameters": f"{int(g.params.iloc[0]):,}",
+            "train MFLOP/sample": _num(g.training_flops_per_sample.iloc[0], 1e-6, "{:.3f}"),
+            "optimizer state KiB": _num(g.optimizer_state_bytes.iloc[0], 1 / 1024, "{:.0f}"),
+            "s/epoch": _num(g.seconds_per_epoch.mean(), 1, "{:.2f}"),
+            "stack": _num(g.stack_size.max(), 1, "{:.0f}"),
+            "engine": ", ".join(sorted(g.engine.dropna().unique())) or "—",
+            "peak memory MiB": (_num(mem.max(), 2 ** -20, "{:.0f}")
+                                + (" (process RSS)" if "RSS" in str(g.peak_memory_kind.iloc[0])
+                                   else "")) if len(mem) else "—",
+        })
+    table = pd.DataFrame(rows).sort_values(["_o", "_r"]).drop(columns=["_o", "_r"])
+    return table.reset_index(drop=True)
+
+
+def _num(value, scale, fmt) -> str:
+    return "—" if value is None or pd.isna(value) else fmt.format(value * scale)
+
+
+def _model_name(method: str, rank, init: str) -> str:
+    rank = None if method == "full" else int(rank)
+    return ("full-rank MLP" if method == "full" else
+            f"{'LoRA layers' if method == 'lora' else 'autoencoder'} r={rank}"
+            + ("" if init in ("lora", "default") else f" ({init} init)"))

@@ -16,9 +16,13 @@ import pandas as pd
 import torch
 
 from .config import RunConfig
+from .models import count_parameters, optimizer_state_bytes, training_flops_per_sample
 
 SCHEMA = 1
 REQUIRED = ("run_id", "config", "history", "parameters")
+#: Cost columns that load_records takes from each record's "cost" (None in older records).
+COST_COLUMNS = ("training_flops_per_sample", "optimizer_state_bytes", "peak_memory_bytes",
+                "peak_memory_kind", "seconds_per_epoch", "stack_size", "engine")
 
 
 class ResultsDirError(OSError):
@@ -52,9 +56,28 @@ def _finite_or_none(obj):
     return obj
 
 
-def make_record(run: RunConfig, result, parameters: dict[str, int]) -> dict:
-    """The record of a finished run: config, metrics, parameter counts and provenance."""
+def cost(run: RunConfig, result, parameters: int) -> dict:
+    """What a run cost: parameters, FLOPs, optimizer state, memory and time (see README)."""
+    seconds = [h["seconds"] for h in result.history]
+    return {
+        "parameters": parameters,
+        "training_flops_per_sample": training_flops_per_sample(run.method, run.rank, run.widths),
+        "optimizer_state_bytes": optimizer_state_bytes(run.optimizer, run.momentum, parameters),
+        "peak_memory_bytes": result.peak_memory.get("bytes"),
+        "peak_memory_kind": result.peak_memory.get("kind"),
+        "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
+        "stack_size": result.stack_size,  # models trained in lockstep, sharing those seconds
+        "engine": result.engine,
+    }
+
+
+def make_record(run: RunConfig, result, parameters: dict[str, int] | None = None) -> dict:
+    """The record of a finished run: config, metrics, parameter counts, cost and provenance.
+
+    ``parameters`` defaults to :func:`count_parameters` of the run's model.
+    """
     from . import __version__
+    parameters = parameters or count_parameters(run.method, run.rank, run.widths)
     return _finite_or_none({
         "schema": SCHEMA,
         "run_id": run.run_id,
@@ -64,6 +87,7 @@ def make_record(run: RunConfig, result, parameters: dict[str, int]) -> dict:
         "init_test_accuracy": result.init_test_accuracy,
         "init_test_loss": result.init_test_loss,
         "history": result.history,
+        "cost": cost(run, result, parameters["total"]),
         "diverged_epoch": result.diverged_epoch,
         "wall_time": result.wall_time,
         "device": result.device,
@@ -167,6 +191,7 @@ def _row(record: dict, path: Path) -> dict:
             "final_test_loss": last.get("test_loss"),
             "epochs_done": len(hist), "diverged_epoch": record.get("diverged_epoch"),
             "wall_time": record.get("wall_time"), "device": record.get("device"),
+            **{k: record.get("cost", {}).get(k) for k in COST_COLUMNS},
             "torch": record.get("versions", {}).get("torch"),
             "git_commit": record.get("git_commit"), "history": hist, "path": str(path)}
 

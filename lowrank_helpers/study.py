@@ -6,24 +6,30 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig, StudyConfig, SummaryConfig
 from .data import Data, load_data
-from .models import parameter_counts
+from .engine import train_many
 from .results import check_writable, has_record, load_records, make_record, save_record
 from .training import build_model, resolve_device, train
 
 
+def run_result(run: RunConfig, data: Data, device="auto", progress: bool = True):
+    """Build and train one run with the plain loop; return its TrainResult."""
+    return train(build_model(run), data, run.train_config(), seed=run.seed, device=device,
+                 progress=progress, desc=run.label)
+
+
 def run_one(run: RunConfig, data: Data, device="auto", progress: bool = True) -> dict:
-    """Build, train and evaluate one run; return its record (not yet saved)."""
-    model = build_model(run)
-    result = train(model, data, run.train_config(), seed=run.seed, device=device,
-                   progress=progress, desc=run.label)
-    return make_record(run, result, parameter_counts(model))
+    """Build, train and evaluate one run with the plain loop; return its record (not saved)."""
+    return make_record(run, run_result(run, data, device, progress))
 
 
 def run_study(cfg: StudyConfig, progress: bool = True) -> pd.DataFrame:
     """Train every run of ``cfg`` that has no record in ``cfg.results_dir``; return all of them.
 
-    Each finished run is saved at once, so an interrupted study keeps its finished runs and a
-    rerun resumes with the rest. A diverged run is recorded as such and the study goes on.
+    With ``cfg.engine`` (the default) the runs train stacked in lockstep (see
+    :mod:`lowrank_helpers.engine`) and each lockstep group's records are saved as it ends;
+    otherwise one model at a time with the plain loop, each record saved as its run ends. An
+    interrupted study keeps what was saved and a rerun resumes with the rest. A diverged run is
+    recorded as such and the study goes on.
     """
     results_dir = check_writable(cfg.results_dir)  # fail before training, not after
     runs = cfg.runs()
@@ -33,13 +39,20 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> pd.DataFrame:
     if todo:
         device = resolve_device(cfg.device)
         data = load_data(cfg.dataset, cfg.data_root, device, cfg.train_subset, cfg.test_subset)
-        print(f"data: {data}")
-        for run in tqdm(todo, desc="runs", unit="run", disable=not progress):
-            record = run_one(run, data, device, progress)
-            save_record(record, results_dir)
-            if record["diverged_epoch"] is not None:
-                print(f"{run.label} (seed {run.seed}) diverged at epoch "
-                      f"{record['diverged_epoch']}; recorded as diverged")
+        print(f"data: {data}; engine: {'stacked' if cfg.engine else 'plain loop'}")
+
+        def save(done_runs, results):
+            for run, result in zip(done_runs, results):
+                record = make_record(run, result)
+                save_record(record, results_dir)
+                if record["diverged_epoch"] is not None:
+                    print(f"{run.label} (seed {run.seed}) diverged at epoch "
+                          f"{record['diverged_epoch']}; recorded as diverged")
+        if cfg.engine:  # all runs in lockstep stacks; records are saved as each group ends
+            train_many(todo, data, device, progress, on_group_done=save)
+        else:  # one model at a time; each record is saved as its run ends
+            for run in tqdm(todo, desc="runs", unit="run", disable=not progress):
+                save([run], [run_result(run, data, device, progress)])
     return load_records(results_dir, run_id=[r.run_id for r in runs])
 
 

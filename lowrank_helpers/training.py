@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -76,6 +77,29 @@ class TrainResult:
     diverged_epoch: int | None = None                  # first epoch with a NaN/inf loss
     wall_time: float = 0.0
     device: str = "cpu"
+    peak_memory: dict = field(default_factory=dict)    # see peak_memory()
+    stack_size: int = 1                                # models trained in lockstep with it
+    engine: str = "plain"                              # "plain" loop or "stacked" engine
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict:
+    """Peak memory while training: on CUDA the allocator's peak for this device; elsewhere the
+    process's peak resident set size (data, Python and all models in the process included)."""
+    if device.type == "cuda":
+        return {"bytes": torch.cuda.max_memory_allocated(device),
+                "kind": "torch.cuda.max_memory_allocated"}
+    try:
+        import resource
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return {"bytes": rss if sys.platform == "darwin" else rss * 1024,
+                "kind": "process peak RSS (CPU)"}
+    except ImportError:  # Windows
+        return {}
 
 
 def train(model: nn.Module, data: Data, config: TrainConfig | None = None, *, seed: int = 0,
@@ -96,6 +120,7 @@ def train(model: nn.Module, data: Data, config: TrainConfig | None = None, *, se
     opt = make_optimizer(model.parameters(), config)
     shuffle_gen = torch.Generator().manual_seed(seed)
     result = TrainResult(device=device_name(dev))
+    reset_peak_memory(dev)
     result.init_test_accuracy, result.init_test_loss = evaluate(model, data.X_test, data.y_test)
     start = time.perf_counter()
     model.train()
@@ -123,6 +148,7 @@ def train(model: nn.Module, data: Data, config: TrainConfig | None = None, *, se
             break
     bar.close()
     result.wall_time = time.perf_counter() - start
+    result.peak_memory = peak_memory(dev)
     return result
 
 

@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+import lowrank_helpers.engine as engine_mod
 import lowrank_helpers.study as study_mod
 import lowrank_helpers.results as results_mod
 from lowrank_helpers import (ResultsDirError, RunConfig, StudyConfig, TrainResult, epochs_frame,
@@ -110,26 +111,29 @@ def test_run_study_checks_results_dir_before_training(tmp_path, monkeypatch):
         run_study(StudyConfig(results_dir=str(blocker / "results"), smoke=True), progress=False)
 
 
-def test_run_study_resumes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", [False, True])
+def test_run_study_resumes(tmp_path, monkeypatch, engine):
+    """Ctrl-C during the second run (plain loop) or second stack (engine) keeps the first."""
     cfg = StudyConfig(methods=["full", "lora"], ranks=[1, 2], results_dir=str(tmp_path),
-                      smoke=True)
-    trained = []
-    real_run_one = study_mod.run_one
+                      smoke=True, engine=engine)
+    module, name = (engine_mod, "train_group") if engine else (study_mod, "run_result")
+    real, calls = getattr(module, name), []
 
-    def counting_run_one(run, *args, **kwargs):
-        trained.append(run.name)
-        if len(trained) == 2:
-            raise KeyboardInterrupt  # Ctrl-C in the middle of the second run
-        return real_run_one(run, *args, **kwargs)
-    monkeypatch.setattr(study_mod, "run_one", counting_run_one)
+    def interrupted_on_second_call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(module, name, interrupted_on_second_call)
     with pytest.raises(KeyboardInterrupt):
         run_study(cfg, progress=False)
-    assert len(load_records(cfg.results_dir)) == 1  # the finished run is kept
-    trained.clear()
-    monkeypatch.setattr(study_mod, "run_one", lambda run, *a, **k: (trained.append(run.name),
-                                                                      real_run_one(run, *a, **k))[1])
+    kept = load_records(cfg.results_dir)
+    assert len(kept) == 1 and kept.method.iloc[0] == "full"  # the first run or stack is kept
+
+    trained = []
+    monkeypatch.setattr(module, name, lambda *a, **k: (trained.append(1), real(*a, **k))[1])
     df = run_study(cfg, progress=False)
-    assert len(trained) == 2 and len(df) == 3  # only the two missing runs were trained
+    assert len(df) == 3 and len(trained) == (1 if engine else 2)  # only what was missing
     trained.clear()
     assert len(run_study(cfg, progress=False)) == 3 and trained == []
 

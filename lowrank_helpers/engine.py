@@ -1,0 +1,275 @@
+"""Many MLPs trained in lockstep as one stacked model (the default training engine).
+
+K models of one family (dense, or factorized padded to one rank R) become one module whose
+parameters have a leading model dimension; a step is a handful of batched matrix products for
+all K models instead of K separate loops. All stacks of a group see the same batches and share
+one optimizer. Per model this is the same computation as training it alone (up to the order of
+floating-point sums), because every model's loss, gradient and optimizer update only involve its
+own slice of the stacked tensors:
+
+- padding a factorized model from rank r to R adds rows r..R-1 of A and columns r..R-1 of B that
+  are zero. Their gradients are zero (dL/dA_j ∝ B_{:,j} = 0, dL/dB_{:,j} ∝ (Ax)_j = 0), so SGD
+  (with momentum and weight decay) and Adam(W) leave them at zero;
+- the loss is the sum of the models' mean losses, so each model's gradient is its own.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import RunConfig, TrainConfig
+from .data import Data
+from .models import MLP
+from .training import (TrainResult, build_model, device_name, make_optimizer, peak_memory,
+                       reset_peak_memory, resolve_device)
+
+#: Factorized models up to this rank share one stack padded to it: they are bound by per-step
+#: overhead, not arithmetic, so padding costs little. Above it, ranks pad to the next power of 2.
+SMALL_RANK = 16
+
+
+def stack_rank(rank: int | None) -> int | None:
+    """The rank a model is padded to in its stack (None: dense)."""
+    if rank is None:
+        return None
+    return SMALL_RANK if rank <= SMALL_RANK else 1 << (rank - 1).bit_length()
+
+
+class StackedMLP(nn.Module):
+    """K MLPs of the same widths, all dense or all factorized at ranks <= ``rank``, in one module.
+
+    Weights are stored transposed, so every product reads contiguous memory: layer l's dense
+    weight as ``w{l}`` (K, d_in, d_out), its factors as ``a{l}`` = Aᵀ (K, d_in, R) and ``b{l}`` =
+    Bᵀ (K, R, d_out), its bias as ``bias{l}`` (K, 1, d_out). The first layer, whose input all
+    models share, is stored (d_in, K, ·) so that one matrix product serves all K models.
+    """
+
+    def __init__(self, models: list[MLP], rank: int | None = None):
+        super().__init__()
+        if not models:
+            raise ValueError("a stack needs at least one model")
+        dense = {m.method == "full" for m in models}
+        widths = {m.widths for m in models}
+        if len(dense) > 1 or len(widths) > 1:
+            raise ValueError("a stack holds models of one family and one widths; got methods "
+                             f"{sorted({m.method for m in models})} and widths {sorted(widths)}; "
+                             "use plan_stacks() to split them")
+        self.dense = dense.pop()
+        self.widths = widths.pop()
+        self.K = len(models)
+        self.ranks = [m.rank for m in models]
+        self.rank = None if self.dense else (rank or max(self.ranks))
+        if not self.dense and max(self.ranks) > self.rank:
+            raise ValueError(f"stack rank {self.rank} is below model rank {max(self.ranks)}")
+        layers = [m.linear_layers() for m in models]
+        for l, (d_in, d_out) in enumerate(zip(self.widths[:-1], self.widths[1:])):
+            per_model = [ls[l] for ls in layers]
+            with torch.no_grad():
+                bias = torch.stack([m.bias for m in per_model]).unsqueeze(1)  # (K, 1, d_out)
+                if self.dense:
+                    first = torch.stack([m.weight.T for m in per_model])      # (K, d_in, d_out)
+                else:
+                    first = torch.zeros(self.K, d_in, self.rank)              # (K, d_in, R)
+                    second = torch.zeros(self.K, self.rank, d_out)            # (K, R, d_out)
+                    for k, m in enumerate(per_model):
+                        first[k, :, :m.rank] = m.A.T
+                        second[k, :m.rank, :] = m.B.T
+                    self.register_parameter(f"b{l}", nn.Parameter(second))
+                if l == 0:
+                    first = first.transpose(0, 1).contiguous()               # (d_in, K, ·)
+                self.register_parameter(f"{'w' if self.dense else 'a'}{l}",
+                                        nn.Parameter(first.contiguous()))
+                self.register_parameter(f"bias{l}", nn.Parameter(bias.clone()))
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.widths) - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (K, N, classes) of all K models for the shared input x (N, ...)."""
+        x = x.flatten(1)                                                     # (N, d_in)
+        n = x.shape[0]
+        h = x
+        for l in range(self.n_layers):
+            first = getattr(self, f"{'w' if self.dense else 'a'}{l}")
+            bias = getattr(self, f"bias{l}")
+            if l == 0:  # one (N, d_in) @ (d_in, K·out) product for all models
+                z = (h @ first.view(first.shape[0], -1)).view(n, self.K, -1)
+                z = z.transpose(0, 1).contiguous()                           # (K, N, out)
+            else:
+                h = F.relu(h)
+                z = h if self.dense else torch.bmm(h, first)                 # (K, N, R)
+            if self.dense:
+                h = z + bias if l == 0 else torch.baddbmm(bias, z, first)    # (K, N, d_out)
+            else:
+                h = torch.baddbmm(bias, z, getattr(self, f"b{l}"))           # (K, N, d_out)
+        return h
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of each model on the batch: (K,)."""
+        logits = self.forward(x)                                            # (K, N, C)
+        return F.cross_entropy(logits.transpose(1, 2), y.expand(self.K, -1),
+                               reduction="none").mean(1)
+
+    @torch.no_grad()
+    def unstack(self) -> list[MLP]:
+        """The K models as separate MLPs with their own ranks (padding dropped)."""
+        models = []
+        for k, rank in enumerate(self.ranks):
+            m = MLP("full" if self.dense else "lora", None if self.dense else rank,
+                    widths=self.widths)
+            for l, layer in enumerate(m.linear_layers()):
+                first = getattr(self, f"{'w' if self.dense else 'a'}{l}")
+                first = first[:, k] if l == 0 else first[k]                   # (d_in, ·)
+                if self.dense:
+                    layer.weight.copy_(first.T)
+                else:
+                    layer.A.copy_(first[:, :rank].T)
+                    layer.B.copy_(getattr(self, f"b{l}")[k, :rank].T)
+                layer.bias.copy_(getattr(self, f"bias{l}")[k, 0])
+            models.append(m)
+        return models
+
+
+def group_key(run: RunConfig) -> tuple:
+    """Runs with equal keys can train in lockstep: same data, batches and optimizer settings.
+    With shuffling the batch order depends on the seed, so then the seed is part of the key."""
+    return (run.dataset, run.train_subset, run.test_subset, run.train_config(),
+            run.seed if run.shuffle else None)
+
+
+def plan_stacks(runs: list[RunConfig]) -> list[list[list[int]]]:
+    """Indices of ``runs`` grouped for lockstep training: a list of groups (same batches, one
+    optimizer), each a list of stacks (same family, widths and padded rank)."""
+    groups: dict[tuple, dict[tuple, list[int]]] = {}
+    for i, run in enumerate(runs):
+        family = (run.method == "full", run.widths, stack_rank(run.rank))
+        groups.setdefault(group_key(run), {}).setdefault(family, []).append(i)
+    return [list(stacks.values()) for stacks in groups.values()]
+
+
+@dataclass
+class _StackRun:
+    stack: StackedMLP
+    members: list[int]
+    loss_sum: torch.Tensor = field(default=None)
+
+
+@torch.no_grad()
+def _evaluate(stacks: list[_StackRun], X: torch.Tensor, y: torch.Tensor, chunk: int = 4096):
+    """Per stack: accuracy (K,) and mean loss (K,) on (X, y), still on the device."""
+    out = []
+    for s in stacks:
+        correct = torch.zeros(s.stack.K, device=X.device)
+        loss = torch.zeros(s.stack.K, device=X.device)
+        for i in range(0, len(X), chunk):
+            logits = s.stack(X[i:i + chunk])                                 # (K, n, C)
+            yb = y[i:i + chunk].expand(s.stack.K, -1)
+            loss += F.cross_entropy(logits.transpose(1, 2), yb, reduction="none").sum(1)
+            correct += (logits.argmax(2) == yb).sum(1)
+        out.append((correct / len(X), loss / len(X)))
+    return out
+
+
+def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: TrainConfig,
+                *, seed: int = 0, device="auto", progress: bool = True,
+                desc: str | None = None) -> list[TrainResult]:
+    """Train ``models`` in lockstep, stacked as ``stacks`` (lists of indices into ``models``);
+    return one TrainResult per model, as :func:`lowrank_helpers.train` would for each alone, and
+    leave the trained weights in ``models``.
+
+    A model whose loss becomes NaN or inf is marked diverged at that epoch; the others go on.
+    """
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    if data.device != dev:
+        data = data.to(dev)
+    runs = [_StackRun(StackedMLP([models[i] for i in idx]).to(dev), idx) for idx in stacks]
+    opt = make_optimizer([p for r in runs for p in r.stack.parameters()], config)
+    reset_peak_memory(dev)
+    if sorted(i for idx in stacks for i in idx) != list(range(len(models))):
+        raise ValueError(f"stacks {stacks} must list each of the {len(models)} models once")
+    results = [TrainResult(device=device_name(dev), engine="stacked") for _ in models]
+    for idx in stacks:
+        for i in idx:
+            results[i].stack_size = len(idx)
+    alive = [True] * len(models)
+    for r, (acc, loss) in zip(runs, _evaluate(runs, data.X_test, data.y_test)):
+        for k, i in enumerate(r.members):
+            results[i].init_test_accuracy, results[i].init_test_loss = acc[k].item(), loss[k].item()
+    X, y, n = data.X_train, data.y_train, len(data.X_train)
+    shuffle_gen = torch.Generator().manual_seed(seed)
+    steps = math.ceil(n / config.batch_size)
+    start = time.perf_counter()
+    bar = tqdm(range(1, config.epochs + 1), desc=desc, disable=not progress, unit="epoch",
+               leave=False)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        if config.shuffle:
+            perm = torch.randperm(n, generator=shuffle_gen).to(dev)
+            X, y = data.X_train[perm], data.y_train[perm]
+        for r in runs:
+            r.loss_sum = torch.zeros(r.stack.K, device=dev)  # on device: no sync per step
+        for i in range(0, n, config.batch_size):
+            xb, yb = X[i:i + config.batch_size], y[i:i + config.batch_size]
+            losses = [r.stack.losses(xb, yb) for r in runs]                  # (K_s,) each
+            opt.zero_grad(set_to_none=True)
+            torch.stack([l.sum() for l in losses]).sum().backward()
+            opt.step()
+            for r, l in zip(runs, losses):
+                r.loss_sum += l.detach()
+        evals = _evaluate(runs, data.X_test, data.y_test)
+        seconds = time.perf_counter() - t0
+        for r, (acc, loss) in zip(runs, evals):
+            train_loss = (r.loss_sum / steps).tolist()
+            acc, loss = acc.tolist(), loss.tolist()
+            for k, i in enumerate(r.members):
+                if not alive[i]:
+                    continue
+                results[i].history.append({"epoch": epoch, "test_accuracy": acc[k],
+                                           "test_loss": loss[k], "train_loss": train_loss[k],
+                                           "seconds": seconds})
+                if not (math.isfinite(train_loss[k]) and math.isfinite(loss[k])):
+                    results[i].diverged_epoch, alive[i] = epoch, False
+        if progress:
+            best = max((h["test_accuracy"] for res in results for h in res.history[-1:]),
+                       default=float("nan"))
+            bar.set_postfix(models=sum(alive), best_acc=f"{best:.2%}")
+        if not any(alive):
+            break
+    bar.close()
+    wall, memory = time.perf_counter() - start, peak_memory(dev)
+    for res in results:
+        res.wall_time, res.peak_memory = wall, memory
+    for r in runs:  # like train(), leave the given models trained
+        for i, trained in zip(r.members, r.stack.unstack()):
+            models[i].load_state_dict(trained.state_dict())
+    return results
+
+
+def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool = True,
+               desc: str | None = None, on_group_done=None) -> list[TrainResult]:
+    """Train ``runs`` with the stacked engine, grouped by :func:`plan_stacks`; one TrainResult
+    per run, in order. Each model is built as :func:`build_model` builds it for a lone run.
+    Stacks train one after another; ``on_group_done(runs, results)`` is called as each ends
+    (to save its records)."""
+    results: list[TrainResult | None] = [None] * len(runs)
+    # stack after stack (not all in lockstep): each stack's records can be saved as it ends
+    for stacks in ([stack] for group in plan_stacks(runs) for stack in group):
+        members = [i for stack in stacks for i in stack]
+        first = runs[members[0]]
+        label = desc or f"{len(members)} models in {len(stacks)} stacks"
+        trained = train_group([build_model(runs[i]) for i in members],
+                              [[members.index(i) for i in stack] for stack in stacks], data,
+                              first.train_config(), seed=first.seed, device=device,
+                              progress=progress, desc=label)
+        for i, res in zip(members, trained):
+            results[i] = res
+        if on_group_done is not None:
+            on_group_done([runs[i] for i in members], trained)
+    return results
