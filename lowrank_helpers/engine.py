@@ -163,17 +163,18 @@ class _StackRun:
 
 @torch.no_grad()
 def _evaluate(stacks: list[_StackRun], X: torch.Tensor, y: torch.Tensor, chunk: int = 4096):
-    """Per stack: accuracy (K,) and mean loss (K,) on (X, y), still on the device."""
+    """Per stack: lists of accuracy and mean loss per model on (X, y) (one sync per stack)."""
     out = []
     for s in stacks:
-        correct = torch.zeros(s.stack.K, device=X.device)
+        correct = torch.zeros(s.stack.K, dtype=torch.long, device=X.device)
         loss = torch.zeros(s.stack.K, device=X.device)
         for i in range(0, len(X), chunk):
             logits = s.stack(X[i:i + chunk])                                 # (K, n, C)
             yb = y[i:i + chunk].expand(s.stack.K, -1)
             loss += F.cross_entropy(logits.transpose(1, 2), yb, reduction="none").sum(1)
             correct += (logits.argmax(2) == yb).sum(1)
-        out.append((correct / len(X), loss / len(X)))
+        out.append(([c / len(X) for c in correct.tolist()],  # as evaluate() computes them
+                    [v / len(X) for v in loss.tolist()]))
     return out
 
 
@@ -201,7 +202,7 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: 
     alive = [True] * len(models)
     for r, (acc, loss) in zip(runs, _evaluate(runs, data.X_test, data.y_test)):
         for k, i in enumerate(r.members):
-            results[i].init_test_accuracy, results[i].init_test_loss = acc[k].item(), loss[k].item()
+            results[i].init_test_accuracy, results[i].init_test_loss = acc[k], loss[k]
     X, y, n = data.X_train, data.y_train, len(data.X_train)
     shuffle_gen = torch.Generator().manual_seed(seed)
     steps = math.ceil(n / config.batch_size)
@@ -226,8 +227,7 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: 
         evals = _evaluate(runs, data.X_test, data.y_test)
         seconds = time.perf_counter() - t0
         for r, (acc, loss) in zip(runs, evals):
-            train_loss = (r.loss_sum / steps).tolist()
-            acc, loss = acc.tolist(), loss.tolist()
+            train_loss = [v / steps for v in r.loss_sum.tolist()]
             for k, i in enumerate(r.members):
                 if not alive[i]:
                     continue
@@ -259,17 +259,31 @@ def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool 
     Stacks train one after another; ``on_group_done(runs, results)`` is called as each ends
     (to save its records)."""
     results: list[TrainResult | None] = [None] * len(runs)
-    # stack after stack (not all in lockstep): each stack's records can be saved as it ends
-    for stacks in ([stack] for group in plan_stacks(runs) for stack in group):
-        members = [i for stack in stacks for i in stack]
+
+    def train_stack(members: list[int]) -> None:
         first = runs[members[0]]
-        label = desc or f"{len(members)} models in {len(stacks)} stacks"
-        trained = train_group([build_model(runs[i]) for i in members],
-                              [[members.index(i) for i in stack] for stack in stacks], data,
-                              first.train_config(), seed=first.seed, device=device,
-                              progress=progress, desc=label)
+        try:
+            trained = train_group([build_model(runs[i]) for i in members],
+                                  [list(range(len(members)))], data, first.train_config(),
+                                  seed=first.seed, device=device, progress=progress,
+                                  desc=desc or f"stack of {len(members)} ({first.label} ...)")
+        except torch.cuda.OutOfMemoryError:
+            if len(members) == 1:
+                raise
+            half = len(members) // 2
+            print(f"out of GPU memory with a stack of {len(members)} models: splitting it into "
+                  f"{half} + {len(members) - half} and going on")
+            torch.cuda.empty_cache()
+            train_stack(members[:half])
+            train_stack(members[half:])
+            return
         for i, res in zip(members, trained):
             results[i] = res
         if on_group_done is not None:
             on_group_done([runs[i] for i in members], trained)
+
+    # stack after stack (not all in lockstep): each stack's records are saved as it ends
+    for group in plan_stacks(runs):
+        for members in group:
+            train_stack(members)
     return results

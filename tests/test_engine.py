@@ -145,3 +145,19 @@ def test_train_many_keeps_order_and_reports_groups(data):
     assert [r.stack_size for r in results] == [2, 1, 2]
     assert all(r.engine == "stacked" and len(r.history) == 1 for r in results)
     assert sorted(done) == [["full"], ["lora", "ae"]]
+
+
+def test_out_of_gpu_memory_splits_the_stack(data, monkeypatch, capsys):
+    import lowrank_helpers.engine as engine
+    real, sizes = engine.train_group, []
+
+    def small_memory(models, *args, **kwargs):  # pretend stacks of more than 2 do not fit
+        sizes.append(len(models))
+        if len(models) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(models, *args, **kwargs)
+    monkeypatch.setattr(engine, "train_group", small_memory)
+    runs = [RunConfig(method="ae", rank=r, epochs=1) for r in (1, 2, 4, 8, 16)]
+    results = train_many(runs, data, device="cpu", progress=False)
+    assert sizes == [5, 2, 3, 1, 2] and all(len(r.history) == 1 for r in results)
+    assert "splitting it into 2 + 3 and going on" in capsys.readouterr().out
