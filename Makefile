@@ -1,5 +1,6 @@
 # Two commands for a fresh machine; each does its own set-up.
-#   make study   run the study (the reference sweep: 17 models x 100 epochs) -> results/, img/
+#   make study   run the study (the reference sweep: 17 models x 3 seeds x 100 epochs)
+#                -> results/, img/
 #   make test    run the tests (unit, notebooks in smoke mode, papermill batch, browser)
 PYTHON ?= python3
 VENV   ?= .venv

@@ -2,9 +2,9 @@
 
 A job is the full-rank baseline, or one stack of factorized ranks (1-16, 32, 64, 128, ...).
 
-    lowrank-study                         # the reference run: 17 models, 100 epochs, figures
+    lowrank-study                         # the reference run: 17 models x 3 seeds, 100 epochs
     lowrank-study --smoke                 # quick end-to-end run into {results,img,runs}/smoke
-    lowrank-study --ranks 4 8 --seeds 0 1 2 --jobs 2
+    lowrank-study --ranks 4 8 --seeds 0 --jobs 2
     lowrank-study table                   # the results table from the records
     lowrank-study readme                  # regenerate README's result blocks from the records
 """
@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shuffle", action="store_true", help="shuffle the training data each "
                    "epoch (the original does not)")
     p.add_argument("--hidden-sizes", nargs="+", type=int, default=[512, 512])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--jobs", type=int, default=1, help="papermill jobs in parallel (default 1)")
     p.add_argument("--no-engine", action="store_true", help="train one model at a time with "

@@ -198,7 +198,7 @@ class StudyConfig(NotebookParams):
     momentum: float = 0.0
     weight_decay: float = 0.0
     shuffle: bool = False
-    seeds: tuple = (0,)
+    seeds: tuple = (0, 1, 2)
     device: str = "auto"
     engine: bool = True        # stacked lockstep training (False: the plain one-model loop)
     results_dir: str = "../results"

@@ -158,7 +158,8 @@ def plan_stacks(runs: list[RunConfig]) -> list[list[list[int]]]:
 class _StackRun:
     stack: StackedMLP
     members: list[int]
-    loss_sum: torch.Tensor = field(default=None)
+    loss_sum: torch.Tensor = field(default=None)  # summed on the device: no sync per step
+    stream: object = None                         # its CUDA stream when stacks run side by side
 
 
 @torch.no_grad()
@@ -178,23 +179,111 @@ def _evaluate(stacks: list[_StackRun], X: torch.Tensor, y: torch.Tensor, chunk: 
     return out
 
 
+class _Steps:
+    """One training step of all stacks on a batch.
+
+    Eager by default. On CUDA with ``graphs``, the first ``WARMUP`` full batches run eagerly
+    (real steps, on a side stream as CUDA graph capture requires), then one step is captured
+    into a CUDA graph that every later full batch replays: one launch per step instead of a
+    few hundred, and no host synchronisation. With several stacks each stack's forward and
+    backward are captured on a stream of its own, so that they run side by side on the GPU.
+    Batches of another size (an epoch's last) run eagerly. If capture fails, training goes on
+    eagerly after a one-line notice.
+    """
+    WARMUP = 3
+
+    def __init__(self, runs: list[_StackRun], opt: torch.optim.Optimizer, batch_size: int,
+                 device: torch.device, graphs: bool):
+        self.runs, self.opt, self.batch_size = runs, opt, batch_size
+        self.graphs = graphs and device.type == "cuda"
+        self.warm, self.graph, self.static = 0, None, None
+        self.mode = "eager"
+
+    def _step(self, xb, yb, streams: bool = False) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        if streams:
+            main = torch.cuda.current_stream()
+            losses = []
+            for r in self.runs:
+                r.stream.wait_stream(main)
+                with torch.cuda.stream(r.stream):
+                    losses.append(r.stack.losses(xb, yb))
+            for r in self.runs:
+                main.wait_stream(r.stream)
+        else:
+            losses = [r.stack.losses(xb, yb) for r in self.runs]                # (K_s,) each
+        torch.stack([l.sum() for l in losses]).sum().backward()
+        self.opt.step()
+        with torch.no_grad():
+            for r, l in zip(self.runs, losses):
+                r.loss_sum += l
+
+    def _capture(self, xb, yb) -> bool:
+        streams = len(self.runs) > 1
+        for attempt in ([True, False] if streams else [False]):
+            try:
+                if attempt:
+                    for r in self.runs:
+                        r.stream = torch.cuda.Stream()
+                self.static = (xb.clone(), yb.clone())
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self._step(*self.static, streams=attempt)
+                self.graph, self.mode = graph, "cuda graph" + (" + streams" if attempt else "")
+                return True
+            except Exception as exc:  # capture unsupported here: say so once, go on eagerly
+                try:
+                    torch.cuda.synchronize()
+                except Exception:  # the failed capture's own error, reported below
+                    pass
+                what = "with a stream per stack" if attempt else ""
+                print(f"CUDA graph capture {what} failed ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0] if str(exc) else ''}); "
+                      + ("trying one stream" if attempt else "training without graphs"))
+        self.graphs = False
+        return False
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        if not self.graphs or len(xb) != self.batch_size:
+            return self._step(xb, yb)
+        if self.graph is None and self.warm < self.WARMUP:
+            self.warm += 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._step(xb, yb)
+            torch.cuda.current_stream().wait_stream(side)
+            return None
+        if self.graph is None and not self._capture(xb, yb):
+            return self._step(xb, yb)
+        self.static[0].copy_(xb)
+        self.static[1].copy_(yb)
+        self.graph.replay()
+        return None
+
+
 def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: TrainConfig,
                 *, seed: int = 0, device="auto", progress: bool = True,
-                desc: str | None = None) -> list[TrainResult]:
+                desc: str | None = None, cuda_graphs: bool = True) -> list[TrainResult]:
     """Train ``models`` in lockstep, stacked as ``stacks`` (lists of indices into ``models``);
     return one TrainResult per model, as :func:`lowrank_helpers.train` would for each alone, and
     leave the trained weights in ``models``.
 
-    A model whose loss becomes NaN or inf is marked diverged at that epoch; the others go on.
+    On CUDA the step is captured into a CUDA graph (``cuda_graphs=False``: eager steps; see
+    :class:`_Steps`). A model whose loss becomes NaN or inf is marked diverged at that epoch;
+    the others go on.
     """
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    if sorted(i for idx in stacks for i in idx) != list(range(len(models))):
+        raise ValueError(f"stacks {stacks} must list each of the {len(models)} models once")
     if data.device != dev:
         data = data.to(dev)
     runs = [_StackRun(StackedMLP([models[i] for i in idx]).to(dev), idx) for idx in stacks]
-    opt = make_optimizer([p for r in runs for p in r.stack.parameters()], config)
+    for r in runs:
+        r.loss_sum = torch.zeros(r.stack.K, device=dev)
+    opt = make_optimizer([p for r in runs for p in r.stack.parameters()], config,
+                         capturable=cuda_graphs and dev.type == "cuda")
     reset_peak_memory(dev)
-    if sorted(i for idx in stacks for i in idx) != list(range(len(models))):
-        raise ValueError(f"stacks {stacks} must list each of the {len(models)} models once")
     results = [TrainResult(device=device_name(dev), engine="stacked") for _ in models]
     for idx in stacks:
         for i in idx:
@@ -206,6 +295,7 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: 
     X, y, n = data.X_train, data.y_train, len(data.X_train)
     shuffle_gen = torch.Generator().manual_seed(seed)
     steps = math.ceil(n / config.batch_size)
+    step = _Steps(runs, opt, config.batch_size, dev, cuda_graphs)
     start = time.perf_counter()
     bar = tqdm(range(1, config.epochs + 1), desc=desc, disable=not progress, unit="epoch",
                leave=False)
@@ -215,15 +305,9 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: 
             perm = torch.randperm(n, generator=shuffle_gen).to(dev)
             X, y = data.X_train[perm], data.y_train[perm]
         for r in runs:
-            r.loss_sum = torch.zeros(r.stack.K, device=dev)  # on device: no sync per step
+            r.loss_sum.zero_()  # in place: a captured graph adds into this very tensor
         for i in range(0, n, config.batch_size):
-            xb, yb = X[i:i + config.batch_size], y[i:i + config.batch_size]
-            losses = [r.stack.losses(xb, yb) for r in runs]                  # (K_s,) each
-            opt.zero_grad(set_to_none=True)
-            torch.stack([l.sum() for l in losses]).sum().backward()
-            opt.step()
-            for r, l in zip(runs, losses):
-                r.loss_sum += l.detach()
+            step(X[i:i + config.batch_size], y[i:i + config.batch_size])
         evals = _evaluate(runs, data.X_test, data.y_test)
         seconds = time.perf_counter() - t0
         for r, (acc, loss) in zip(runs, evals):
@@ -245,7 +329,7 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: 
     bar.close()
     wall, memory = time.perf_counter() - start, peak_memory(dev)
     for res in results:
-        res.wall_time, res.peak_memory = wall, memory
+        res.wall_time, res.peak_memory, res.step_mode = wall, memory, step.mode
     for r in runs:  # like train(), leave the given models trained
         for i, trained in zip(r.members, r.stack.unstack()):
             models[i].load_state_dict(trained.state_dict())
@@ -253,37 +337,128 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: 
 
 
 def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool = True,
-               desc: str | None = None, on_group_done=None) -> list[TrainResult]:
+               desc: str | None = None, on_group_done=None, *, lockstep: bool | None = None,
+               workers: int = 1, cuda_graphs: bool = True) -> list[TrainResult]:
     """Train ``runs`` with the stacked engine, grouped by :func:`plan_stacks`; one TrainResult
     per run, in order. Each model is built as :func:`build_model` builds it for a lone run.
-    Stacks train one after another; ``on_group_done(runs, results)`` is called as each ends
-    (to save its records)."""
+
+    ``lockstep`` (default: on CUDA) trains all stacks of a group together, each on a CUDA
+    stream of its own; otherwise stacks train one after another. ``workers`` > 1 (CPU only)
+    trains stacks in that many processes side by side, one thread each, largest stacks first:
+    small stacks are bound by per-step overhead, which one core does about as fast as two.
+    ``on_group_done(runs, results)`` is called as each stack or group ends (to save records).
+    A group or stack that runs out of GPU memory is split in two and goes on, saying so.
+    """
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if workers > 1 and dev.type != "cpu":
+        raise ValueError(f"workers > 1 trains on CPU cores; on {dev.type} use workers=1 (one "
+                         "process drives the whole device)")
+    lockstep = dev.type == "cuda" if lockstep is None else lockstep
     results: list[TrainResult | None] = [None] * len(runs)
 
-    def train_stack(members: list[int]) -> None:
-        first = runs[members[0]]
-        try:
-            trained = train_group([build_model(runs[i]) for i in members],
-                                  [list(range(len(members)))], data, first.train_config(),
-                                  seed=first.seed, device=device, progress=progress,
-                                  desc=desc or f"stack of {len(members)} ({first.label} ...)")
-        except torch.cuda.OutOfMemoryError:
-            if len(members) == 1:
-                raise
-            half = len(members) // 2
-            print(f"out of GPU memory with a stack of {len(members)} models: splitting it into "
-                  f"{half} + {len(members) - half} and going on")
-            torch.cuda.empty_cache()
-            train_stack(members[:half])
-            train_stack(members[half:])
-            return
+    def done(members: list[int], trained: list[TrainResult]) -> None:
         for i, res in zip(members, trained):
             results[i] = res
         if on_group_done is not None:
             on_group_done([runs[i] for i in members], trained)
 
-    # stack after stack (not all in lockstep): each stack's records are saved as it ends
+    if workers > 1:
+        stacks = [members for group in plan_stacks(runs) for members in group]
+        _train_in_workers(runs, stacks, data, workers, done, progress)
+        return results
+
+    def train_stacks(stacks: list[list[int]]) -> None:
+        members = [i for stack in stacks for i in stack]
+        first = runs[members[0]]
+        label = desc or (f"{len(members)} models in {len(stacks)} stacks" if len(stacks) > 1
+                         else f"stack of {len(members)} ({first.label} ...)")
+        try:
+            trained = train_group([build_model(runs[i]) for i in members],
+                                  [[members.index(i) for i in stack] for stack in stacks], data,
+                                  first.train_config(), seed=first.seed, device=dev,
+                                  progress=progress, desc=label, cuda_graphs=cuda_graphs)
+        except torch.cuda.OutOfMemoryError:
+            if len(members) == 1:
+                raise
+            torch.cuda.empty_cache()
+            if len(stacks) > 1:
+                print(f"out of GPU memory with {len(stacks)} stacks in lockstep: training them "
+                      "one after another")
+                for stack in stacks:
+                    train_stacks([stack])
+                return
+            half = len(members) // 2
+            print(f"out of GPU memory with a stack of {len(members)} models: splitting it into "
+                  f"{half} + {len(members) - half} and going on")
+            train_stacks([members[:half]])
+            train_stacks([members[half:]])
+            return
+        done(members, trained)
+
     for group in plan_stacks(runs):
-        for members in group:
-            train_stack(members)
+        if lockstep:
+            train_stacks(group)
+        else:  # stack after stack: each stack's records are saved as it ends
+            for members in group:
+                train_stacks([members])
     return results
+
+
+def stack_cost(runs: list[RunConfig]) -> float:
+    """A rough relative cost of training ``runs`` as one stack on a CPU core, to start the
+    largest first: matrix FLOPs at the padded rank plus per-model elementwise work."""
+    from .models import training_flops_per_sample
+    rank = stack_rank(runs[0].rank)
+    flops = training_flops_per_sample(runs[0].method, rank, runs[0].widths)
+    elementwise = 20 * sum(runs[0].widths[1:])  # bias, ReLU, their gradients: ~20 flop-equivalents
+    return len(runs) * (flops + elementwise) * runs[0].epochs
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(name: str | None, arrays: tuple | None, threads: int) -> None:
+    torch.set_num_threads(threads)
+    if arrays is not None:  # spawned: the data come pickled; forked: inherited as they are
+        _WORKER["data"] = Data(name, *(torch.from_numpy(a) for a in arrays))
+
+
+def _worker_train(runs: list[RunConfig]) -> list[TrainResult]:
+    return train_many(runs, _WORKER["data"], device="cpu", progress=False, lockstep=False)
+
+
+def _train_in_workers(runs, stacks, data, workers, done, progress) -> None:
+    """Train each stack in one of ``workers`` processes (one thread each), largest first.
+    Forked where the platform forks (Linux: the data are shared, the start is instant), else
+    spawned (the data are sent to each worker)."""
+    import multiprocessing
+    import sys
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    stacks = sorted(stacks, key=lambda m: -stack_cost([runs[i] for i in m]))
+    workers = min(workers, len(stacks))
+    data = data.to("cpu")
+    fork = sys.platform.startswith("linux")
+    if fork:
+        _WORKER["data"], initargs = data, (None, None, 1)
+    else:
+        initargs = (data.name, tuple(t.numpy() for t in (data.X_train, data.y_train,
+                                                         data.X_test, data.y_test)), 1)
+    bar = tqdm(total=len(runs), desc=f"models ({workers} workers)", unit="model",
+               disable=not progress, leave=False)
+    context = multiprocessing.get_context("fork" if fork else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                             initargs=initargs) as pool:
+        futures = {pool.submit(_worker_train, [runs[i] for i in members]): members
+                   for members in stacks}
+        try:
+            for future in as_completed(futures):
+                members = futures[future]
+                done(members, future.result())
+                bar.update(len(members))
+        except BaseException:  # Ctrl-C or a failed stack: what finished is already saved
+            for f in futures:
+                f.cancel()
+            raise
+    bar.close()

@@ -22,7 +22,7 @@ SCHEMA = 1
 REQUIRED = ("run_id", "config", "history", "parameters")
 #: Cost columns that load_records takes from each record's "cost" (None in older records).
 COST_COLUMNS = ("training_flops_per_sample", "optimizer_state_bytes", "peak_memory_bytes",
-                "peak_memory_kind", "seconds_per_epoch", "stack_size", "engine")
+                "peak_memory_kind", "seconds_per_epoch", "stack_size", "engine", "step_mode")
 
 
 class ResultsDirError(OSError):
@@ -68,6 +68,7 @@ def cost(run: RunConfig, result, parameters: int) -> dict:
         "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
         "stack_size": result.stack_size,  # models trained in lockstep, sharing those seconds
         "engine": result.engine,
+        "step_mode": getattr(result, "step_mode", "eager"),
     }
 
 

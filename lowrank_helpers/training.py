@@ -46,11 +46,14 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
-def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params, config: TrainConfig, capturable: bool = False) -> torch.optim.Optimizer:
+    """The run's optimizer; ``capturable``: AdamW keeps its step count on the device, as CUDA
+    graph capture requires (SGD needs nothing)."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                             capturable=capturable)
 
 
 @torch.no_grad()
@@ -80,6 +83,7 @@ class TrainResult:
     peak_memory: dict = field(default_factory=dict)    # see peak_memory()
     stack_size: int = 1                                # models trained in lockstep with it
     engine: str = "plain"                              # "plain" loop or "stacked" engine
+    step_mode: str = "eager"                           # "eager", or "cuda graph" (+ streams)
 
 
 def reset_peak_memory(device: torch.device) -> None:

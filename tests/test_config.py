@@ -10,8 +10,9 @@ def test_defaults_are_the_reference_protocol():
             t.shuffle) == (100, 1e-3, 64, "sgd", 0.0, 0.0, False)
 
 
-def test_reference_study_has_17_runs():
-    runs = StudyConfig().runs()
+def test_reference_study_has_17_models_and_3_seeds():
+    assert len(StudyConfig().runs()) == 51 and StudyConfig().seeds == (0, 1, 2)
+    runs = StudyConfig(seeds=[0]).runs()
     assert len(runs) == 17
     assert sum(r.method == "full" for r in runs) == 1
     assert {r.init for r in runs if r.method == "lora"} == {"lora"}

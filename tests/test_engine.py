@@ -161,3 +161,72 @@ def test_out_of_gpu_memory_splits_the_stack(data, monkeypatch, capsys):
     results = train_many(runs, data, device="cpu", progress=False)
     assert sizes == [5, 2, 3, 1, 2] and all(len(r.history) == 1 for r in results)
     assert "splitting it into 2 + 3 and going on" in capsys.readouterr().out
+
+
+def test_lockstep_group_out_of_memory_falls_back_to_stack_after_stack(data, monkeypatch, capsys):
+    import lowrank_helpers.engine as engine
+    real, calls = engine.train_group, []
+
+    def small_memory(models, stacks, *args, **kwargs):  # pretend two stacks do not fit together
+        calls.append(len(stacks))
+        if len(stacks) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(models, stacks, *args, **kwargs)
+    monkeypatch.setattr(engine, "train_group", small_memory)
+    runs = [RunConfig(method="full", epochs=1), RunConfig(method="ae", rank=2, epochs=1)]
+    results = train_many(runs, data, device="cpu", progress=False, lockstep=True)
+    assert calls == [2, 1, 1] and all(len(r.history) == 1 for r in results)
+    assert "training them one after another" in capsys.readouterr().out
+
+
+def test_workers_train_as_one_process_does(data):
+    """Stacks trained in 2 worker processes (one thread each) give the same histories, in the
+    caller's order, and each stack is reported as it ends."""
+    runs = [RunConfig(method="ae", rank=2, epochs=2), RunConfig(method="full", epochs=2),
+            RunConfig(method="lora", rank=32, epochs=2, seed=1)]
+    done = []
+    got = train_many(runs, data, device="cpu", progress=False, workers=2,
+                     on_group_done=lambda rs, res: done.append(len(rs)))
+    want = train_many(runs, data, device="cpu", progress=False)
+    assert sorted(done) == [1, 1, 1]
+    for g, w, run in zip(got, want, runs):
+        assert g.engine == "stacked" and g.step_mode == "eager"
+        for key in ("train_loss", "test_loss", "test_accuracy"):
+            torch.testing.assert_close(torch.tensor([h[key] for h in g.history]),
+                                       torch.tensor([h[key] for h in w.history]),
+                                       rtol=1e-5, atol=1e-6, msg=lambda m: f"{run.label} {key}: {m}")
+
+
+def test_bad_workers_are_refused(data):
+    with pytest.raises(ValueError, match="workers must be a positive integer, got 0"):
+        train_many([RunConfig(method="full", epochs=1)], data, device="cpu", workers=0)
+
+
+def test_stack_cost_orders_large_stacks_first():
+    from lowrank_helpers.engine import stack_cost
+    full = [RunConfig(method="full")]
+    small = [RunConfig(method="lora", rank=r) for r in (1, 2, 4, 8, 16)]
+    assert stack_cost(full) > stack_cost(small) > stack_cost(small[:1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("lockstep", [True, False], ids=["lockstep-streams", "stack-after-stack"])
+@pytest.mark.parametrize("config", [SGD, ADAMW], ids=["sgd", "adamw"])
+def test_cuda_graphs_train_as_the_plain_loop_does(data, config, lockstep):
+    """On CUDA the engine captures its step into a CUDA graph: the histories match the plain
+    loop's, eager, on the same GPU."""
+    runs = [RunConfig(method=m, rank=r, seed=s, epochs=config.epochs, lr=config.lr,
+                      momentum=config.momentum, weight_decay=config.weight_decay,
+                      optimizer=config.optimizer)
+            for m, r in (("full", None), ("lora", 8), ("ae", 32)) for s in (0, 1)]
+    got = train_many(runs, data, device="cuda", progress=False, lockstep=lockstep)
+    rtol, atol = (1e-4, 1e-5) if config.optimizer == "sgd" else (5e-3, 1e-3)
+    for run, res in zip(runs, got):
+        assert res.step_mode.startswith("cuda graph"), res.step_mode
+        ref = train(build_model(run), data, run.train_config(), seed=run.seed, device="cuda",
+                    progress=False)
+        for key in ("train_loss", "test_loss", "test_accuracy"):
+            torch.testing.assert_close(torch.tensor([h[key] for h in res.history]),
+                                       torch.tensor([h[key] for h in ref.history]),
+                                       rtol=rtol, atol=atol,
+                                       msg=lambda m: f"{run.label} seed {run.seed} {key}: {m}")
