@@ -29,16 +29,18 @@ from .models import MLP
 from .training import (TrainResult, build_model, device_name, make_optimizer, peak_memory,
                        reset_peak_memory, resolve_device)
 
-#: Factorized models up to this rank share one stack padded to it: they are bound by per-step
-#: overhead, not arithmetic, so padding costs little. Above it, ranks pad to the next power of 2.
+#: Factorized models up to this rank share one stack padded to it: in one process they are bound
+#: by per-step overhead more than by arithmetic, so padding costs little. Above it, ranks pad to
+#: the next power of 2. (With several worker processes every power of 2 gets its own stack: more
+#: stacks to share out, less padding.)
 SMALL_RANK = 16
 
 
-def stack_rank(rank: int | None) -> int | None:
+def stack_rank(rank: int | None, small_rank: int = SMALL_RANK) -> int | None:
     """The rank a model is padded to in its stack (None: dense)."""
     if rank is None:
         return None
-    return SMALL_RANK if rank <= SMALL_RANK else 1 << (rank - 1).bit_length()
+    return small_rank if rank <= small_rank else 1 << (rank - 1).bit_length()
 
 
 class StackedMLP(nn.Module):
@@ -144,12 +146,12 @@ def group_key(run: RunConfig) -> tuple:
             run.seed if run.shuffle else None)
 
 
-def plan_stacks(runs: list[RunConfig]) -> list[list[list[int]]]:
+def plan_stacks(runs: list[RunConfig], small_rank: int = SMALL_RANK) -> list[list[list[int]]]:
     """Indices of ``runs`` grouped for lockstep training: a list of groups (same batches, one
     optimizer), each a list of stacks (same family, widths and padded rank)."""
     groups: dict[tuple, dict[tuple, list[int]]] = {}
     for i, run in enumerate(runs):
-        family = (run.method == "full", run.widths, stack_rank(run.rank))
+        family = (run.method == "full", run.widths, stack_rank(run.rank, small_rank))
         groups.setdefault(group_key(run), {}).setdefault(family, []).append(i)
     return [list(stacks.values()) for stacks in groups.values()]
 
@@ -344,8 +346,9 @@ def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool 
 
     ``lockstep`` (default: on CUDA) trains all stacks of a group together, each on a CUDA
     stream of its own; otherwise stacks train one after another. ``workers`` > 1 (CPU only)
-    trains stacks in that many processes side by side, one thread each, largest stacks first:
-    small stacks are bound by per-step overhead, which one core does about as fast as two.
+    trains stacks in that many processes side by side, one thread each, largest stacks first
+    (each power-of-2 rank its own stack): small stacks are bound by per-step overhead, which one
+    core does about as fast as two.
     ``on_group_done(runs, results)`` is called as each stack or group ends (to save records).
     A group or stack that runs out of GPU memory is split in two and goes on, saying so.
     """
@@ -365,7 +368,7 @@ def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool 
             on_group_done([runs[i] for i in members], trained)
 
     if workers > 1:
-        stacks = [members for group in plan_stacks(runs) for members in group]
+        stacks = [members for group in plan_stacks(runs, small_rank=1) for members in group]
         _train_in_workers(runs, stacks, data, workers, done, progress)
         return results
 
@@ -410,7 +413,7 @@ def stack_cost(runs: list[RunConfig]) -> float:
     """A rough relative cost of training ``runs`` as one stack on a CPU core, to start the
     largest first: matrix FLOPs at the padded rank plus per-model elementwise work."""
     from .models import training_flops_per_sample
-    rank = stack_rank(runs[0].rank)
+    rank = max(stack_rank(r.rank, 1) or 0 for r in runs) or None
     flops = training_flops_per_sample(runs[0].method, rank, runs[0].widths)
     elementwise = 20 * sum(runs[0].widths[1:])  # bias, ReLU, their gradients: ~20 flop-equivalents
     return len(runs) * (flops + elementwise) * runs[0].epochs

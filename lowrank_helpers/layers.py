@@ -76,6 +76,72 @@ def init_default(layer: "LowRankLinear") -> None:
         nn.init.uniform_(layer.bias, -bound, bound)
 
 
+def _dense_default_bias(layer: "LowRankLinear") -> None:
+    """The bias of ``nn.Linear(d_in, d_out)``: U(-1/√d_in, 1/√d_in)."""
+    if layer.bias is not None:
+        bound = 1.0 / math.sqrt(layer.in_features)
+        nn.init.uniform_(layer.bias, -bound, bound)
+
+
+@register_init("matched")
+def init_matched(layer: "LowRankLinear") -> None:
+    """Variance-matched: B·A gets the entry variance of PyTorch's default dense init.
+
+    ``nn.Linear(d_in, d_out)`` draws W ~ U(±1/√d_in), Var(W) = 1/(3·d_in). An entry of B·A is
+    a sum of r products, Var((BA)_ij) = r·Var(A)·Var(B); splitting evenly gives
+    Var(A) = Var(B) = 1/√(3·d_in·r), drawn uniform: A, B ~ U(±√3·(3·d_in·r)^(-1/4)). The bias is
+    the dense default's. The layer's forward gain is then 1/3 at every rank, as a dense layer's.
+    """
+    bound = math.sqrt(3.0) * (3.0 * layer.in_features * layer.rank) ** -0.25
+    nn.init.uniform_(layer.A, -bound, bound)
+    nn.init.uniform_(layer.B, -bound, bound)
+    _dense_default_bias(layer)
+
+
+@register_init("he")
+def init_he(layer: "LowRankLinear") -> None:
+    """He/Kaiming init for ReLU networks (He et al., ICCV 2015, "Delving Deep into Rectifiers")
+    applied to the product: Var(B·A) = 2/d_in, which keeps the second moment of activations
+    constant through ReLU layers. Split evenly: Var(A) = Var(B) = √(2/(d_in·r)), Gaussian as
+    in ``kaiming_normal_``; the bias starts at 0, as in that paper.
+    """
+    std = (2.0 / (layer.in_features * layer.rank)) ** 0.25
+    nn.init.normal_(layer.A, 0.0, std)
+    nn.init.normal_(layer.B, 0.0, std)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+@register_init("spectral")
+def init_spectral(layer: "LowRankLinear") -> None:
+    """Spectral init (Khodak et al., ICLR 2021, "Initialization and Regularization of
+    Factorized Neural Layers"): draw a dense W as ``nn.Linear`` does (U(±1/√d_in)), take its SVD
+    W = U·S·Vᵀ and keep the top r components: B = U_r·√S_r, A = √S_r·V_rᵀ, so that B·A is the
+    best rank-r approximation of W (Eckart–Young). The bias is the dense default's.
+
+    If r exceeds min(d_in, d_out) the product is W itself; the extra rows of A are drawn as the
+    "matched" init draws them and the extra columns of B start at 0 (so the product stays W and
+    both still train, as LoRA's B = 0 start does).
+    """
+    d_in, d_out, r = layer.in_features, layer.out_features, layer.rank
+    with torch.no_grad():
+        bound = 1.0 / math.sqrt(d_in)
+        w = torch.empty(d_out, d_in, dtype=torch.float64).uniform_(-bound, bound)
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        k = min(r, len(s))
+        root = s[:k].sqrt()
+        b = torch.zeros(d_out, r, dtype=torch.float64)
+        a = torch.empty(r, d_in, dtype=torch.float64)
+        b[:, :k] = u[:, :k] * root
+        a[:k] = root[:, None] * vh[:k]
+        if r > k:
+            extra = math.sqrt(3.0) * (3.0 * d_in * r) ** -0.25
+            a[k:].uniform_(-extra, extra)
+        layer.A.copy_(a)
+        layer.B.copy_(b)
+    _dense_default_bias(layer)
+
+
 class LowRankLinear(nn.Module):
     """Drop-in for ``nn.Linear`` whose weight is the product of two trainable factors.
 

@@ -87,6 +87,35 @@ def _join(items) -> str:
     return ", ".join(str(i) for i in items)
 
 
+def training_minutes(runs: pd.DataFrame) -> float:
+    """Minutes of training behind ``runs``: models trained together (a stack, or stacks in
+    lockstep) share one wall time, counted once."""
+    return runs.drop_duplicates(subset=["device", "wall_time"]).wall_time.sum() / 60
+
+
+def agreement(runs: pd.DataFrame, other: pd.DataFrame) -> str:
+    """How far ``other`` (the same study trained elsewhere) lands from ``runs``, per model and
+    per seed, in one Markdown paragraph whose numbers are all computed here."""
+    key = ["method", "rank", "init", "seed"]
+    a = runs.assign(rank=runs["rank"].fillna(0))
+    b = other.assign(rank=other["rank"].fillna(0))
+    both = a.merge(b, on=key, suffixes=("", "_o"))
+    if both.empty:
+        raise ValueError("the two sets of records share no (method, rank, init, seed)")
+    seed_diff = (both.final_test_accuracy_o - both.final_test_accuracy).abs() * 100
+    means = both.groupby(["method", "rank", "init"])[["final_test_accuracy", "final_test_accuracy_o"]].mean()
+    model_diff = (means.final_test_accuracy_o - means.final_test_accuracy).abs() * 100
+    dev_a = ", ".join(sorted(runs.device.dropna().unique()))
+    dev_b = ", ".join(sorted(other.device.dropna().unique()))
+    return (f"*Computed from {len(both)} pairs of records (same model, init and seed) trained "
+            f"on {dev_a} and on {dev_b}.* Mean final accuracy per model: largest difference "
+            f"{model_diff.max():.2f} points, median {model_diff.median():.2f}, over "
+            f"{len(model_diff)} models. Single seeds: largest difference "
+            f"{seed_diff.max():.2f} points, median {seed_diff.median():.2f}. Training time: "
+            f"{training_minutes(runs):.1f} minutes on {dev_a}, "
+            f"{training_minutes(other) * 60:.1f} seconds on {dev_b}.")
+
+
 def discussion(runs: pd.DataFrame) -> str:
     """A short discussion in Markdown whose every number is computed from ``runs``."""
     m = _per_model(runs)
@@ -97,7 +126,7 @@ def discussion(runs: pd.DataFrame) -> str:
     devices = ", ".join(sorted(runs.device.dropna().unique()))
     out = [f"*Computed from {len(runs)} records: {seeds} seed{'s' if seeds > 1 else ''} per "
            f"model{', means over seeds' if seeds > 1 else ''}; trained on {devices}, "
-           f"{runs.wall_time.sum() / 60:.0f} minutes of training in all.*", ""]
+           f"{training_minutes(runs):.0f} minutes of training in all.*", ""]
     if len(full):
         F, E = full.final.iloc[0], int(full.epochs.iloc[0])
         P = full.params.iloc[0]
@@ -166,18 +195,27 @@ def discussion(runs: pd.DataFrame) -> str:
 
 
 #: README blocks regenerated from records: ``<!-- generated: table results -->`` … ``<!-- end -->``
-#: (kinds: ``table``, ``discussion``; the path is a results directory relative to the README).
-README_BLOCK = re.compile(r"(<!-- generated: (table|discussion) (\S+) -->\n)(.*?)(<!-- end -->)",
-                          re.S)
+#: (kinds: ``table``, ``discussion``: the path is a results directory relative to the README;
+#: ``agreement``: two directories ``other:reference``, see :func:`agreement`).
+README_BLOCK = re.compile(
+    r"(<!-- generated: (table|discussion|agreement) (\S+) -->\n)(.*?)(<!-- end -->)", re.S)
 
 
-def render_block(kind: str, results_dir) -> str:
-    """A README block from the Fashion-MNIST reference-protocol records in ``results_dir``."""
+def _reference_records(results_dir) -> pd.DataFrame:
     from .config import SummaryConfig
     from .results import load_records
     runs = load_records(results_dir, **SummaryConfig().record_filter())
     if runs.empty:
         raise ValueError(f"no reference-protocol records in {results_dir}")
+    return runs
+
+
+def render_block(kind: str, results_dir) -> str:
+    """A README block from the Fashion-MNIST reference-protocol records in ``results_dir``."""
+    if kind == "agreement":
+        other, reference = str(results_dir).rsplit(":", 1)
+        return agreement(_reference_records(reference), _reference_records(other))
+    runs = _reference_records(results_dir)
     return (comparison_table(runs).to_markdown(index=False) if kind == "table"
             else discussion(runs))
 
@@ -192,7 +230,8 @@ def update_readme(path, check: bool = False) -> list[str]:
     stale = []
 
     def fill(m: re.Match) -> str:
-        new = render_block(m.group(2), path.parent / m.group(3)) + "\n"
+        where = ":".join(str(path.parent / part) for part in m.group(3).split(":"))
+        new = render_block(m.group(2), where) + "\n"
         if new != m.group(4):
             stale.append(f"{m.group(2)} {m.group(3)}")
         return m.group(1) + new + m.group(5)

@@ -1,0 +1,128 @@
+"""The inits do what their formulas say, and the forward-signal theory predicts measurements."""
+import math
+
+import pytest
+import torch
+
+from lowrank_helpers import MLP, LowRankLinear
+from lowrank_helpers.theory import (break_even_rank, init_variances, layer_gains,
+                                    marchenko_pastur_energy, measure_forward_std,
+                                    predict_forward_std)
+
+INITS = ["lora", "default", "matched", "he", "spectral"]
+
+
+def test_break_even_ranks_of_the_study_layers():
+    assert break_even_rank(784, 512) == pytest.approx(309.7, abs=0.05)
+    assert break_even_rank(512, 512) == 256
+    assert break_even_rank(512, 10) == pytest.approx(9.8, abs=0.05)
+
+
+def test_layer_gains_of_the_original_inits():
+    """Dense default 1/3 per layer; the original's "lora" init d_in/(9r) (about 87 at r=1 and
+    0.68 at r=128 for d_in=784); PyTorch's default on both factors 1/9 at every rank."""
+    assert layer_gains("full") == pytest.approx([1 / 3] * 3)
+    assert layer_gains("lora", 1)[0] == pytest.approx(87.1, abs=0.05)
+    assert layer_gains("lora", 128)[0] == pytest.approx(0.68, abs=0.005)
+    assert layer_gains("ae", 4) == pytest.approx([1 / 9] * 3)
+    for r in (1, 16, 128):
+        assert layer_gains("lora", r, "matched") == pytest.approx([1 / 3] * 3)
+        assert layer_gains("lora", r, "he") == pytest.approx([2.0] * 3)
+
+
+@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("rank", [2, 16, 128])
+def test_measured_forward_std_of_a_wide_layer_matches_the_formula(init, rank):
+    """One wide layer on white inputs, two seeds: the RMS output within 10 % of prediction."""
+    x = torch.randn(1024, 784)
+    q = x.pow(2).mean().item()
+    v = init_variances(init, 784, 2048, rank)
+    want = math.sqrt(784 * v["product"] * q + v["bias"])
+    got = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        layer = LowRankLinear(784, 2048, rank, init=init)
+        with torch.no_grad():
+            got.append(layer(x).pow(2).mean().item())
+    assert math.sqrt(sum(got) / len(got)) == pytest.approx(want, rel=0.1)
+
+
+@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("rank", [16, 64])
+def test_measured_forward_std_of_a_wide_mlp_matches_the_prediction(init, rank):
+    """Layer after layer through ReLUs (784 -> 512 -> 512 -> 512), averaged over 3 seeds."""
+    widths = (784, 512, 512, 512)
+    method, init_name = ("ae", None) if init == "default" else ("lora", init)
+    x = torch.randn(512, 784)
+    want = predict_forward_std(method, rank, init_name, widths, x.pow(2).mean().item())
+    second = torch.zeros(len(widths) - 1, dtype=torch.float64)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        second += torch.tensor(measure_forward_std(MLP(method, rank, init_name, widths), x)) ** 2
+    got = (second / 3).sqrt()
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=0.1, atol=0)
+
+
+def test_dense_prediction_matches_nn_linear():
+    x = torch.rand(512, 784)  # pixel-like: not zero-mean, the formula holds all the same
+    want = predict_forward_std("full", widths=(784, 1024, 1024), input_second_moment=
+                               x.pow(2).mean().item())
+    second = torch.zeros(2, dtype=torch.float64)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        second += torch.tensor(measure_forward_std(MLP("full", widths=(784, 1024, 1024)), x)) ** 2
+    torch.testing.assert_close((second / 3).sqrt(), torch.tensor(want, dtype=torch.float64),
+                               rtol=0.1, atol=0)
+
+
+@pytest.mark.parametrize("d_in,d_out,rank", [(784, 512, 1), (784, 512, 32), (512, 512, 128),
+                                             (512, 10, 4), (512, 10, 64)])
+def test_spectral_init_is_the_best_rank_r_approximation_of_its_source(d_in, d_out, rank):
+    """Eckart–Young: B·A equals the truncated SVD of the dense default-init matrix it was cut
+    from (redrawn here from the same seed), and its error is the dropped singular values."""
+    torch.manual_seed(7)
+    layer = LowRankLinear(d_in, d_out, rank, init="spectral")
+    torch.manual_seed(7)
+    bound = 1 / math.sqrt(d_in)
+    w = torch.empty(d_out, d_in, dtype=torch.float64).uniform_(-bound, bound)
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    k = min(rank, len(s))
+    best = (u[:, :k] * s[:k]) @ vh[:k]
+    product = layer.dense_weight().double()
+    torch.testing.assert_close(product, best, rtol=0, atol=1e-5)
+    err = torch.linalg.matrix_norm(w - product) ** 2
+    assert err.item() == pytest.approx(s[k:].pow(2).sum().item(), rel=1e-3, abs=1e-8)
+    assert torch.linalg.matrix_rank(product.float()).item() == k
+    if rank > k:  # extra factors: B's columns start at 0, A's rows do not (both train)
+        assert torch.count_nonzero(layer.B[:, k:]) == 0
+        assert torch.count_nonzero(layer.A[k:]) == layer.A[k:].numel()
+
+
+def test_marchenko_pastur_energy_matches_random_matrices():
+    torch.manual_seed(0)
+    s = torch.linalg.svdvals(torch.randn(512, 784, dtype=torch.float64)) ** 2
+    for r in (1, 16, 128, 400):
+        assert marchenko_pastur_energy(r, 784, 512) == pytest.approx(
+            (s[:r].sum() / s.sum()).item(), rel=0.05 if r > 1 else 0.15)
+    assert marchenko_pastur_energy(600, 784, 512) == 1.0
+
+
+@pytest.mark.parametrize("rank", [1, 8, 128])
+def test_variance_matched_product_has_the_dense_default_variance(rank):
+    """The product B·A of the "matched" init: entry variance 1/(3 d_in), as nn.Linear's W."""
+    products = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        products.append(LowRankLinear(784, 1024, rank, init="matched").dense_weight())
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(784, 1024).weight
+    var = torch.stack(products).var().item()
+    assert var == pytest.approx(1 / (3 * 784), rel=0.05)
+    assert var == pytest.approx(dense.var().item(), rel=0.05)
+
+
+def test_he_product_variance():
+    torch.manual_seed(0)
+    layer = LowRankLinear(784, 2048, 64, init="he")
+    assert layer.dense_weight().var().item() == pytest.approx(2 / 784, rel=0.05)
+    assert torch.count_nonzero(layer.bias) == 0
