@@ -38,7 +38,7 @@ test: setup
 # The explorer goes through a temporary copy, with a timeout and one retry: executing a cell
 # that displays widgets headless can hang now and then (jupyter/nbclient#312).
 notebooks: setup
-	cd notebooks && for nb in study summary; do \
+	cd notebooks && for nb in theory study summary; do \
 	  ../$(BIN)/papermill $$nb.ipynb $$nb.ipynb -k python3 --cwd . || exit 1; done
 	mkdir -p runs
 	cd notebooks && for try in 1 2; do \

@@ -5,6 +5,7 @@ stacked in lockstep), results (records), study (runs with resume), plots, report
 computed prose), config (typed configs), explorer (widgets), cli (batches).
 """
 from .config import (OPTIMIZERS, SMOKE, ExplorerConfig, RunConfig, StudyConfig, SummaryConfig,
+                     TheoryConfig,
                      TrainConfig)
 from .data import DATASETS, Data, DataNotFoundError, load_data
 from .layers import INITS, LowRankLinear, register_init
@@ -13,21 +14,21 @@ from .plots import plot_curves, plot_final_vs, save_figures, study_figures
 from .report import ORIGINAL, comparison_table, cost_table, discussion
 from .results import (ResultsDirError, epochs_frame, load_records, make_record, read_record,
                       save_record)
-from .study import run_one, run_study, summary_records
+from .study import init_study_records, run_one, run_study, summary_records
 from .engine import StackedMLP, plan_stacks, train_many
 from .training import TrainResult, build_model, evaluate, resolve_device, train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "OPTIMIZERS", "SMOKE", "ExplorerConfig", "RunConfig", "StudyConfig", "SummaryConfig",
+    "OPTIMIZERS", "SMOKE", "ExplorerConfig", "RunConfig", "StudyConfig", "SummaryConfig", "TheoryConfig",
     "TrainConfig", "DATASETS", "Data", "DataNotFoundError", "load_data",
     "INITS", "LowRankLinear", "register_init",
     "METHODS", "MLP", "count_parameters", "parameter_counts", "parameter_table",
     "plot_curves", "plot_final_vs", "save_figures", "study_figures",
     "ORIGINAL", "comparison_table", "cost_table", "discussion",
     "ResultsDirError", "epochs_frame", "load_records", "make_record", "read_record",
-    "save_record", "run_one", "run_study", "summary_records",
+    "save_record", "init_study_records", "run_one", "run_study", "summary_records",
     "StackedMLP", "plan_stacks", "train_many",
     "TrainResult", "build_model", "evaluate", "resolve_device", "train",
 ]

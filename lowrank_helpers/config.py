@@ -311,3 +311,49 @@ class ExplorerConfig(NotebookParams):
 
     def __post_init__(self):
         check_kinds(self, {"results_dir": "str"})
+
+
+@dataclass(frozen=True)
+class TheoryConfig(NotebookParams):
+    """The parameters of the theory notebook."""
+    dataset: str = "fashion_mnist"
+    ranks: tuple = (1, 2, 4, 8, 16, 32, 64, 128)
+    inits: tuple = ("lora", "default", "matched", "he", "spectral")
+    seeds: tuple = tuple(range(10))
+    n_samples: int = 1024
+    spectrum_rank: int = 32
+    train_epochs: int = 5
+    results_dirs: tuple = ("../results", "../results/inits")
+    img_dir: str = "../img"
+    data_root: str | None = None
+    smoke: bool = False
+    train_subset: int | None = field(default=None, repr=False)  # set by smoke
+    test_subset: int | None = field(default=None, repr=False)
+
+    _KINDS = {"dataset": "str", "ranks": "list[int]", "inits": "list[str]", "seeds": "list[int]",
+              "n_samples": "int", "spectrum_rank": "int", "train_epochs": "int",
+              "results_dirs": "list[str]", "img_dir": "str", "data_root": "str|None",
+              "smoke": "bool", "train_subset": "int|None", "test_subset": "int|None"}
+
+    def __post_init__(self):
+        from .layers import check_init
+        check_kinds(self, self._KINDS)
+        for name in ("ranks", "inits", "seeds", "results_dirs"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        check_dataset(self.dataset)
+        for r in (*self.ranks, self.spectrum_rank):
+            check_rank(r)
+        for i in self.inits:
+            check_init(i)
+        if not self.seeds or not self.ranks or not self.inits:
+            raise ValueError("ranks, inits and seeds must each list at least one value")
+        check_positive(n_samples=self.n_samples, train_epochs=self.train_epochs)
+        if self.smoke:
+            object.__setattr__(self, "seeds", self.seeds[:2])
+            object.__setattr__(self, "ranks", self.ranks[:SMOKE["max_ranks"] + 1])
+            object.__setattr__(self, "n_samples", min(self.n_samples, 128))
+            object.__setattr__(self, "train_epochs", 1)
+            object.__setattr__(self, "train_subset", SMOKE["train_subset"])
+            object.__setattr__(self, "test_subset", SMOKE["test_subset"])
+            object.__setattr__(self, "results_dirs", tuple(smoke_dir(d) for d in self.results_dirs))
+            object.__setattr__(self, "img_dir", smoke_dir(self.img_dir))

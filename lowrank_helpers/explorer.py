@@ -121,3 +121,75 @@ class Explorer(widgets.VBox):
 def explorer(records: pd.DataFrame) -> Explorer:
     """The explorer panel over ``records`` (from :func:`lowrank_helpers.load_records`)."""
     return Explorer(records)
+
+
+class InitPanel(widgets.VBox):
+    """Choose an init and a rank: the predicted and measured per-layer RMS at init (over a few
+    draws) and the singular values of the first layer's B·A against a dense W redraw live."""
+
+    def __init__(self, x, y, ranks, inits, seeds=(0, 1, 2, 3, 4)):
+        from .theory import signal_table
+        self._table = signal_table
+        self.x, self.y, self.seeds = x, y, tuple(seeds)
+        self.init = widgets.Dropdown(options=list(inits), value=list(inits)[0], description="init")
+        self.rank = widgets.SelectionSlider(options=list(ranks),
+                                            value=list(ranks)[len(ranks) // 2],
+                                            description="rank", continuous_update=False)
+        # an Image widget, not an Output one: papermill/nbclient can hang on a cell that fills an
+        # Output widget (jupyter/nbclient#312), and the figure is a picture either way
+        self.image = widgets.Image(format="png")
+        for w in (self.init, self.rank):
+            w.observe(self.redraw, "value")
+        super().__init__([widgets.HBox([self.init, self.rank]), self.image])
+        self.redraw()
+
+    def figure(self):
+        import numpy as np
+        import torch
+        from .models import MLP
+        from .theory import method_for_init, singular_values
+        init, rank = self.init.value, self.rank.value
+        t = self._table([rank], [init], self.seeds, self.x, self.y)
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+        g = t.groupby("layer")
+        rms = g["measured_std"].apply(lambda v: float(np.sqrt(np.mean(np.square(v)))))
+        left.plot(rms.index, g["predicted_std"].first(), "s-", label="predicted")
+        left.plot(rms.index, rms, "o", label=f"measured ({len(self.seeds)} draws, RMS)")
+        for layer, values in g["measured_std"]:
+            left.plot([layer] * len(values), values, ".", color="gray", alpha=0.5)
+        left.set_yscale("log")
+        left.set_xticks(list(rms.index))
+        left.set_xlabel("layer")
+        left.set_ylabel("pre-activation RMS at init")
+        left.set_title(f"init {init!r}, rank {rank}")
+        left.legend(fontsize=8)
+        left.grid(alpha=0.3, which="both")
+        method, name = method_for_init(init)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seeds[0])
+            factorized = singular_values(MLP(method, rank, name))[0]
+            torch.manual_seed(self.seeds[0])
+            dense = singular_values(MLP("full"))[0]
+        right.plot(range(1, len(dense) + 1), dense, "--", color="black", label="dense W (default)")
+        right.plot(range(1, len(factorized) + 1), factorized, label=f"B·A, init {init!r}")
+        right.set_xscale("log")
+        right.set_yscale("log")
+        right.set_ylim(bottom=1e-4)
+        right.set_xlabel("index i")
+        right.set_ylabel("singular value of layer 1")
+        right.legend(fontsize=8)
+        right.grid(alpha=0.3, which="both")
+        fig.tight_layout()
+        return fig
+
+    def redraw(self, *_):
+        import io
+        fig = self.figure()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        plt.close(fig)
+        self.image.value = buf.getvalue()
+
+    def __repr__(self) -> str:  # where widgets cannot render (a plain console, a static view)
+        return (f"InitPanel(init={self.init.value!r}, rank={self.rank.value}): a live panel; "
+                "open the notebook in JupyterLab with a running kernel to use it")

@@ -127,7 +127,12 @@ def init_spectral(layer: "LowRankLinear") -> None:
     with torch.no_grad():
         bound = 1.0 / math.sqrt(d_in)
         w = torch.empty(d_out, d_in, dtype=torch.float64).uniform_(-bound, bound)
-        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # at these sizes 1 thread is as fast, and immune to a busy CPU
+        try:
+            u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        finally:
+            torch.set_num_threads(threads)
         k = min(r, len(s))
         root = s[:k].sqrt()
         b = torch.zeros(d_out, r, dtype=torch.float64)

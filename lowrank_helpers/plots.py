@@ -116,8 +116,10 @@ def plot_final_vs(runs: pd.DataFrame, x: str = "rank", metric: str = "final_test
         ranks = sorted(factorized["rank"].dropna().unique().astype(int))
         ax.set_xticks(ranks, [str(r) for r in ranks])
     ax.set_xlabel("rank r" if x == "rank" else "trainable parameters")
-    ax.set_ylabel("final test accuracy (%)" if scale == 100 else metric.replace("_", " "))
-    ax.set_title(title or f"Final test accuracy against {'rank' if x == 'rank' else 'parameters'}")
+    what = "epoch-1" if metric.startswith("epoch1") else "final"
+    ax.set_ylabel(f"{what} test accuracy (%)" if scale == 100 else metric.replace("_", " "))
+    ax.set_title(title or f"{what.capitalize()} test accuracy against "
+                 f"{'rank' if x == 'rank' else 'parameters'}")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
     return fig
@@ -148,3 +150,93 @@ def save_figures(figures: dict[str, plt.Figure], img_dir, dpi: int = 110) -> lis
         fig.savefig(img_dir / fname, dpi=dpi, bbox_inches="tight")
         paths.append(str(img_dir / fname))
     return paths
+
+
+INIT_COLORS = {"lora": "tab:blue", "default": "tab:orange", "matched": "tab:green",
+               "he": "tab:red", "spectral": "tab:purple"}
+
+
+def plot_break_even(widths=(784, 512, 512, 10), ranks=None, ax=None):
+    """Parameters of B·A over those of W against rank, per layer, with each break-even rank."""
+    from .theory import break_even_rank, parameter_ratio
+    fig, ax = _ax(ax, figsize=(7, 4.5))
+    ranks = np.arange(1, 513) if ranks is None else np.asarray(ranks)
+    for l, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
+        line, = ax.plot(ranks, [parameter_ratio(d_in, d_out, r) for r in ranks],
+                        label=f"layer {l + 1}: {d_in} → {d_out}")
+        r_star = break_even_rank(d_in, d_out)
+        ax.axvline(r_star, color=line.get_color(), ls=":", lw=1)
+        ax.annotate(f"r* = {r_star:.1f}", (r_star, 1), textcoords="offset points", xytext=(3, 6),
+                    color=line.get_color(), fontsize=8)
+    ax.axhline(1, color="black", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("rank r")
+    ax.set_ylabel("parameters of B·A / parameters of W")
+    ax.set_title("Factorized against dense: cost per layer and break-even rank")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_signal(table: pd.DataFrame, measured: str = "measured_std",
+                predicted: str = "predicted_std", ylabel: str = "pre-activation RMS at init",
+                dense: list | None = None, axes=None):
+    """One panel per init: the predicted value per layer against rank (lines) and the measured
+    one (points: root mean square over seeds for an RMS, mean otherwise; bars: spread of single
+    draws, 16th to 84th percentile). ``dense``: the dense layers' values, as dotted lines."""
+    inits = list(dict.fromkeys(table["init"]))
+    if axes is None:
+        fig, axes = plt.subplots(1, len(inits), figsize=(3.2 * len(inits), 3.6), sharey=True,
+                                 squeeze=False)
+        axes = axes[0]
+    fig = axes[0].figure
+    layers = sorted(table["layer"].unique())
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.85, len(layers)))
+    rms = measured.endswith("std")
+    for ax, init in zip(axes, inits):
+        t = table[table["init"] == init]
+        for color, layer in zip(colors, layers):
+            tl = t[t["layer"] == layer].groupby("rank")
+            pred = tl[predicted].first()
+            ax.plot(pred.index, pred.values, color=color, lw=1.5, label=f"layer {layer}")
+            centre = (tl[measured].apply(lambda v: np.sqrt(np.mean(np.square(v)))) if rms
+                      else tl[measured].mean())
+            lo, hi = tl[measured].quantile(0.16), tl[measured].quantile(0.84)
+            ax.errorbar(centre.index, centre.values, fmt="o", ms=4, color=color,
+                        yerr=[np.clip(centre - lo, 0, None), np.clip(hi - centre, 0, None)],
+                        capsize=2, lw=0.8)
+            if dense is not None:
+                ax.axhline(dense[layer - 1], color=color, ls=":", lw=1)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ranks = sorted(t["rank"].unique())
+        ax.set_xticks(ranks, [str(int(r)) for r in ranks], fontsize=7)
+        ax.set_title(f"init {init!r}", fontsize=10)
+        ax.set_xlabel("rank r")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel(ylabel)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("lines: predicted; points: measured (bars: spread over single draws); "
+                 "dotted: dense layers", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_spectra(spectra: dict[str, list], layer: int = 0, ax=None, title=None):
+    """Singular values (largest first) of one layer's weight for each labelled model."""
+    fig, ax = _ax(ax, figsize=(7, 4.5))
+    for label, values in spectra.items():
+        sv = np.asarray(values[layer])
+        init = label.split()[0]
+        ax.plot(np.arange(1, len(sv) + 1), sv, label=label, color=INIT_COLORS.get(init),
+                ls="-" if "dense" not in label else "--", lw=1.5)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=1e-4)
+    ax.set_xlabel("index i")
+    ax.set_ylabel("singular value σ_i")
+    ax.set_title(title or f"Singular values of layer {layer + 1}'s weight")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return fig

@@ -196,9 +196,10 @@ def discussion(runs: pd.DataFrame) -> str:
 
 #: README blocks regenerated from records: ``<!-- generated: table results -->`` … ``<!-- end -->``
 #: (kinds: ``table``, ``discussion``: the path is a results directory relative to the README;
-#: ``agreement``: two directories ``other:reference``, see :func:`agreement`).
+#: ``agreement``: two directories ``other:reference``, see :func:`agreement`; ``inits``:
+#: directories ``a:b:...`` whose records are compared by init, see :func:`init_answer`).
 README_BLOCK = re.compile(
-    r"(<!-- generated: (table|discussion|agreement) (\S+) -->\n)(.*?)(<!-- end -->)", re.S)
+    r"(<!-- generated: (table|discussion|agreement|inits) (\S+) -->\n)(.*?)(<!-- end -->)", re.S)
 
 
 def _reference_records(results_dir) -> pd.DataFrame:
@@ -215,6 +216,9 @@ def render_block(kind: str, results_dir) -> str:
     if kind == "agreement":
         other, reference = str(results_dir).rsplit(":", 1)
         return agreement(_reference_records(reference), _reference_records(other))
+    if kind == "inits":  # several directories, joined
+        return init_answer(pd.concat([_reference_records(d) for d in str(results_dir).split(":")],
+                                     ignore_index=True))
     runs = _reference_records(results_dir)
     return (comparison_table(runs).to_markdown(index=False) if kind == "table"
             else discussion(runs))
@@ -276,3 +280,49 @@ def _model_name(method: str, rank, init: str) -> str:
     return ("full-rank MLP" if method == "full" else
             f"{'LoRA layers' if method == 'lora' else 'autoencoder'} r={rank}"
             + ("" if init in ("lora", "default") else f" ({init} init)"))
+
+
+def init_label(method: str, init: str) -> str:
+    """The name of a factorized model's init in the init comparison ("default" = autoencoder)."""
+    return "default" if method == "ae" else init
+
+
+def init_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean (and std) epoch-1 and final accuracy per init and rank, factorized models only."""
+    f = runs[runs.method != "full"]
+    f = f.assign(init_name=[init_label(m, i) for m, i in zip(f.method, f.init)])
+    return (f.groupby(["init_name", "rank"])
+            .agg(seeds=("seed", "size"), epoch1=("epoch1_test_accuracy", "mean"),
+                 final=("final_test_accuracy", "mean"), final_std=("final_test_accuracy", "std"))
+            .reset_index())
+
+
+def init_answer(runs: pd.DataFrame, small=(1, 2, 4), large=(16, 32, 64, 128)) -> str:
+    """A short Markdown answer to "does the init decide?" whose numbers are computed from
+    ``runs`` (records of several inits)."""
+    s = init_summary(runs)
+    inits = sorted(s.init_name.unique())
+    seeds = int(s.seeds.min()) if len(s) else 0
+    out = [f"*Computed from {len(runs)} records: inits {', '.join(inits)}; at least {seeds} "
+           f"seed{'s' if seeds != 1 else ''} per init and rank, means over seeds.*", ""]
+
+    def spread(ranks, col):
+        part = s[s["rank"].isin(ranks)]
+        per_rank = part.groupby("rank")[col].agg(["min", "max", "idxmax", "idxmin"])
+        return part, per_rank
+
+    for col, when in (("epoch1", "after one epoch"), ("final", "after the last epoch")):
+        for ranks, name in ((small, "small ranks"), (large, "large ranks")):
+            part, per_rank = spread(ranks, col)
+            if part.empty:
+                continue
+            items = []
+            for r, row in per_rank.iterrows():
+                best, worst = s.loc[row["idxmax"]], s.loc[row["idxmin"]]
+                items.append(f"r={int(r)}: {best.init_name} {best[col]:.1%} … {worst.init_name} "
+                             f"{worst[col]:.1%}")
+            gap = (per_rank["max"] - per_rank["min"]) * 100
+            out.append(f"- **{when.capitalize()}, {name} ({', '.join(str(r) for r in ranks)})**: "
+                       f"best … worst init per rank: {'; '.join(items)} (spread "
+                       f"{gap.min():.1f}–{gap.max():.1f} points).")
+    return "\n".join(out)

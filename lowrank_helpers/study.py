@@ -73,3 +73,23 @@ def summary_records(cfg: SummaryConfig) -> pd.DataFrame:
         raise FileNotFoundError(f"no records in {cfg.results_dir} for {where}; run the study "
                                 "first (lowrank-study, or notebooks/study.ipynb)")
     return runs
+
+
+def init_study_records(results_dirs, inits, smoke: bool = False) -> pd.DataFrame:
+    """Reference-protocol records of every init, from ``results_dirs`` (the reference run's
+    directory first: full-rank, "lora" and autoencoder layers; then the other inits').
+
+    In smoke mode missing smoke studies are trained first (tests run notebooks in any order).
+    """
+    where = SummaryConfig(smoke=smoke).record_filter()
+    dirs = list(results_dirs)
+    if smoke:
+        for i, init in enumerate(["lora", *[x for x in inits if x not in ("lora", "default")]]):
+            target = dirs[0] if init == "lora" else dirs[-1]
+            methods = ["full", "lora", "ae"] if init == "lora" else ["lora"]
+            cfg = StudyConfig(methods=methods, init=init, results_dir=target, smoke=True)
+            if any(not has_record(r, cfg.results_dir) for r in cfg.runs()):
+                run_study(cfg, progress=False)
+    frames = [load_records(d, **where) for d in dirs]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -113,3 +113,96 @@ def measure_forward_std(model: MLP, x: torch.Tensor) -> list[float]:
         for h in hooks:
             h.remove()
     return outs
+
+
+def parameter_ratio(d_in: int, d_out: int, rank: int) -> float:
+    """Parameters (and multiply-adds per sample) of B·A over those of W: r·(d_in + d_out) /
+    (d_in·d_out), which is 1 at the break-even rank."""
+    return rank * (d_in + d_out) / (d_in * d_out)
+
+
+def effective_lr(init: str | None, d_in: int, d_out: int, rank: int | None) -> float:
+    """The learning rate that one SGD step on A and B gives the product B·A, relative to the
+    step's own rate η, at init.
+
+    With G = ∂L/∂W the gradient a dense W = B·A would get, ∂L/∂B = G·Aᵀ and ∂L/∂A = Bᵀ·G, so a
+    step of size η changes the product by −η·(G·AᵀA + BBᵀ·G) (to first order in η). At init
+    E[AᵀA] = r·Var(A)·I and E[BBᵀ] = r·Var(B)·I, so along G the product moves as a dense weight
+    would with learning rate η·r·(Var(A) + Var(B)). Dense layers: 1. The spectral init has no
+    iid factors: its singular values (√S_r in both factors) give r·(Var(A) + Var(B)) →
+    2·mean(S_r) / d, measured, not predicted here (None).
+    """
+    if rank is None:
+        return 1.0
+    v = init_variances(init, d_in, d_out, rank)
+    if v.get("A") is None:
+        return float("nan")
+    return rank * (v["A"] + v["B"])
+
+
+def measure_effective_lr(layer: LowRankLinear, x: torch.Tensor, grad_out: torch.Tensor) -> float:
+    """Measured: the product's first-order change along −G for one SGD step on A and B, over
+    the dense step's, ⟨−ΔW, G⟩ / (η‖G‖²), for upstream gradient ``grad_out`` at input ``x``."""
+    A, B = layer.A.detach().double(), layer.B.detach().double()
+    x, g = x.double(), grad_out.double()
+    G = g.T @ x                                         # (d_out, d_in): ∂L/∂W of a dense layer
+    dW = G @ A.T @ A + B @ B.T @ G                       # −ΔW/η to first order
+    return float((dW * G).sum() / (G * G).sum())
+
+
+def singular_values(model: MLP) -> list[torch.Tensor]:
+    """Singular values of each layer's (dense or B·A) weight, largest first."""
+    out = []
+    for layer in model.linear_layers():
+        w = layer.dense_weight() if isinstance(layer, LowRankLinear) else layer.weight.detach()
+        out.append(torch.linalg.svdvals(w.double()).float())
+    return out
+
+
+def model_effective_lr(model: MLP, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """:func:`measure_effective_lr` of every factorized layer of ``model`` on the batch (x, y),
+    with the cross-entropy gradient that reaches each layer's output."""
+    layers = [m for m in model.linear_layers() if isinstance(m, LowRankLinear)]
+    inputs, grads = {}, {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out: inputs.__setitem__(mod, inp[0].detach()))
+             for m in layers]
+    hooks += [m.register_full_backward_hook(
+        lambda mod, gin, gout: grads.__setitem__(mod, gout[0].detach())) for m in layers]
+    try:
+        model.zero_grad(set_to_none=True)
+        x = x.detach().clone().requires_grad_(True)  # so that the first layer's hook fires too
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    model.zero_grad(set_to_none=True)
+    return [measure_effective_lr(m, inputs[m].flatten(1), grads[m]) for m in layers]
+
+
+def method_for_init(init: str) -> tuple[str, str | None]:
+    """The study's (method, init) for an init name: "default" is the autoencoder method."""
+    return ("ae", None) if init == "default" else ("lora", init)
+
+
+def signal_table(ranks, inits, seeds, x: torch.Tensor, y: torch.Tensor | None = None,
+                 widths: Sequence[int] = DEFAULT_WIDTHS, progress: bool = False):
+    """Measured and predicted per-layer forward RMS (and, with labels ``y``, effective learning
+    rate) at init for every init, rank and seed: a pandas DataFrame, one row per layer."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+    q = x.flatten(1).pow(2).mean().item()
+    rows = []
+    combos = [(i, r, s) for i in inits for r in ranks for s in seeds]
+    for init, rank, seed in tqdm(combos, desc="models at init", disable=not progress):
+        method, name = method_for_init(init)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = MLP(method, rank, name, widths)
+        measured = measure_forward_std(model, x)
+        lrs = model_effective_lr(model, x, y) if y is not None else [float("nan")] * len(measured)
+        predicted = predict_forward_std(method, rank, name, widths, q)
+        for l, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
+            rows.append({"init": init, "rank": rank, "seed": seed, "layer": l + 1,
+                         "measured_std": measured[l], "predicted_std": predicted[l],
+                         "measured_lr": lrs[l], "predicted_lr": effective_lr(init, d_in, d_out, rank)})
+    return pd.DataFrame(rows)

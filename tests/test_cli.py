@@ -101,7 +101,7 @@ def test_ill_typed_notebook_parameter_fails_clearly(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--methods", "full", "lowrank"], "unknown method 'lowrank'; valid methods: full, lora, ae"),
     (["--ranks", "0"], "rank must be an integer >= 1, got 0"),
-    (["--init", "he"], "unknown init 'he'; valid inits"),
+    (["--init", "xavier"], "unknown init 'xavier'; valid inits"),
     (["--optimizer", "adam"], "unknown optimizer 'adam'"),
     (["--jobs", "0"], "--jobs must be >= 1"),
     (["--dataset", "cifar"], "invalid choice: 'cifar'"),

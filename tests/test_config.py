@@ -30,7 +30,7 @@ def test_run_id_depends_on_every_field():
 
 @pytest.mark.parametrize("kwargs, exc, match", [
     ({"methods": ["full", "lorra"]}, ValueError, "unknown method 'lorra'; valid methods"),
-    ({"init": "he"}, ValueError, "unknown init 'he'; valid inits: default, lora"),
+    ({"init": "xavier"}, ValueError, "unknown init 'xavier'; valid inits: default, he, lora, matched, spectral"),
     ({"dataset": "cifar"}, ValueError, "unknown data set 'cifar'; valid data sets: "
                                        "fashion_mnist, mnist"),
     ({"optimizer": "adam"}, ValueError, "unknown optimizer 'adam'; valid optimizers: sgd, adamw"),
