@@ -4,7 +4,6 @@ from __future__ import annotations
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import pandas as pd
-from IPython.display import display
 
 from .plots import plot_curves, plot_final_vs
 
@@ -47,12 +46,14 @@ class Explorer(widgets.VBox):
         self.ranks = widgets.SelectMultiple(description="ranks", style=style, rows=8)
         self.seed = widgets.Dropdown(description="seed", style=style)
         self.metric = widgets.Dropdown(options=list(METRICS), description="curves", style=style)
-        self.out = widgets.Output()
+        # an Image widget, not an Output one: papermill/nbclient can hang on a cell that fills an
+        # Output widget (jupyter/nbclient#312); the figure is a picture either way
+        self.image = widgets.Image(format="png")
         self._updating = False
         self.figure = None
         controls = widgets.HBox([widgets.VBox([self.dataset, self.protocol, self.seed,
                                                self.metric]), self.methods, self.ranks])
-        super().__init__([controls, self.out])
+        super().__init__([controls, self.image])
         self.dataset.observe(self._on_dataset, "value")
         self.protocol.observe(lambda change: self._updating or self._on_protocol(), "value")
         for w in (self.methods, self.ranks, self.seed, self.metric):
@@ -105,17 +106,22 @@ class Explorer(widgets.VBox):
         if self._updating:
             return
         sub = self.selection()
-        with self.out:
-            self.out.clear_output(wait=True)
-            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8),
-                                           gridspec_kw={"width_ratios": [3, 2]})
-            plot_curves(sub, metric=METRICS[self.metric.value], ax=ax1,
-                        title=f"{self.metric.value} per epoch")
-            plot_final_vs(sub, "rank", ax=ax2)
-            fig.tight_layout()
-            display(fig)
-            plt.close(fig)
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8),
+                                       gridspec_kw={"width_ratios": [3, 2]})
+        plot_curves(sub, metric=METRICS[self.metric.value], ax=ax1,
+                    title=f"{self.metric.value} per epoch")
+        plot_final_vs(sub, "rank", ax=ax2)
+        fig.tight_layout()
+        self.image.value = _png(fig)
+        plt.close(fig)
         self.figure = fig  # the figure on show (for tests and for saving)
+
+
+def _png(fig, dpi: int = 90) -> bytes:
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
 
 
 def explorer(records: pd.DataFrame) -> Explorer:
@@ -135,9 +141,7 @@ class InitPanel(widgets.VBox):
         self.rank = widgets.SelectionSlider(options=list(ranks),
                                             value=list(ranks)[len(ranks) // 2],
                                             description="rank", continuous_update=False)
-        # an Image widget, not an Output one: papermill/nbclient can hang on a cell that fills an
-        # Output widget (jupyter/nbclient#312), and the figure is a picture either way
-        self.image = widgets.Image(format="png")
+        self.image = widgets.Image(format="png")  # not an Output widget: see Explorer
         for w in (self.init, self.rank):
             w.observe(self.redraw, "value")
         super().__init__([widgets.HBox([self.init, self.rank]), self.image])
@@ -183,12 +187,9 @@ class InitPanel(widgets.VBox):
         return fig
 
     def redraw(self, *_):
-        import io
         fig = self.figure()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=90)
+        self.image.value = _png(fig)
         plt.close(fig)
-        self.image.value = buf.getvalue()
 
     def __repr__(self) -> str:  # where widgets cannot render (a plain console, a static view)
         return (f"InitPanel(init={self.init.value!r}, rank={self.rank.value}): a live panel; "

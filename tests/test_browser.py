@@ -4,7 +4,7 @@ nbval and papermill only see a widget's text repr ("Explorer(children=(HBox(..."
 tell whether the panel works where people use it. This test trains a few tiny runs into a
 temporary ``results/``, serves a copy of ``notebooks/explorer.ipynb`` with JupyterLab on
 loopback, runs all its cells in Chromium, waits for the controls and the figure (a PNG in the
-widget's Output area), changes the seed and checks that the figure is redrawn.
+widget's Image), changes the seed and checks that the figure is redrawn.
 
 Screenshots (before/after the change) and the browser console go to ``tests/artifacts/``.
 Without playwright, JupyterLab or a Chromium the test is skipped, unless
@@ -248,15 +248,15 @@ def lab(tmp_path, chromium_path):
 # ---------------------------------------------------------------------------------------------
 # the page
 
-#: The figure: a PNG that the explorer's Output widget displays.
-IMAGE = ".jp-NotebookPanel:not(.lm-mod-hidden) .jupyter-widgets .widget-output img"
+#: The figure: a PNG that the explorer's Image widget shows (as a blob: URL).
+IMAGE = ".jp-NotebookPanel:not(.lm-mod-hidden) .jupyter-widgets img.widget-image"
 
 #: A new figure (another PNG than ``before``) is shown.
 REDRAWN_JS = r"""
 ([selector, before]) => {
   const img = document.querySelector(selector);
   return !!img && img.complete && img.naturalWidth > 0
-         && img.src.startsWith('data:image/png') && img.src !== before;
+         && img.src.startsWith('blob:') && img.src !== before;
 }
 """
 
@@ -275,8 +275,8 @@ PANEL_STATE_JS = r"""
   m = text.match(/\w+\(children=\([\s\S]{0,300}/);
   if (m) return 'error: the panel rendered as its text repr, not as a widget (is the widget ' +
                 'manager @jupyter-widgets/jupyterlab-manager active in JupyterLab?):\n' + m[0];
-  const img = nb.querySelector('.jupyter-widgets .widget-output img');
-  if (img && img.src.startsWith('data:image/png') && img.complete && img.naturalWidth > 0
+  const img = nb.querySelector('.jupyter-widgets img.widget-image');
+  if (img && img.src.startsWith('blob:') && img.complete && img.naturalWidth > 0
       && nb.querySelector('.widget-dropdown select')
       && nb.querySelector('.widget-select-multiple select'))
     return 'panel';
@@ -406,7 +406,7 @@ def test_explorer_widgets_in_jupyterlab(lab, chromium_path):
 
             panel.scroll_into_view_if_needed()
             before = _image_src(page)
-            assert before.startswith("data:image/png;base64,")
+            assert before.startswith("blob:")
             _screenshot(page, "explorer_before.png")
 
             # One seed instead of the mean over both: the kernel must redraw the figure.
