@@ -1,8 +1,10 @@
 """Helpers for the low-rank layers study: can W be a product B·A trained from scratch?
 
-One module per concept: layers, models, data, training (the plain loop), engine (many models
-stacked in lockstep), results (records), study (runs with resume), plots, report (tables and
-computed prose), config (typed configs), explorer (widgets), cli (batches).
+One module per concept: layers (and inits), models, data, training (the plain loop), engine (many
+models stacked in lockstep), steps (a step, eager or a CUDA graph), workers (stacks in CPU worker
+processes), results (records), study (runs with resume), theory (signal at init, predicted and
+measured), plots, report (tables and computed prose), config (typed configs), explorer (widgets),
+cli (batches).
 """
 from .config import (OPTIMIZERS, SMOKE, ExplorerConfig, RunConfig, StudyConfig, SummaryConfig,
                      TheoryConfig,

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .config import RunConfig, TrainConfig
 from .data import Data
 from .models import MLP
+from .steps import Steps
 from .training import (TrainResult, build_model, device_name, make_optimizer, peak_memory,
                        reset_peak_memory, resolve_device)
 
@@ -181,89 +182,6 @@ def _evaluate(stacks: list[_StackRun], X: torch.Tensor, y: torch.Tensor, chunk: 
     return out
 
 
-class _Steps:
-    """One training step of all stacks on a batch.
-
-    Eager by default. On CUDA with ``graphs``, the first ``WARMUP`` full batches run eagerly
-    (real steps, on a side stream as CUDA graph capture requires), then one step is captured
-    into a CUDA graph that every later full batch replays: one launch per step instead of a
-    few hundred, and no host synchronisation. With several stacks each stack's forward and
-    backward are captured on a stream of its own, so that they run side by side on the GPU.
-    Batches of another size (an epoch's last) run eagerly. If capture fails, training goes on
-    eagerly after a one-line notice.
-    """
-    WARMUP = 3
-
-    def __init__(self, runs: list[_StackRun], opt: torch.optim.Optimizer, batch_size: int,
-                 device: torch.device, graphs: bool):
-        self.runs, self.opt, self.batch_size = runs, opt, batch_size
-        self.graphs = graphs and device.type == "cuda"
-        self.warm, self.graph, self.static = 0, None, None
-        self.mode = "eager"
-
-    def _step(self, xb, yb, streams: bool = False) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        if streams:
-            main = torch.cuda.current_stream()
-            losses = []
-            for r in self.runs:
-                r.stream.wait_stream(main)
-                with torch.cuda.stream(r.stream):
-                    losses.append(r.stack.losses(xb, yb))
-            for r in self.runs:
-                main.wait_stream(r.stream)
-        else:
-            losses = [r.stack.losses(xb, yb) for r in self.runs]                # (K_s,) each
-        torch.stack([l.sum() for l in losses]).sum().backward()
-        self.opt.step()
-        with torch.no_grad():
-            for r, l in zip(self.runs, losses):
-                r.loss_sum += l
-
-    def _capture(self, xb, yb) -> bool:
-        streams = len(self.runs) > 1
-        for attempt in ([True, False] if streams else [False]):
-            try:
-                if attempt:
-                    for r in self.runs:
-                        r.stream = torch.cuda.Stream()
-                self.static = (xb.clone(), yb.clone())
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    self._step(*self.static, streams=attempt)
-                self.graph, self.mode = graph, "cuda graph" + (" + streams" if attempt else "")
-                return True
-            except Exception as exc:  # capture unsupported here: say so once, go on eagerly
-                try:
-                    torch.cuda.synchronize()
-                except Exception:  # the failed capture's own error, reported below
-                    pass
-                what = "with a stream per stack" if attempt else ""
-                print(f"CUDA graph capture {what} failed ({type(exc).__name__}: "
-                      f"{str(exc).splitlines()[0] if str(exc) else ''}); "
-                      + ("trying one stream" if attempt else "training without graphs"))
-        self.graphs = False
-        return False
-
-    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
-        if not self.graphs or len(xb) != self.batch_size:
-            return self._step(xb, yb)
-        if self.graph is None and self.warm < self.WARMUP:
-            self.warm += 1
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self._step(xb, yb)
-            torch.cuda.current_stream().wait_stream(side)
-            return None
-        if self.graph is None and not self._capture(xb, yb):
-            return self._step(xb, yb)
-        self.static[0].copy_(xb)
-        self.static[1].copy_(yb)
-        self.graph.replay()
-        return None
-
-
 def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: TrainConfig,
                 *, seed: int = 0, device="auto", progress: bool = True,
                 desc: str | None = None, cuda_graphs: bool = True) -> list[TrainResult]:
@@ -272,7 +190,7 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: 
     leave the trained weights in ``models``.
 
     On CUDA the step is captured into a CUDA graph (``cuda_graphs=False``: eager steps; see
-    :class:`_Steps`). A model whose loss becomes NaN or inf is marked diverged at that epoch;
+    :class:`~lowrank_helpers.steps.Steps`). A model whose loss becomes NaN or inf is marked diverged at that epoch;
     the others go on.
     """
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
@@ -297,7 +215,7 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: 
     X, y, n = data.X_train, data.y_train, len(data.X_train)
     shuffle_gen = torch.Generator().manual_seed(seed)
     steps = math.ceil(n / config.batch_size)
-    step = _Steps(runs, opt, config.batch_size, dev, cuda_graphs)
+    step = Steps(runs, opt, config.batch_size, dev, cuda_graphs)
     start = time.perf_counter()
     bar = tqdm(range(1, config.epochs + 1), desc=desc, disable=not progress, unit="epoch",
                leave=False)
@@ -369,7 +287,8 @@ def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool 
 
     if workers > 1:
         stacks = [members for group in plan_stacks(runs, small_rank=1) for members in group]
-        _train_in_workers(runs, stacks, data, workers, done, progress)
+        from .workers import train_in_workers  # (imports this module)
+        train_in_workers(runs, stacks, data, workers, done, progress)
         return results
 
     def train_stacks(stacks: list[list[int]]) -> None:
@@ -407,61 +326,3 @@ def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool 
             for members in group:
                 train_stacks([members])
     return results
-
-
-def stack_cost(runs: list[RunConfig]) -> float:
-    """A rough relative cost of training ``runs`` as one stack on a CPU core, to start the
-    largest first: matrix FLOPs at the padded rank plus per-model elementwise work."""
-    from .models import training_flops_per_sample
-    rank = max(stack_rank(r.rank, 1) or 0 for r in runs) or None
-    flops = training_flops_per_sample(runs[0].method, rank, runs[0].widths)
-    elementwise = 20 * sum(runs[0].widths[1:])  # bias, ReLU, their gradients: ~20 flop-equivalents
-    return len(runs) * (flops + elementwise) * runs[0].epochs
-
-
-_WORKER: dict = {}
-
-
-def _worker_init(name: str | None, arrays: tuple | None, threads: int) -> None:
-    torch.set_num_threads(threads)
-    if arrays is not None:  # spawned: the data come pickled; forked: inherited as they are
-        _WORKER["data"] = Data(name, *(torch.from_numpy(a) for a in arrays))
-
-
-def _worker_train(runs: list[RunConfig]) -> list[TrainResult]:
-    return train_many(runs, _WORKER["data"], device="cpu", progress=False, lockstep=False)
-
-
-def _train_in_workers(runs, stacks, data, workers, done, progress) -> None:
-    """Train each stack in one of ``workers`` processes (one thread each), largest first.
-    Forked where the platform forks (Linux: the data are shared, the start is instant), else
-    spawned (the data are sent to each worker)."""
-    import multiprocessing
-    import sys
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    stacks = sorted(stacks, key=lambda m: -stack_cost([runs[i] for i in m]))
-    workers = min(workers, len(stacks))
-    data = data.to("cpu")
-    fork = sys.platform.startswith("linux")
-    if fork:
-        _WORKER["data"], initargs = data, (None, None, 1)
-    else:
-        initargs = (data.name, tuple(t.numpy() for t in (data.X_train, data.y_train,
-                                                         data.X_test, data.y_test)), 1)
-    bar = tqdm(total=len(runs), desc=f"models ({workers} workers)", unit="model",
-               disable=not progress, leave=False)
-    context = multiprocessing.get_context("fork" if fork else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                             initargs=initargs) as pool:
-        futures = {pool.submit(_worker_train, [runs[i] for i in members]): members
-                   for members in stacks}
-        try:
-            for future in as_completed(futures):
-                members = futures[future]
-                done(members, future.result())
-                bar.update(len(members))
-        except BaseException:  # Ctrl-C or a failed stack: what finished is already saved
-            for f in futures:
-                f.cancel()
-            raise
-    bar.close()

@@ -203,7 +203,7 @@ def test_bad_workers_are_refused(data):
 
 
 def test_stack_cost_orders_large_stacks_first():
-    from lowrank_helpers.engine import stack_cost
+    from lowrank_helpers.workers import stack_cost
     full = [RunConfig(method="full")]
     small = [RunConfig(method="lora", rank=r) for r in (1, 2, 4, 8, 16)]
     assert stack_cost(full) > stack_cost(small) > stack_cost(small[:1])
