@@ -27,8 +27,8 @@ from .config import RunConfig, TrainConfig
 from .data import Data
 from .models import MLP
 from .steps import Steps
-from .training import (TrainResult, build_model, device_name, make_optimizer, peak_memory,
-                       reset_peak_memory, resolve_device)
+from .training import (TrainResult, build_model, device_name, epoch_batches, make_optimizer,
+                       peak_memory, reset_peak_memory, resolve_device)
 
 #: Factorized models up to this rank share one stack padded to it: in one process they are bound
 #: by per-step overhead more than by arithmetic, so padding costs little. Above it, ranks pad to
@@ -221,13 +221,10 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: 
                leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
-        if config.shuffle:
-            perm = torch.randperm(n, generator=shuffle_gen).to(dev)
-            X, y = data.X_train[perm], data.y_train[perm]
         for r in runs:
             r.loss_sum.zero_()  # in place: a captured graph adds into this very tensor
-        for i in range(0, n, config.batch_size):
-            step(X[i:i + config.batch_size], y[i:i + config.batch_size])
+        for xb, yb in epoch_batches(X, y, config.batch_size, config.shuffle, shuffle_gen):
+            step(xb, yb)
         evals = _evaluate(runs, data.X_test, data.y_test)
         seconds = time.perf_counter() - t0
         for r, (acc, loss) in zip(runs, evals):

@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from .plots import plot_curves, plot_final_vs
+from .theory import method_for_init, signal_table, singular_values
 
 ALL_SEEDS = "all (mean ± std)"
 METRICS = {"test accuracy": "test_accuracy", "test loss": "test_loss",
@@ -134,8 +135,6 @@ class InitPanel(widgets.VBox):
     draws) and the singular values of the first layer's B·A against a dense W redraw live."""
 
     def __init__(self, x, y, ranks, inits, seeds=(0, 1, 2, 3, 4)):
-        from .theory import signal_table
-        self._table = signal_table
         self.x, self.y, self.seeds = x, y, tuple(seeds)
         self.init = widgets.Dropdown(options=list(inits), value=list(inits)[0], description="init")
         self.rank = widgets.SelectionSlider(options=list(ranks),
@@ -151,9 +150,8 @@ class InitPanel(widgets.VBox):
         import numpy as np
         import torch
         from .models import MLP
-        from .theory import method_for_init, singular_values
         init, rank = self.init.value, self.rank.value
-        t = self._table([rank], [init], self.seeds, self.x, self.y)
+        t = signal_table([rank], [init], self.seeds, self.x, self.y)
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
         g = t.groupby("layer")
         rms = g["measured_std"].apply(lambda v: float(np.sqrt(np.mean(np.square(v)))))

@@ -90,7 +90,7 @@ def _join(items) -> str:
 def training_minutes(runs: pd.DataFrame) -> float:
     """Minutes of training behind ``runs``: models trained together (a stack, or stacks in
     lockstep) share one wall time, counted once."""
-    return runs.drop_duplicates(subset=["device", "wall_time"]).wall_time.sum() / 60
+    return float(runs.drop_duplicates(subset=["device", "wall_time"]).wall_time.sum()) / 60
 
 
 def agreement(runs: pd.DataFrame, other: pd.DataFrame) -> str:

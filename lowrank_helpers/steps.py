@@ -64,8 +64,8 @@ class Steps:
                     torch.cuda.synchronize()
                 except Exception:  # the failed capture's own error, reported below
                     pass
-                what = "with a stream per stack" if attempt else ""
-                print(f"CUDA graph capture {what} failed ({type(exc).__name__}: "
+                what = " with a stream per stack" if attempt else ""
+                print(f"CUDA graph capture{what} failed ({type(exc).__name__}: "
                       f"{str(exc).splitlines()[0] if str(exc) else ''}); "
                       + ("trying one stream" if attempt else "training without graphs"))
         self.graphs = False

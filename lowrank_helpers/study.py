@@ -84,7 +84,7 @@ def init_study_records(results_dirs, inits, smoke: bool = False) -> pd.DataFrame
     where = SummaryConfig(smoke=smoke).record_filter()
     dirs = list(results_dirs)
     if smoke:
-        for i, init in enumerate(["lora", *[x for x in inits if x not in ("lora", "default")]]):
+        for init in ["lora", *[x for x in inits if x not in ("lora", "default")]]:
             target = dirs[0] if init == "lora" else dirs[-1]
             methods = ["full", "lora", "ae"] if init == "lora" else ["lora"]
             cfg = StudyConfig(methods=methods, init=init, results_dir=target, smoke=True)

@@ -86,6 +86,18 @@ class TrainResult:
     step_mode: str = "eager"                           # "eager", or "cuda graph" (+ streams)
 
 
+def epoch_batches(X: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool,
+                  generator: torch.Generator):
+    """One epoch's batches (x, y): the data in order, or in a permutation drawn from
+    ``generator`` (on the CPU, so that every device sees the same order). The plain loop and
+    the stacked engine both draw their batches here, so that they see the same ones."""
+    if shuffle:
+        perm = torch.randperm(len(X), generator=generator).to(X.device)
+        X, y = X[perm], y[perm]
+    for i in range(0, len(X), batch_size):
+        yield X[i:i + batch_size], y[i:i + batch_size]
+
+
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -132,12 +144,9 @@ def train(model: nn.Module, data: Data, config: TrainConfig | None = None, *, se
                leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
-        if config.shuffle:
-            perm = torch.randperm(n, generator=shuffle_gen).to(dev)
-            X, y = data.X_train[perm], data.y_train[perm]
         loss_sum = torch.zeros((), device=dev)  # summed on device: no host sync per step
-        for i in range(0, n, config.batch_size):
-            loss = F.cross_entropy(model(X[i:i + config.batch_size]), y[i:i + config.batch_size])
+        for xb, yb in epoch_batches(X, y, config.batch_size, config.shuffle, shuffle_gen):
+            loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
