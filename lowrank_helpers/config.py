@@ -322,7 +322,7 @@ class TheoryConfig(NotebookParams):
     seeds: tuple = tuple(range(10))
     n_samples: int = 1024
     spectrum_rank: int = 32
-    train_epochs: int = 5
+    train_epochs: int = 100
     results_dirs: tuple = ("../results", "../results/inits")
     img_dir: str = "../img"
     data_root: str | None = None

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+import torch
 
+from .models import MLP
 from .plots import plot_curves, plot_final_vs
 from .theory import method_for_init, signal_table, singular_values
 
@@ -130,9 +133,28 @@ def explorer(records: pd.DataFrame) -> Explorer:
     return Explorer(records)
 
 
+def _per_layer(ax, table, quantity: str, color, label: str) -> None:
+    """Predicted (squares and line) and measured (circles: RMS over draws; gray dots: single
+    draws) per-layer values of ``measured_<quantity>`` / ``predicted_<quantity>``."""
+    g = table.groupby("layer")
+    rms = g[f"measured_{quantity}"].apply(lambda v: float(np.sqrt(np.mean(np.square(v)))))
+    ax.plot(rms.index, g[f"predicted_{quantity}"].first(), "s-", color=color,
+            label=f"{label}predicted")
+    ax.plot(rms.index, rms, "o", color=color, mfc="none", ms=9,
+            label=f"{label}measured (RMS over draws)")
+    for layer, values in g[f"measured_{quantity}"]:
+        ax.plot([layer] * len(values), values, ".", color="gray", alpha=0.5)
+    ax.set_yscale("log")
+    ax.set_xticks(list(rms.index))
+    ax.set_xlabel("layer")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+
+
 class InitPanel(widgets.VBox):
     """Choose an init and a rank: the predicted and measured per-layer RMS at init (over a few
-    draws) and the singular values of the first layer's B·A against a dense W redraw live."""
+    draws) of the forward signal and of the gradients of A and B, and the singular values of
+    the first layer's B·A against a dense W, redraw live."""
 
     def __init__(self, x, y, ranks, inits, seeds=(0, 1, 2, 3, 4)):
         self.x, self.y, self.seeds = x, y, tuple(seeds)
@@ -147,25 +169,16 @@ class InitPanel(widgets.VBox):
         self.redraw()
 
     def figure(self):
-        import numpy as np
-        import torch
-        from .models import MLP
         init, rank = self.init.value, self.rank.value
         t = signal_table([rank], [init], self.seeds, self.x, self.y)
-        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-        g = t.groupby("layer")
-        rms = g["measured_std"].apply(lambda v: float(np.sqrt(np.mean(np.square(v)))))
-        left.plot(rms.index, g["predicted_std"].first(), "s-", label="predicted")
-        left.plot(rms.index, rms, "o", label=f"measured ({len(self.seeds)} draws, RMS)")
-        for layer, values in g["measured_std"]:
-            left.plot([layer] * len(values), values, ".", color="gray", alpha=0.5)
-        left.set_yscale("log")
-        left.set_xticks(list(rms.index))
-        left.set_xlabel("layer")
+        fig, (left, mid, right) = plt.subplots(1, 3, figsize=(15, 3.6))
+        _per_layer(left, t, "std", "C0", "")
         left.set_ylabel("pre-activation RMS at init")
-        left.set_title(f"init {init!r}, rank {rank}")
-        left.legend(fontsize=8)
-        left.grid(alpha=0.3, which="both")
+        left.set_title(f"init {init!r}, rank {rank}: forward")
+        _per_layer(mid, t, "grad_A", "C1", "∂ℓ/∂A ")
+        _per_layer(mid, t, "grad_B", "C2", "∂ℓ/∂B ")
+        mid.set_ylabel("per-sample gradient RMS at init")
+        mid.set_title("backward (gray: single draws)")
         method, name = method_for_init(init)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seeds[0])

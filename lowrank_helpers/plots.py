@@ -181,19 +181,24 @@ def plot_break_even(widths=(784, 512, 512, 10), ranks=None, ax=None):
 
 def plot_signal(table: pd.DataFrame, measured: str = "measured_std",
                 predicted: str = "predicted_std", ylabel: str = "pre-activation RMS at init",
-                dense: list | None = None, axes=None):
+                dense: list | None = None, axes=None, rms: bool | None = None):
     """One panel per init: the predicted value per layer against rank (lines) and the measured
-    one (points: root mean square over seeds for an RMS, mean otherwise; bars: spread of single
-    draws, 16th to 84th percentile). ``dense``: the dense layers' values, as dotted lines."""
+    one (points: root mean square over seeds for an RMS — ``rms``, by default for columns
+    named ``*_std`` or ``*_grad_*`` — and the mean otherwise; bars: spread of single
+    draws, 16th to 84th percentile). ``dense``: the dense layers' values, as dotted lines.
+    Given ``axes`` (one per init), it draws into them and leaves the figure's title and layout
+    to the caller."""
     inits = list(dict.fromkeys(table["init"]))
-    if axes is None:
+    own = axes is None
+    if own:
         fig, axes = plt.subplots(1, len(inits), figsize=(3.2 * len(inits), 3.6), sharey=True,
                                  squeeze=False)
         axes = axes[0]
     fig = axes[0].figure
     layers = sorted(table["layer"].unique())
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.85, len(layers)))
-    rms = measured.endswith("std")
+    if rms is None:
+        rms = measured.endswith("_std") or "_grad_" in measured
     for ax, init in zip(axes, inits):
         t = table[table["init"] == init]
         for color, layer in zip(colors, layers):
@@ -217,8 +222,32 @@ def plot_signal(table: pd.DataFrame, measured: str = "measured_std",
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel(ylabel)
     axes[0].legend(fontsize=7)
-    fig.suptitle("lines: predicted; points: measured (bars: spread over single draws); "
-                 "dotted: dense layers", fontsize=9)
+    if own:
+        fig.suptitle("lines: predicted; points: measured (bars: spread over single draws)"
+                     + ("; dotted: dense layers" if dense is not None else ""), fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
+def plot_gradients(table: pd.DataFrame, dense: list[dict] | None = None):
+    """Per-sample gradient RMS at init, predicted (lines) against measured (points), one column
+    per init: at each layer's output (δ = ∂ℓ/∂z), of A and of B. ``dense``: a dense MLP's
+    prediction (:func:`~lowrank_helpers.theory.predict_backward_std`), dotted: its δ in the
+    first row, its ∂ℓ/∂W in the others."""
+    inits = list(dict.fromkeys(table["init"]))
+    rows = [("delta", "RMS of ∂ℓ/∂z (layer output)"), ("A", "RMS of ∂ℓ/∂A"),
+            ("B", "RMS of ∂ℓ/∂B")]
+    fig, axes = plt.subplots(len(rows), len(inits), figsize=(3.2 * len(inits), 3.2 * len(rows)),
+                             sharey="row", squeeze=False)
+    for ax_row, (key, label) in zip(axes, rows):
+        ref = None if dense is None else [d["delta" if key == "delta" else "W"] for d in dense]
+        plot_signal(table, measured=f"measured_grad_{key}", predicted=f"predicted_grad_{key}",
+                    ylabel=label, dense=ref, axes=ax_row)
+    for ax in axes[1:].ravel():
+        ax.set_title("")
+    fig.suptitle("Per-sample gradients at init — lines: predicted; points: measured (bars: spread "
+                 "over single draws)" + ("; dotted: a dense MLP (δ, then ∂ℓ/∂W)"
+                                         if dense is not None else ""), fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -7,6 +7,9 @@ sums of r independent products, so Var((BA)_ij) = r · Var(A) · Var(B) takes th
 Through a ReLU a symmetric pre-activation keeps half its second moment: q_next = E[z²] / 2.
 Chaining these gives each layer's pre-activation RMS at init, for every init and rank
 (:func:`predict_forward_std`); :func:`measure_forward_std` measures it on a model and data.
+The backward pass runs the same way from the cross-entropy's gradient at the logits, with d_out
+in place of d_in (:func:`predict_backward_std`, :func:`measure_backward_std`), and
+:func:`effective_lr` gives the learning rate one SGD step on A and B gives the product.
 """
 from __future__ import annotations
 
@@ -27,22 +30,42 @@ def break_even_rank(d_in: int, d_out: int) -> float:
     return d_in * d_out / (d_in + d_out)
 
 
+def _marchenko_pastur(d_in: int, d_out: int, grid: int):
+    """m = min and n = max of the sides, and the Marchenko–Pastur law of ratio m/n on a grid of
+    midpoints (no 1/x at x = 0): points x and their probabilities (summing to 1)."""
+    m, n = min(d_in, d_out), max(d_in, d_out)
+    lam = m / n
+    lo, hi = (1 - math.sqrt(lam)) ** 2, (1 + math.sqrt(lam)) ** 2
+    x = lo + (hi - lo) * (np.arange(grid) + 0.5) / grid
+    density = np.sqrt(np.clip((hi - x) * (x - lo), 0, None)) / (2 * math.pi * lam * x)
+    return m, n, x, density / density.sum()
+
+
+def _top(prob: np.ndarray, rank: int, m: int) -> int:
+    """Index of the grid point above which the top ``rank`` of m eigenvalues lie."""
+    return int(np.searchsorted(np.cumsum(prob), 1 - rank / m))
+
+
 def marchenko_pastur_energy(rank: int, d_in: int, d_out: int, grid: int = 200_001) -> float:
     """Expected fraction of ‖W‖_F² in the top ``rank`` singular values of a d_out×d_in matrix
     with iid entries, from the Marchenko–Pastur law (exact as both sides grow, ratio fixed).
     This is what the "spectral" init keeps of its dense source."""
-    m, n = min(d_in, d_out), max(d_in, d_out)
+    m, n, x, prob = _marchenko_pastur(d_in, d_out, grid)
     if rank >= m:
         return 1.0
-    lam = m / n
-    lo, hi = (1 - math.sqrt(lam)) ** 2, (1 + math.sqrt(lam)) ** 2
-    x = lo + (hi - lo) * (np.arange(grid) + 0.5) / grid  # midpoints: no 1/x at x = 0
-    density = np.sqrt(np.clip((hi - x) * (x - lo), 0, None)) / (2 * math.pi * lam * x)
-    mass = np.cumsum(density) * (x[1] - x[0])          # P(eigenvalue <= x), ends at ~1
-    mass /= mass[-1]
-    cut = np.searchsorted(mass, 1 - rank / m)          # top `rank` of m eigenvalues lie above
-    energy = np.cumsum(x * density)
-    return float((energy[-1] - energy[cut]) / energy[-1])
+    cut = _top(prob, rank, m)
+    return float((x[cut:] * prob[cut:]).sum() / (x * prob).sum())
+
+
+def marchenko_pastur_singular_sum(rank: int, d_in: int, d_out: int, var: float,
+                                  grid: int = 200_001) -> float:
+    """Expected sum of the top ``rank`` singular values of a d_out×d_in matrix with iid entries
+    of variance ``var``, from the Marchenko–Pastur law: with m = min, n = max of the sides, the
+    singular values are √(var·n·x) for x Marchenko–Pastur distributed with ratio m/n. This is
+    ‖A‖_F² = ‖B‖_F² of the "spectral" init (A = √S_r·V_rᵀ, B = U_r·√S_r)."""
+    m, n, x, prob = _marchenko_pastur(d_in, d_out, grid)
+    cut = _top(prob, min(rank, m), m)
+    return m * math.sqrt(var * n) * float((np.sqrt(x[cut:]) * prob[cut:]).sum())
 
 
 def init_variances(init: str | None, d_in: int, d_out: int, rank: int | None) -> dict:
@@ -65,9 +88,14 @@ def init_variances(init: str | None, d_in: int, d_out: int, rank: int | None) ->
         var_a = var_b = math.sqrt(2 / (d_in * r))
         bias = 0.0
     elif init == "spectral":
+        # The factors are not iid; "A" and "B" are their mean squared entries, ‖A‖_F²/(r·d_in)
+        # and ‖B‖_F²/(d_out·r), which is what the backward formulas need when the data's
+        # directions are independent of the random singular vectors (they are, at init).
         k = min(r, d_in, d_out)
+        top = marchenko_pastur_singular_sum(k, d_in, d_out, dense)
+        extra = (r - k) * d_in / math.sqrt(3 * d_in * r)  # rows of A beyond min(d_in, d_out)
         return {"product": dense * marchenko_pastur_energy(k, d_in, d_out), "bias": dense,
-                "A": None, "B": None}
+                "A": (top + extra) / (r * d_in), "B": top / (d_out * r)}
     else:
         raise ValueError(f"no variance formula for init {init!r}; known: default, he, lora, "
                          "matched, spectral")
@@ -128,15 +156,13 @@ def effective_lr(init: str | None, d_in: int, d_out: int, rank: int | None) -> f
     With G = ∂L/∂W the gradient a dense W = B·A would get, ∂L/∂B = G·Aᵀ and ∂L/∂A = Bᵀ·G, so a
     step of size η changes the product by −η·(G·AᵀA + BBᵀ·G) (to first order in η). At init
     E[AᵀA] = r·Var(A)·I and E[BBᵀ] = r·Var(B)·I, so along G the product moves as a dense weight
-    would with learning rate η·r·(Var(A) + Var(B)). Dense layers: 1. The spectral init has no
-    iid factors: its singular values (√S_r in both factors) give r·(Var(A) + Var(B)) →
-    2·mean(S_r) / d, measured, not predicted here (None).
+    would with learning rate η·r·(Var(A) + Var(B)). Dense layers: 1. For the spectral init
+    (AᵀA = V_r·S_r·V_rᵀ, BBᵀ = U_r·S_r·U_rᵀ, directions independent of G at init) the same
+    holds in expectation with the factors' mean squared entries, from the Marchenko–Pastur law.
     """
     if rank is None:
         return 1.0
     v = init_variances(init, d_in, d_out, rank)
-    if v.get("A") is None:
-        return float("nan")
     return rank * (v["A"] + v["B"])
 
 
@@ -159,10 +185,10 @@ def singular_values(model: MLP) -> list[torch.Tensor]:
     return out
 
 
-def model_effective_lr(model: MLP, x: torch.Tensor, y: torch.Tensor) -> list[float]:
-    """:func:`measure_effective_lr` of every factorized layer of ``model`` on the batch (x, y),
-    with the cross-entropy gradient that reaches each layer's output."""
-    layers = [m for m in model.linear_layers() if isinstance(m, LowRankLinear)]
+def _layer_io(model: MLP, x: torch.Tensor, y: torch.Tensor):
+    """Every linear layer of ``model`` with its input and the per-sample gradient of the summed
+    cross-entropy at its output (∂ℓ_n/∂z_n: row n depends on sample n alone) on (x, y)."""
+    layers = model.linear_layers()
     inputs, grads = {}, {}
     hooks = [m.register_forward_hook(lambda mod, inp, out: inputs.__setitem__(mod, inp[0].detach()))
              for m in layers]
@@ -171,12 +197,97 @@ def model_effective_lr(model: MLP, x: torch.Tensor, y: torch.Tensor) -> list[flo
     try:
         model.zero_grad(set_to_none=True)
         x = x.detach().clone().requires_grad_(True)  # so that the first layer's hook fires too
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
     finally:
         for h in hooks:
             h.remove()
-    model.zero_grad(set_to_none=True)
-    return [measure_effective_lr(m, inputs[m].flatten(1), grads[m]) for m in layers]
+        model.zero_grad(set_to_none=True)
+    return [(m, inputs[m].flatten(1).double(), grads[m].double()) for m in layers]
+
+
+def model_effective_lr(model: MLP, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """:func:`measure_effective_lr` of every factorized layer of ``model`` on the batch (x, y),
+    with the cross-entropy gradient that reaches each layer's output."""
+    return [measure_effective_lr(m, inp, g) for m, inp, g in _layer_io(model, x, y)
+            if isinstance(m, LowRankLinear)]
+
+
+def softmax_delta_second_moment(logit_rms: float, n_classes: int, samples: int = 200_000,
+                                seed: int = 0) -> float:
+    """E[(p_j − 1{j = y})²], averaged over the classes j, for softmax probabilities p of iid
+    N(0, logit_rms²) logits and a label y independent of them: the second moment of the
+    cross-entropy's gradient at the logits, ∂ℓ/∂z = p − onehot(y), at init. It is
+    (E[Σ_j p_j²] − 2/C + 1)/C: (1 − 1/C)/C for tiny logits (every class at 1/C), and 2(1 − 1/C)/C
+    once the softmax saturates on one random class. E[Σ p_j²] by Monte Carlo (fixed seed)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(samples, n_classes, generator=g, dtype=torch.float64) * logit_rms
+    sum_p2 = torch.softmax(z, dim=1).pow(2).sum(1).mean().item()
+    return (sum_p2 - 2 / n_classes + 1) / n_classes
+
+
+def predict_backward_std(method: str = "full", rank: int | None = None, init: str | None = None,
+                         widths: Sequence[int] = DEFAULT_WIDTHS,
+                         input_second_moment: float = 1.0) -> list[dict]:
+    """Predicted per-sample gradient RMS at init, per linear layer of an
+    :class:`~lowrank_helpers.MLP` under cross-entropy, as dicts with
+
+    - ``"delta"``: RMS of ∂ℓ/∂z at the layer's output z (pre-activation);
+    - ``"W"``: RMS of the gradient a dense weight in its place would get, ∂ℓ/∂W = δ·xᵀ;
+    - ``"A"``, ``"B"`` (factorized layers; None for dense ones): RMS of ∂ℓ/∂A = (Bᵀδ)·xᵀ and
+      ∂ℓ/∂B = δ·(Ax)ᵀ.
+
+    The chain runs backwards from the logits: E[δ²] there is :func:`softmax_delta_second_moment`
+    of the predicted logit RMS; through a layer, E[δ_in²] = d_out·Var(W)·E[δ_out²] (the rows of
+    W, or of B, are independent with mean 0, so the cross terms vanish, as in the forward pass
+    with d_out in place of d_in), and the ReLU before it keeps half (its derivative is 1 on half
+    the inputs). With q the mean x_k² of a layer's input, E[‖Bᵀδ‖²]/r = d_out·Var(B)·E[δ²] and
+    E[‖Ax‖²]/r = d_in·Var(A)·q, so E[(∂ℓ/∂A)²] = d_out·Var(B)·E[δ²]·q,
+    E[(∂ℓ/∂B)²] = E[δ²]·d_in·Var(A)·q and E[(∂ℓ/∂W)²] = E[δ²]·q, treating δ and x as
+    uncorrelated across samples. These are per-sample values; the mean over a batch of N
+    averages N of them.
+    """
+    init = method_init(method, init)
+    dense = method == "full"
+    pairs = list(zip(widths[:-1], widths[1:]))
+    var = [init_variances(None if dense else init, d_in, d_out, None if dense else rank)
+           for d_in, d_out in pairs]
+    q, qs = input_second_moment, []
+    for (d_in, _), v in zip(pairs, var):                 # forward: each layer's input q
+        qs.append(q)
+        q = (d_in * v["product"] * q + v["bias"]) / 2
+    logit_rms = math.sqrt(2 * q)                         # undo the last halving: no ReLU there
+    delta2 = softmax_delta_second_moment(logit_rms, widths[-1])
+    out = []
+    for l in reversed(range(len(pairs))):
+        d_in, d_out = pairs[l]
+        v = var[l]
+        row = {"delta": math.sqrt(delta2), "W": math.sqrt(delta2 * qs[l]), "A": None, "B": None}
+        if not dense:
+            row["A"] = math.sqrt(d_out * v["B"] * delta2 * qs[l])
+            row["B"] = math.sqrt(delta2 * d_in * v["A"] * qs[l])
+        out.append(row)
+        delta2 = d_out * v["product"] * delta2 / 2       # through W (or B·A), then the ReLU
+    return out[::-1]
+
+
+def measure_backward_std(model: MLP, x: torch.Tensor, y: torch.Tensor) -> list[dict]:
+    """Measured per-sample gradient RMS of every linear layer on (x, y), with the keys of
+    :func:`predict_backward_std`; exact, from each layer's input and output gradient (the
+    per-sample gradient δ_n·x_nᵀ has squared norm ‖δ_n‖²·‖x_n‖², so none is formed)."""
+    out = []
+    for layer, inp, delta in _layer_io(model, x, y):
+        d_in, d_out = inp.shape[1], delta.shape[1]
+        d2, x2 = delta.pow(2).sum(1), inp.pow(2).sum(1)      # per sample
+        row = {"delta": delta.pow(2).mean().sqrt().item(),
+               "W": ((d2 * x2).mean() / (d_in * d_out)).sqrt().item(), "A": None, "B": None}
+        if isinstance(layer, LowRankLinear):
+            A, B, r = layer.A.detach().double(), layer.B.detach().double(), layer.rank
+            bt_d2 = (delta @ B).pow(2).sum(1)                # ‖Bᵀδ_n‖²
+            ax2 = (inp @ A.T).pow(2).sum(1)                  # ‖A x_n‖²
+            row["A"] = ((bt_d2 * x2).mean() / (r * d_in)).sqrt().item()
+            row["B"] = ((d2 * ax2).mean() / (d_out * r)).sqrt().item()
+        out.append(row)
+    return out
 
 
 def method_for_init(init: str) -> tuple[str, str | None]:
@@ -187,7 +298,9 @@ def method_for_init(init: str) -> tuple[str, str | None]:
 def signal_table(ranks, inits, seeds, x: torch.Tensor, y: torch.Tensor | None = None,
                  widths: Sequence[int] = DEFAULT_WIDTHS, progress: bool = False):
     """Measured and predicted per-layer forward RMS (and, with labels ``y``, effective learning
-    rate) at init for every init, rank and seed: a pandas DataFrame, one row per layer."""
+    rate and per-sample gradient RMS at each layer's output, ``*_grad_delta``, and of its
+    factors, ``*_grad_A``, ``*_grad_B``) at init for every init, rank and seed: a pandas
+    DataFrame, one row per layer."""
     import pandas as pd
     from tqdm.auto import tqdm
     q = x.flatten(1).pow(2).mean().item()
@@ -199,10 +312,16 @@ def signal_table(ranks, inits, seeds, x: torch.Tensor, y: torch.Tensor | None = 
             torch.manual_seed(seed)
             model = MLP(method, rank, name, widths)
         measured = measure_forward_std(model, x)
-        lrs = model_effective_lr(model, x, y) if y is not None else [float("nan")] * len(measured)
         predicted = predict_forward_std(method, rank, name, widths, q)
+        nan = [float("nan")] * len(measured)
+        lrs = model_effective_lr(model, x, y) if y is not None else nan
+        grads = (measure_backward_std(model, x, y) if y is not None
+                 else [dict.fromkeys(("delta", "A", "B"), float("nan"))] * len(measured))
+        grads_pred = predict_backward_std(method, rank, name, widths, q)
         for l, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
             rows.append({"init": init, "rank": rank, "seed": seed, "layer": l + 1,
                          "measured_std": measured[l], "predicted_std": predicted[l],
-                         "measured_lr": lrs[l], "predicted_lr": effective_lr(init, d_in, d_out, rank)})
+                         "measured_lr": lrs[l], "predicted_lr": effective_lr(init, d_in, d_out, rank),
+                         **{f"{side}_grad_{k}": src[l][k] for k in ("delta", "A", "B")
+                            for side, src in (("measured", grads), ("predicted", grads_pred))}})
     return pd.DataFrame(rows)
