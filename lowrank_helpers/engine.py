@@ -121,6 +121,66 @@ class StackedMLP(nn.Module):
                                reduction="none").mean(1)
 
     @torch.no_grad()
+    def sgd_step(self, x: torch.Tensor, y: torch.Tensor, lr: float,
+                 weight_decay: float = 0.0) -> torch.Tensor:
+        """One step of plain SGD (no momentum) on every model's mean cross-entropy, with the
+        backward pass written out instead of recorded by autograd; returns the models' losses
+        before the step, (K,). The same step as ``losses(x, y).sum().backward()`` followed by
+        ``torch.optim.SGD(lr=lr, weight_decay=weight_decay).step()``, up to the order of
+        floating-point sums, in fewer and fused operations: each weight's gradient product is
+        added straight into the weight (``baddbmm_``/``addmm_`` with alpha = −lr and
+        beta = 1 − lr·weight_decay), after the gradient it passes down has been computed from
+        the weight as it was. Padding stays zero: the gradient of a padded row of A or column of
+        B is a product with a zero factor.
+        """
+        x = x.flatten(1)                                                     # (N, d_in)
+        n, K = x.shape[0], self.K
+        beta = 1.0 - lr * weight_decay
+        inputs, mids = [], []  # per layer: its input; A·input (factorized) or its output (dense)
+        h = x
+        for l in range(self.n_layers):
+            first = getattr(self, f"{'w' if self.dense else 'a'}{l}")
+            bias = getattr(self, f"bias{l}")
+            if l == 0:
+                z = (x @ first.view(first.shape[0], -1)).view(n, K, -1).transpose(0, 1)
+            else:
+                h = F.relu(h)
+                z = h if self.dense else torch.bmm(h, first)
+            inputs.append(h)
+            mids.append(z)
+            if self.dense:
+                h = z + bias if l == 0 else torch.baddbmm(bias, z, first)
+            else:
+                h = torch.baddbmm(bias, z, getattr(self, f"b{l}"))
+        logp = torch.log_softmax(h, dim=2)                                   # (K, N, C)
+        label = y.view(1, n, 1).expand(K, n, 1)
+        picked = logp.gather(2, label)
+        losses = -picked.squeeze(2).mean(1)
+        delta = logp.exp_().scatter_(2, label, picked.exp() - 1).div_(n)     # ∂L/∂logits
+        for l in reversed(range(self.n_layers)):
+            first = getattr(self, f"{'w' if self.dense else 'a'}{l}")
+            bias = getattr(self, f"bias{l}")
+            if self.dense:
+                grad_in = delta                                              # (K, N, d_out)
+            else:
+                b = getattr(self, f"b{l}")
+                grad_in = torch.bmm(delta, b.transpose(1, 2))                # ∂L/∂(Ax): (K, N, R)
+                b.baddbmm_(mids[l].transpose(1, 2), delta, beta=beta, alpha=-lr)
+            if l == 0:  # input shared by all models: one (d_in, N) @ (N, K·out) product
+                flat = grad_in.transpose(0, 1).reshape(n, -1)
+                first.view(first.shape[0], -1).addmm_(x.T, flat, beta=beta, alpha=-lr)
+            else:
+                down = torch.ops.aten.threshold_backward(
+                    torch.bmm(grad_in, first.transpose(1, 2)), inputs[l], 0.0)  # through ReLU
+                first.baddbmm_(inputs[l].transpose(1, 2), grad_in, beta=beta, alpha=-lr)
+            if weight_decay:
+                bias.mul_(beta)
+            bias.add_(delta.sum(1, keepdim=True), alpha=-lr)
+            if l > 0:
+                delta = down
+        return losses
+
+    @torch.no_grad()
     def unstack(self) -> list[MLP]:
         """The K models as separate MLPs with their own ranks (padding dropped)."""
         models = []
@@ -184,14 +244,17 @@ def _evaluate(stacks: list[_StackRun], X: torch.Tensor, y: torch.Tensor, chunk: 
 
 def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: TrainConfig,
                 *, seed: int = 0, device="auto", progress: bool = True,
-                desc: str | None = None, cuda_graphs: bool = True) -> list[TrainResult]:
+                desc: str | None = None, cuda_graphs: bool = True,
+                fused_sgd: bool | None = None) -> list[TrainResult]:
     """Train ``models`` in lockstep, stacked as ``stacks`` (lists of indices into ``models``);
     return one TrainResult per model, as :func:`lowrank_helpers.train` would for each alone, and
     leave the trained weights in ``models``.
 
     On CUDA the step is captured into a CUDA graph (``cuda_graphs=False``: eager steps; see
-    :class:`~lowrank_helpers.steps.Steps`). A model whose loss becomes NaN or inf is marked diverged at that epoch;
-    the others go on.
+    :class:`~lowrank_helpers.steps.Steps`). ``fused_sgd`` (default: on CPU, for plain SGD
+    without momentum, the study's protocol) takes the step without autograd, with the backward
+    pass written out (:meth:`StackedMLP.sgd_step`); ``False`` keeps autograd and the optimizer.
+    A model whose loss becomes NaN or inf is marked diverged at that epoch; the others go on.
     """
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     if sorted(i for idx in stacks for i in idx) != list(range(len(models))):
@@ -201,8 +264,16 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: 
     runs = [_StackRun(StackedMLP([models[i] for i in idx]).to(dev), idx) for idx in stacks]
     for r in runs:
         r.loss_sum = torch.zeros(r.stack.K, device=dev)
-    opt = make_optimizer([p for r in runs for p in r.stack.parameters()], config,
-                         capturable=cuda_graphs and dev.type == "cuda")
+    plain_sgd = config.optimizer == "sgd" and config.momentum == 0
+    if fused_sgd is None:
+        fused_sgd = plain_sgd and dev.type == "cpu"
+    elif fused_sgd and not plain_sgd:
+        raise ValueError("fused_sgd takes plain SGD steps; this run uses optimizer "
+                         f"{config.optimizer!r} with momentum {config.momentum}: use "
+                         "fused_sgd=None or False")
+    opt = None if fused_sgd else make_optimizer(
+        [p for r in runs for p in r.stack.parameters()], config,
+        capturable=cuda_graphs and dev.type == "cuda")
     reset_peak_memory(dev)
     results = [TrainResult(device=device_name(dev), engine="stacked") for _ in models]
     for idx in stacks:
@@ -215,7 +286,8 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: 
     X, y, n = data.X_train, data.y_train, len(data.X_train)
     shuffle_gen = torch.Generator().manual_seed(seed)
     steps = math.ceil(n / config.batch_size)
-    step = Steps(runs, opt, config.batch_size, dev, cuda_graphs)
+    step = Steps(runs, opt, config.batch_size, dev, cuda_graphs,
+                 fused_sgd=(config.lr, config.weight_decay) if fused_sgd else None)
     start = time.perf_counter()
     bar = tqdm(range(1, config.epochs + 1), desc=desc, disable=not progress, unit="epoch",
                leave=False)

@@ -7,7 +7,10 @@ import torch
 class Steps:
     """One training step of all stacks on a batch.
 
-    Eager by default. On CUDA with ``graphs``, the first ``WARMUP`` full batches run eagerly
+    Eager by default, recorded by autograd and applied by the optimizer. With ``fused_sgd`` =
+    (lr, weight_decay) each stack instead takes its own written-out plain-SGD step
+    (:meth:`~lowrank_helpers.engine.StackedMLP.sgd_step`; no autograd, no optimizer). On CUDA
+    with ``graphs``, the first ``WARMUP`` full batches run eagerly
     (real steps, on a side stream as CUDA graph capture requires), then one step is captured
     into a CUDA graph that every later full batch replays: one launch per step instead of a
     few hundred, and no host synchronisation. With several stacks each stack's forward and
@@ -20,14 +23,19 @@ class Steps:
     """
     WARMUP = 3
 
-    def __init__(self, runs: list, opt: torch.optim.Optimizer, batch_size: int,
-                 device: torch.device, graphs: bool):
+    def __init__(self, runs: list, opt: torch.optim.Optimizer | None, batch_size: int,
+                 device: torch.device, graphs: bool, fused_sgd: tuple | None = None):
         self.runs, self.opt, self.batch_size = runs, opt, batch_size
-        self.graphs = graphs and device.type == "cuda"
+        self.fused_sgd = fused_sgd
+        self.graphs = graphs and device.type == "cuda" and fused_sgd is None
         self.warm, self.graph, self.static = 0, None, None
-        self.mode = "eager"
+        self.mode = "eager" if fused_sgd is None else "fused sgd"
 
     def _step(self, xb, yb, streams: bool = False) -> None:
+        if self.fused_sgd is not None:
+            for r in self.runs:
+                r.loss_sum += r.stack.sgd_step(xb, yb, *self.fused_sgd)
+            return
         self.opt.zero_grad(set_to_none=True)
         if streams:
             main = torch.cuda.current_stream()
