@@ -3,7 +3,8 @@
 1. One model at a time (the plain loop) against the stacked engine, at ``--epochs`` epochs each,
    and the engine against the FLOP lower bound: the configurations' matrix-product FLOPs
    (training on 60,000 images and evaluating on 10,000 per epoch) divided by this machine's
-   large-matmul throughput, measured in the same run.
+   large-matmul throughput, measured in the same run; on CPU also the time the engine's step
+   spends in matrix products at its own (small) shapes, profiled, against the rest.
 2. Three seeds against one seed, with the engine: the whole sweep, and ranks 1-16 alone (which
    are bound by per-step overhead, not arithmetic).
 3. The per-epoch comparison with the original's DataLoader pipeline (bench_epoch.py; CPU).
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -65,6 +67,49 @@ def sweep_flops(runs: list[lh.RunConfig], n_train: int, n_test: int) -> float:
         total += r.epochs * (n_train * training_flops_per_sample(r.method, r.rank, r.widths)
                              + n_test * forward_flops_per_sample(r.method, r.rank, r.widths))
     return total
+
+
+MATMUL_OPS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::addmm_", "aten::baddbmm",
+              "aten::baddbmm_"}
+
+
+def matmul_time_cpu(runs: list[lh.RunConfig], data, workers: int, steps: int = 150) -> dict:
+    """CPU, plain SGD: each stack the engine would train (as ``workers`` workers split them)
+    takes ``steps`` of its written-out step under the profiler, with one thread as each worker
+    has. Returns the time in matrix products (at the step's own shapes: batch 64, the stack's
+    widths and padded rank) and in everything else, scaled to the sweep's training steps and
+    shared over the workers. The matrix products alone, against the FLOP bound, show how much of
+    the gap is arithmetic that small products do slowly, and how much is the rest of the step
+    (the profiler's own cost lands in "the rest")."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from lowrank_helpers.engine import SMALL_RANK, StackedMLP, plan_stacks
+    run = runs[0]
+    bs, n = run.batch_size, len(data.y_train)
+    total_steps = run.epochs * math.ceil(n / bs)
+    steps = min(steps, n // bs)
+    batches = [(data.X_train[i * bs:(i + 1) * bs], data.y_train[i * bs:(i + 1) * bs])
+               for i in range(steps)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    matmul = other = 0.0
+    try:
+        for group in plan_stacks(runs, small_rank=1 if workers > 1 else SMALL_RANK):
+            for members in group:
+                stack = StackedMLP([lh.build_model(runs[i]) for i in members])
+                for xb, yb in batches[:10]:
+                    stack.sgd_step(xb, yb, run.lr)
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    for xb, yb in batches:
+                        stack.sgd_step(xb, yb, run.lr)
+                events = prof.key_averages()
+                mm = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / 1e6
+                everything = sum(e.self_cpu_time_total for e in events) / 1e6
+                matmul += mm * total_steps / steps
+                other += (everything - mm) * total_steps / steps
+    finally:
+        torch.set_num_threads(threads)
+    return {"matmul_s": matmul / workers, "other_s": other / workers}
 
 
 def sweep(epochs: int, seeds, ranks=(1, 2, 4, 8, 16, 32, 64, 128), full=True):
@@ -171,6 +216,13 @@ def main() -> None:
           "(target >= 2.2x)")
     print(f"   engine ({best}) / FLOP bound: {engine[best] / bound:.2f} "
           "(target <= 2, stretch 1.5)")
+    if device.type == "cpu" and one[0].optimizer == "sgd" and not one[0].momentum:
+        split = matmul_time_cpu(one, data, variants[best].get("workers", 1))
+        out.update(matmul_at_step_shapes_s=split["matmul_s"], rest_of_step_s=split["other_s"],
+                   matmul_at_step_shapes_over_bound=split["matmul_s"] / bound)
+        print(f"   of which, profiled: matrix products at the step's own shapes "
+              f"{split['matmul_s']:.1f} s = {split['matmul_s'] / bound:.2f}x the FLOP bound; "
+              f"the rest of the step {split['other_s']:.1f} s")
 
     if not args.skip_seeds:
         kw = variants[best]

@@ -88,7 +88,9 @@ def test_several_stacks_in_lockstep(data, config):
 def test_fused_sgd_step_is_autograd_and_sgd(data, dense):
     """StackedMLP.sgd_step (backward written out, gradients added straight into the weights)
     against autograd + torch.optim.SGD on the same stack: same losses and weights, step by
-    step; padded factors stay exactly zero."""
+    step (to rounding: the gradient sums run in another order, which moves entries near zero by
+    a few 1e-6 after 10 steps, about 1e-4 of the weights' scale); padded factors stay exactly
+    zero."""
     import copy
     models = ([MLP("full"), MLP("full")] if dense
               else [MLP("ae", 2), MLP("lora", 5, "matched"), MLP("lora", 8, "he")])
@@ -104,7 +106,7 @@ def test_fused_sgd_step_is_autograd_and_sgd(data, dense):
         got = fused.sgd_step(x, y, lr=0.02, weight_decay=0.01)
         torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)
         for (name, p), q in zip(fused.named_parameters(), ref.parameters()):
-            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=2e-5, msg=lambda m: f"{name}: {m}")
     if not dense:
         for l in range(fused.n_layers):
             a, b = getattr(fused, f"a{l}"), getattr(fused, f"b{l}")

@@ -1,0 +1,27 @@
+"""The sweep benchmark runs end to end (tiny data) and reports ratios consistent with its times."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_sweep_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_sweep.py"), "--smoke", "--epochs", "1",
+         "--skip-epoch-bench", "--device", "cpu", "--data-root", os.environ["LOWRANK_DATA"],
+         "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(out.read_text())
+    assert got["sweep_configs"] == 17 and got["epochs"] == 1
+    assert got["speedup"] == pytest.approx(got["one_at_a_time_s"] / got["engine_s"])
+    assert got["engine_over_bound"] == pytest.approx(got["engine_s"] / got["flop_bound_s"])
+    assert got["small_three_over_one"] == pytest.approx(
+        got["small_ranks_3_seeds_s"] / got["small_ranks_1_seed_s"])
+    assert 0 < got["matmul_at_step_shapes_s"] and 0 < got["rest_of_step_s"]
+    assert "speed-up over one at a time" in proc.stdout and "matrix products" in proc.stdout
