@@ -83,7 +83,7 @@ def matmul_time_cpu(runs: list[lh.RunConfig], data, workers: int, steps: int = 1
     (the profiler's own cost lands in "the rest")."""
     from torch.profiler import ProfilerActivity, profile
 
-    from lowrank_helpers.engine import SMALL_RANK, StackedMLP, plan_stacks
+    from lowrank_helpers.engine import StackedMLP, plan_stacks, worker_stacks
     run = runs[0]
     bs, n = run.batch_size, len(data.y_train)
     total_steps = run.epochs * math.ceil(n / bs)
@@ -94,19 +94,20 @@ def matmul_time_cpu(runs: list[lh.RunConfig], data, workers: int, steps: int = 1
     torch.set_num_threads(1)
     matmul = other = 0.0
     try:
-        for group in plan_stacks(runs, small_rank=1 if workers > 1 else SMALL_RANK):
-            for members in group:
-                stack = StackedMLP([lh.build_model(runs[i]) for i in members])
-                for xb, yb in batches[:10]:
+        stacks = (worker_stacks(runs, workers) if workers > 1
+                  else [members for group in plan_stacks(runs) for members in group])
+        for members in stacks:
+            stack = StackedMLP([lh.build_model(runs[i]) for i in members])
+            for xb, yb in batches[:10]:
+                stack.sgd_step(xb, yb, run.lr)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for xb, yb in batches:
                     stack.sgd_step(xb, yb, run.lr)
-                with profile(activities=[ProfilerActivity.CPU]) as prof:
-                    for xb, yb in batches:
-                        stack.sgd_step(xb, yb, run.lr)
-                events = prof.key_averages()
-                mm = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / 1e6
-                everything = sum(e.self_cpu_time_total for e in events) / 1e6
-                matmul += mm * total_steps / steps
-                other += (everything - mm) * total_steps / steps
+            events = prof.key_averages()
+            mm = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / 1e6
+            everything = sum(e.self_cpu_time_total for e in events) / 1e6
+            matmul += mm * total_steps / steps
+            other += (everything - mm) * total_steps / steps
     finally:
         torch.set_num_threads(threads)
     return {"matmul_s": matmul / workers, "other_s": other / workers}

@@ -30,10 +30,9 @@ from .steps import Steps
 from .training import (TrainResult, build_model, device_name, epoch_batches, make_optimizer,
                        peak_memory, reset_peak_memory, resolve_device)
 
-#: Factorized models up to this rank share one stack padded to it: in one process they are bound
-#: by per-step overhead more than by arithmetic, so padding costs little. Above it, ranks pad to
-#: the next power of 2. (With several worker processes every power of 2 gets its own stack: more
-#: stacks to share out, less padding.)
+#: Factorized models up to this rank share one stack padded to it: they are bound by per-step
+#: overhead and by the passes over their 512-wide activations more than by the padded arithmetic,
+#: so padding costs little. Above it, ranks pad to the next power of 2.
 SMALL_RANK = 16
 
 
@@ -217,6 +216,22 @@ def plan_stacks(runs: list[RunConfig], small_rank: int = SMALL_RANK) -> list[lis
     return [list(stacks.values()) for stacks in groups.values()]
 
 
+def worker_stacks(runs: list[RunConfig], workers: int) -> list[list[int]]:
+    """The stacks :func:`train_many` shares out to ``workers`` CPU processes: those of
+    :func:`plan_stacks`, the costliest halved while it would keep one worker busy longer than
+    an even share of the whole (or there are fewer stacks than workers)."""
+    from .workers import stack_cost
+    stacks = [members for group in plan_stacks(runs) for members in group]
+    cost = lambda members: stack_cost([runs[i] for i in members])  # noqa: E731
+    share = sum(map(cost, stacks)) / workers
+    while True:
+        big = max(stacks, key=cost)
+        if len(big) < 2 or (cost(big) <= share and len(stacks) >= workers):
+            return stacks
+        stacks.remove(big)
+        stacks += [big[:len(big) // 2], big[len(big) // 2:]]
+
+
 @dataclass
 class _StackRun:
     stack: StackedMLP
@@ -334,8 +349,8 @@ def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool 
     ``lockstep`` (default: on CUDA) trains all stacks of a group together, each on a CUDA
     stream of its own; otherwise stacks train one after another. ``workers`` > 1 (CPU only)
     trains stacks in that many processes side by side, one thread each, largest stacks first
-    (each power-of-2 rank its own stack): small stacks are bound by per-step overhead, which one
-    core does about as fast as two.
+    (a stack costlier than an even share of the whole is halved first): small stacks are bound by
+    per-step overhead, which one core does about as fast as two.
     ``on_group_done(runs, results)`` is called as each stack or group ends (to save records).
     A group or stack that runs out of GPU memory is split in two and goes on, saying so.
     """
@@ -355,7 +370,7 @@ def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool 
             on_group_done([runs[i] for i in members], trained)
 
     if workers > 1:
-        stacks = [members for group in plan_stacks(runs, small_rank=1) for members in group]
+        stacks = worker_stacks(runs, workers)
         from .workers import train_in_workers  # (imports this module)
         train_in_workers(runs, stacks, data, workers, done, progress)
         return results

@@ -12,12 +12,16 @@ from .training import TrainResult
 
 
 def stack_cost(runs: list[RunConfig]) -> float:
-    """A rough relative cost of training ``runs`` as one stack on a CPU core, to start the
-    largest first: matrix FLOPs at the padded rank plus per-model elementwise work."""
-    rank = max(stack_rank(r.rank, 1) or 0 for r in runs) or None
+    """A rough relative cost of training ``runs`` as one stack on a CPU core (to start the
+    largest first and to split stacks evenly), in matrix FLOPs per training sample: the padded
+    products, plus per model the passes over its activations (bias, ReLU, their gradients, the
+    products that read them), plus the stack's per-step overhead. The last two are calibrated
+    by timing stacks of the reference sweep on one core of a 2-core x86 CPU: about 400 and 800
+    FLOP-equivalents per activation, respectively."""
+    rank = max(stack_rank(r.rank) or 0 for r in runs) or None
     flops = training_flops_per_sample(runs[0].method, rank, runs[0].widths)
-    elementwise = 20 * sum(runs[0].widths[1:])  # bias, ReLU, their gradients: ~20 flop-equivalents
-    return len(runs) * (flops + elementwise) * runs[0].epochs
+    activations = sum(runs[0].widths[1:])
+    return (len(runs) * (flops + 400 * activations) + 800 * activations) * runs[0].epochs
 
 
 _WORKER: dict = {}
