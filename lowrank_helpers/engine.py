@@ -11,6 +11,10 @@ own slice of the stacked tensors:
   are zero. Their gradients are zero (dL/dA_j ∝ B_{:,j} = 0, dL/dB_{:,j} ∝ (Ax)_j = 0), so SGD
   (with momentum and weight decay) and Adam(W) leave them at zero;
 - the loss is the sum of the models' mean losses, so each model's gradient is its own.
+
+On CPU, for plain SGD (the study's protocol), a stack's step is written out rather than recorded
+by autograd (:meth:`StackedMLP.sgd_step`): the same arithmetic in fewer operations, with each
+weight's gradient product added straight into the weight.
 """
 from __future__ import annotations
 
