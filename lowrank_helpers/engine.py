@@ -227,9 +227,9 @@ def worker_stacks(runs: list[RunConfig], workers: int) -> list[list[int]]:
     from .workers import stack_cost
     stacks = [members for group in plan_stacks(runs) for members in group]
     cost = lambda members: stack_cost([runs[i] for i in members])  # noqa: E731
-    share = sum(map(cost, stacks)) / workers
     while True:
         big = max(stacks, key=cost)
+        share = sum(map(cost, stacks)) / workers  # each split adds a stack's overhead
         if len(big) < 2 or (cost(big) <= share and len(stacks) >= workers):
             return stacks
         stacks.remove(big)

@@ -284,3 +284,24 @@ def test_cuda_graphs_train_as_the_plain_loop_does(data, config, lockstep):
                                        torch.tensor([h[key] for h in ref.history]),
                                        rtol=rtol, atol=atol,
                                        msg=lambda m: f"{run.label} seed {run.seed} {key}: {m}")
+
+
+def test_worker_stacks_cover_every_run_once_and_share_out_evenly():
+    """Stacks for CPU workers: as in one process (ranks up to 16 padded together), a stack too
+    costly for an even share halved, and every worker given a stack where there are models."""
+    from lowrank_helpers import StudyConfig
+    from lowrank_helpers.engine import worker_stacks
+    from lowrank_helpers.workers import stack_cost
+    small = StudyConfig(methods=["lora", "ae"], ranks=[1, 2, 4, 8, 16], seeds=[0]).runs()
+    stacks = worker_stacks(small, 2)
+    assert sorted(map(len, stacks)) == [5, 5]
+    for seeds in ([0], [0, 1, 2]):
+        runs = StudyConfig(seeds=seeds).runs()
+        for workers in (1, 2, 4):
+            stacks = worker_stacks(runs, workers)
+            assert sorted(i for s in stacks for i in s) == list(range(len(runs)))
+            assert all(len({(runs[i].method == "full", stack_rank(runs[i].rank)) for i in s}) == 1
+                       for s in stacks)
+            costs = [stack_cost([runs[i] for i in s]) for s in stacks]
+            assert max(c for c, s in zip(costs, stacks) if len(s) > 1) <= sum(costs) / workers
+    assert worker_stacks([RunConfig(method="full")], 4) == [[0]]
