@@ -45,7 +45,7 @@ lab: setup
 	$(BIN)/jupyter lab notebooks/
 
 # The sweep one model at a time vs stacked vs its FLOP bound, three seeds vs one, and one epoch
-# against the original's DataLoader pipeline (about 5 minutes on a 2-core CPU).
+# against the original's DataLoader pipeline (about 3 minutes on a 2-core CPU).
 bench: setup
 	$(BIN)/python benchmarks/bench_sweep.py
 
