@@ -83,7 +83,7 @@ def matmul_time_cpu(runs: list[lh.RunConfig], data, workers: int, steps: int = 1
     (the profiler's own cost lands in "the rest")."""
     from torch.profiler import ProfilerActivity, profile
 
-    from lowrank_helpers.engine import StackedMLP, plan_stacks, worker_stacks
+    from lowrank_helpers.engine import StackedMLP, worker_stacks
     run = runs[0]
     bs, n = run.batch_size, len(data.y_train)
     total_steps = run.epochs * math.ceil(n / bs)
@@ -94,9 +94,7 @@ def matmul_time_cpu(runs: list[lh.RunConfig], data, workers: int, steps: int = 1
     torch.set_num_threads(1)
     matmul = other = 0.0
     try:
-        stacks = (worker_stacks(runs, workers) if workers > 1
-                  else [members for group in plan_stacks(runs) for members in group])
-        for members in stacks:
+        for members in worker_stacks(runs, workers):  # with 1 worker: plan_stacks' stacks
             stack = StackedMLP([lh.build_model(runs[i]) for i in members])
             for xb, yb in batches[:10]:
                 stack.sgd_step(xb, yb, run.lr)

@@ -13,6 +13,7 @@ in place of d_in (:func:`predict_backward_std`, :func:`measure_backward_std`), a
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -205,13 +206,15 @@ def _layer_io(model: MLP, x: torch.Tensor, y: torch.Tensor):
     return [(m, inputs[m].flatten(1).double(), grads[m].double()) for m in layers]
 
 
-def model_effective_lr(model: MLP, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+def model_effective_lr(model: MLP, x: torch.Tensor, y: torch.Tensor, *, io=None) -> list[float]:
     """:func:`measure_effective_lr` of every factorized layer of ``model`` on the batch (x, y),
-    with the cross-entropy gradient that reaches each layer's output."""
-    return [measure_effective_lr(m, inp, g) for m, inp, g in _layer_io(model, x, y)
+    with the cross-entropy gradient that reaches each layer's output (``io``: that of
+    ``_layer_io(model, x, y)``, when already at hand)."""
+    return [measure_effective_lr(m, inp, g) for m, inp, g in io or _layer_io(model, x, y)
             if isinstance(m, LowRankLinear)]
 
 
+@functools.lru_cache(maxsize=1024)  # the same logit RMS recurs for every seed of a model
 def softmax_delta_second_moment(logit_rms: float, n_classes: int, samples: int = 200_000,
                                 seed: int = 0) -> float:
     """E[(p_j − 1{j = y})²], averaged over the classes j, for softmax probabilities p of iid
@@ -270,12 +273,13 @@ def predict_backward_std(method: str = "full", rank: int | None = None, init: st
     return out[::-1]
 
 
-def measure_backward_std(model: MLP, x: torch.Tensor, y: torch.Tensor) -> list[dict]:
+def measure_backward_std(model: MLP, x: torch.Tensor, y: torch.Tensor, *, io=None) -> list[dict]:
     """Measured per-sample gradient RMS of every linear layer on (x, y), with the keys of
     :func:`predict_backward_std`; exact, from each layer's input and output gradient (the
-    per-sample gradient δ_n·x_nᵀ has squared norm ‖δ_n‖²·‖x_n‖², so none is formed)."""
+    per-sample gradient δ_n·x_nᵀ has squared norm ‖δ_n‖²·‖x_n‖², so none is formed).
+    ``io``: that of ``_layer_io(model, x, y)``, when already at hand."""
     out = []
-    for layer, inp, delta in _layer_io(model, x, y):
+    for layer, inp, delta in io or _layer_io(model, x, y):
         d_in, d_out = inp.shape[1], delta.shape[1]
         d2, x2 = delta.pow(2).sum(1), inp.pow(2).sum(1)      # per sample
         row = {"delta": delta.pow(2).mean().sqrt().item(),
@@ -313,10 +317,13 @@ def signal_table(ranks, inits, seeds, x: torch.Tensor, y: torch.Tensor | None = 
             model = MLP(method, rank, name, widths)
         measured = measure_forward_std(model, x)
         predicted = predict_forward_std(method, rank, name, widths, q)
-        nan = [float("nan")] * len(measured)
-        lrs = model_effective_lr(model, x, y) if y is not None else nan
-        grads = (measure_backward_std(model, x, y) if y is not None
-                 else [dict.fromkeys(("delta", "A", "B"), float("nan"))] * len(measured))
+        if y is not None:
+            io = _layer_io(model, x, y)  # one forward and backward for both measurements
+            lrs = model_effective_lr(model, x, y, io=io)
+            grads = measure_backward_std(model, x, y, io=io)
+        else:
+            lrs = [float("nan")] * len(measured)
+            grads = [dict.fromkeys(("delta", "A", "B"), float("nan"))] * len(measured)
         grads_pred = predict_backward_std(method, rank, name, widths, q)
         for l, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
             rows.append({"init": init, "rank": rank, "seed": seed, "layer": l + 1,
