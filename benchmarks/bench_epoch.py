@@ -71,7 +71,7 @@ def compare_epoch(data_root=None, device=torch.device("cpu"), repeats: int = 2) 
 
         model = lh.build_model(run)
         t0 = time.perf_counter()
-        result = lh.train(model, data, run.train_config(), device=device, progress=False)
+        result = lh.train(model, data, run.protocol, device=device, progress=False)
         times["lowrank_helpers loop"].append(time.perf_counter() - t0)
         accs["lowrank_helpers loop"] = result.history[-1]["test_accuracy"]
     a, b = accs.values()

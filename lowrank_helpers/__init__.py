@@ -1,36 +1,51 @@
 """Helpers for the low-rank layers study: can W be a product B·A trained from scratch?
 
-One module per concept: layers (and inits), models, data, training (the plain loop), engine (many
-models stacked in lockstep), steps (a step, eager or a CUDA graph), workers (stacks in CPU worker
-processes), results (records), study (runs with resume), theory (signal at init, predicted and
-measured), plots, report (tables and computed prose), config (typed configs), explorer (widgets),
-cli (batches).
+One module per concept. What a run is: settings (typed, declared fields), protocol (how to
+train; the run and its ids), tasks (data, model family, metrics: a registry), methods (layer
+kinds, and how models are named, ordered and coloured: a registry), layers (LowRankLinear and
+its inits), models (the MLP and its costs), data. Training: training (the plain loop), stacked
+(stacked layers, forward and written-out backward), engine (many models in lockstep), planning
+(which models train together), steps (eager or CUDA-graph step), workers (CPU processes),
+devices. Results: results (records, replicate keys), study (runs with resume), config (the
+notebooks' parameters), report (tables, computed prose), readme (README's generated blocks),
+plots (study figures). Theory: theory (signal and gradients at init, predicted and
+measured), theory_plots. Panels: explorer (records), init_panel (an init and a rank). cli.
 """
-from .config import (OPTIMIZERS, SMOKE, ExplorerConfig, RunConfig, StudyConfig, SummaryConfig,
-                     TheoryConfig,
-                     TrainConfig)
+from . import theory
+from .config import (SMOKE, ExplorerConfig, StudyConfig, SummaryConfig, TheoryConfig)
 from .data import DATASETS, Data, DataNotFoundError, load_data
+from .devices import resolve_device
+from .engine import train_group, train_many
 from .layers import INITS, LowRankLinear, register_init
-from .models import METHODS, MLP, count_parameters, parameter_counts, parameter_table
+from .methods import METHODS, Method, method_for_init, model_label, register_method
+from .models import MLP, count_parameters, parameter_counts, parameter_table
+from .planning import plan_stacks
 from .plots import plot_curves, plot_final_vs, save_figures, study_figures
+from .protocol import OPTIMIZERS, REFERENCE, SCHEDULES, Protocol, RunConfig
+from .readme import update_readme
 from .report import ORIGINAL, comparison_table, cost_table, discussion
 from .results import (ResultsDirError, epochs_frame, load_records, make_record, read_record,
-                      save_record)
-from .study import init_study_records, run_one, run_study, summary_records
-from .engine import StackedMLP, plan_stacks, train_many
-from .training import TrainResult, build_model, evaluate, resolve_device, train
+                      replicates, save_record)
+from .stacked import StackedMLP
+from .study import (init_study_records, run_one, run_records, run_study, spectra_records,
+                    summary_records)
+from .tasks import TASKS, Task, build_model, register_task
+from .training import TrainResult, evaluate, train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "OPTIMIZERS", "SMOKE", "ExplorerConfig", "RunConfig", "StudyConfig", "SummaryConfig", "TheoryConfig",
-    "TrainConfig", "DATASETS", "Data", "DataNotFoundError", "load_data",
-    "INITS", "LowRankLinear", "register_init",
-    "METHODS", "MLP", "count_parameters", "parameter_counts", "parameter_table",
+    "theory", "SMOKE", "ExplorerConfig", "StudyConfig", "SummaryConfig", "TheoryConfig",
+    "DATASETS", "Data", "DataNotFoundError", "load_data", "resolve_device",
+    "train_group", "train_many", "INITS", "LowRankLinear", "register_init",
+    "METHODS", "Method", "method_for_init", "model_label", "register_method",
+    "MLP", "count_parameters", "parameter_counts", "parameter_table", "plan_stacks",
     "plot_curves", "plot_final_vs", "save_figures", "study_figures",
+    "OPTIMIZERS", "REFERENCE", "SCHEDULES", "Protocol", "RunConfig", "update_readme",
     "ORIGINAL", "comparison_table", "cost_table", "discussion",
     "ResultsDirError", "epochs_frame", "load_records", "make_record", "read_record",
-    "save_record", "init_study_records", "run_one", "run_study", "summary_records",
-    "StackedMLP", "plan_stacks", "train_many",
-    "TrainResult", "build_model", "evaluate", "resolve_device", "train",
+    "replicates", "save_record", "StackedMLP",
+    "init_study_records", "run_one", "run_records", "run_study", "spectra_records",
+    "summary_records", "TASKS", "Task", "build_model", "register_task",
+    "TrainResult", "evaluate", "train",
 ]

@@ -1,6 +1,8 @@
 """``lowrank-study``: run the study notebook with papermill once per job, then the summary.
 
 A job is the full-rank baseline, or one stack of factorized ranks (1-16, 32, 64, 128, ...).
+The flags of the study and of its training protocol are generated from their declarations
+(:class:`~lowrank_helpers.config.StudyConfig`, :class:`~lowrank_helpers.protocol.Protocol`).
 
     lowrank-study                         # the reference run: 17 models x 3 seeds, 100 epochs
     lowrank-study --smoke                 # quick end-to-end run into {results,img,runs}/smoke
@@ -11,6 +13,7 @@ A job is the full-rank baseline, or one stack of factorized ranks (1-16, 32, 64,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,14 +27,17 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import StudyConfig, smoke_dir
-from .engine import stack_rank
-from .data import DATASETS
-from .layers import INITS
-from .models import METHODS
-from .results import check_writable, has_record
+from .config import StudyConfig, SummaryConfig, smoke_dir
+from .data import DataNotFoundError
+from .methods import METHODS
+from .planning import stack_rank
+from .protocol import Protocol
+from .results import ResultsDirError, check_writable, has_record
+from .settings import choices_of, default_of, settings_of
+from .tasks import TASKS
 
 REPO = Path(__file__).resolve().parent.parent
+COMMANDS = ("run", "table", "readme")
 
 
 @dataclass
@@ -44,20 +50,21 @@ class Job:
 
 
 def plan_jobs(cfg: StudyConfig) -> list[Job]:
-    """One job for the full-rank baseline and one per stack of factorized ranks (ranks up to 16
-    together, then one per power of two; both factorized methods and all seeds in each), so
-    that the engine can stack each job's models."""
-    params = cfg.to_dict()
-    jobs = []
-    if "full" in cfg.methods:
-        jobs.append(Job("full", StudyConfig(**{**params, "methods": ["full"], "ranks": []})))
-    factorized = [m for m in cfg.methods if m != "full"]
+    """One job per dense method and one per stack of factorized ranks (ranks up to 16
+    together, then one per power of two; all factorized methods and seeds in each), so that the
+    engine can stack each job's models."""
+    def job(name, methods, ranks):
+        takes = any(METHODS[m].takes_init() for m in methods)
+        return Job(name, dataclasses.replace(cfg, methods=tuple(methods), ranks=tuple(ranks),
+                                             init=cfg.init if takes else None))
+    jobs = [job(m, [m], []) for m in cfg.methods if not METHODS[m].factorized]
+    factorized = [m for m in cfg.methods if METHODS[m].factorized]
     buckets: dict[int, list[int]] = {}
     for r in cfg.ranks:
         buckets.setdefault(stack_rank(r), []).append(r)
     for ranks in buckets.values() if factorized else ():
         name = f"r{ranks[0]:03d}" + (f"-r{ranks[-1]:03d}" if len(ranks) > 1 else "")
-        jobs.append(Job(name, StudyConfig(**{**params, "methods": factorized, "ranks": ranks})))
+        jobs.append(job(name, factorized, ranks))
     return jobs
 
 
@@ -140,6 +147,8 @@ def run_batch(cfg: StudyConfig, args) -> int:
     print(f"{len(jobs)} jobs ({len(cfg.runs())} runs): {len(jobs) - len(todo)} done already in "
           f"{cfg.results_dir}, {len(todo)} to run, {args.jobs} at a time; executed notebooks "
           f"go to {runs_dir}/", flush=True)
+    if todo:  # once, here: parallel jobs on a fresh machine must not race to prepare them
+        TASKS[cfg.task].prepare(cfg.data_root)
     runner = Runner(max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
     tag = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:6]
     failed = []
@@ -147,7 +156,7 @@ def run_batch(cfg: StudyConfig, args) -> int:
     pool, futures = ThreadPoolExecutor(max_workers=args.jobs), {}
     try:
         futures = {pool.submit(runner.papermill, study_nb,
-                               runs_dir / f"study-{cfg.dataset}-{job.name}-{tag}.ipynb",
+                               runs_dir / f"study-{cfg.task}-{job.name}-{tag}.ipynb",
                                job.config.to_dict()): job for job in todo}
         with tqdm(total=len(todo), desc="jobs", unit="job") as bar:
             for fut in as_completed(futures):
@@ -161,13 +170,12 @@ def run_batch(cfg: StudyConfig, args) -> int:
         if failed:
             print("summary skipped: some jobs failed", file=sys.stderr)
         elif summary_nb is not None:
-            rc, output = runner.papermill(
-                summary_nb, runs_dir / f"summary-{cfg.dataset}-{tag}.ipynb",
-                {"dataset": cfg.dataset, "results_dir": cfg.results_dir,
-                 "img_dir": str(Path(args.img_dir).resolve()), "epochs": cfg.epochs,
-                 "lr": cfg.lr, "batch_size": cfg.batch_size, "optimizer": cfg.optimizer,
-                 "momentum": cfg.momentum, "weight_decay": cfg.weight_decay,
-                 "shuffle": cfg.shuffle, "smoke": cfg.smoke})
+            summary = SummaryConfig(task=cfg.task, results_dir=cfg.results_dir,
+                                    img_dir=str(Path(args.img_dir).resolve()),
+                                    hidden_sizes=cfg.hidden_sizes, smoke=cfg.smoke,
+                                    protocol=cfg.protocol)
+            rc, output = runner.papermill(summary_nb, runs_dir / f"summary-{cfg.task}-{tag}.ipynb",
+                                          summary.to_dict())
             if rc != 0:
                 failed.append("summary")
                 print(f"summary FAILED (exit {rc}):\n{output[-3000:]}", file=sys.stderr)
@@ -194,16 +202,16 @@ def run_batch(cfg: StudyConfig, args) -> int:
 def print_table(args) -> int:
     from .report import comparison_table
     from .results import load_records
-    runs = load_records(args.results_dir, dataset=args.dataset)
+    runs = load_records(args.results_dir, task=args.task)
     if runs.empty:
-        print(f"error: no {args.dataset} records in {args.results_dir}", file=sys.stderr)
+        print(f"error: no {args.task} records in {args.results_dir}", file=sys.stderr)
         return 1
     print(comparison_table(runs).to_markdown(index=False))
     return 0
 
 
 def readme(args) -> int:
-    from .report import update_readme
+    from .readme import update_readme
     stale = update_readme(args.readme, check=args.check)
     if args.check and stale:
         print(f"{args.readme} is stale: {', '.join(stale)}; run lowrank-study readme",
@@ -213,35 +221,48 @@ def readme(args) -> int:
     return 0
 
 
+def _add_settings(group, cls, skip=()) -> None:
+    """One flag per setting of ``cls`` (``--batch-size``), typed, with its help, default and
+    choices; its value None unless given, so that only what is given overrides the
+    declaration's default."""
+    for f in settings_of(cls):
+        if not f.metadata["flag"] or f.name in skip:
+            continue
+        kind, flag = f.metadata["kind"], "--" + f.name.replace("_", "-")
+        default = default_of(f)
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        choices = choices_of(f)  # checked by the config, which says what is accepted
+        among = f"; one of {', '.join(map(str, choices))}" if choices else ""
+        kw = {"default": None, "help": f"{f.metadata['help']} (default: {shown}{among})"}
+        if kind == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            base = kind.replace("|None", "")
+            if base.startswith("list["):
+                kw["nargs"] = "+"
+                base = base[5:-1]
+            kw["type"] = {"int": int, "float": float, "str": str}[base]
+            kw["metavar"] = f.name.upper().rstrip("S") if "nargs" in kw else f.name.upper()
+        group.add_argument(flag, dest=f.name, **kw)
+
+
+#: StudyConfig settings the command line sets itself (paths resolved from the working
+#: directory, smoke's own folders), not by a generated flag.
+_OWN_FLAGS = ("results_dir", "data_root", "smoke")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowrank-study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", nargs="?", default="run", choices=["run", "table", "readme"],
-                   help="run the study (default); print the results table; or regenerate "
-                   "README's result blocks from the records")
+    p.add_argument("command", nargs="?", default="run", metavar="COMMAND",
+                   help="run the study (default); table: print the results table; readme: "
+                   "regenerate README's result blocks from the records")
     p.add_argument("--readme", default="README.md", help="with 'readme': the file to update")
     p.add_argument("--check", action="store_true", help="with 'readme': only check, exit 1 "
                    "if stale")
-    p.add_argument("--dataset", default="fashion_mnist", choices=list(DATASETS))
-    p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
-                   help=f"any of {', '.join(METHODS)} (default: all)")
-    p.add_argument("--ranks", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32, 64, 128])
-    p.add_argument("--init", default="lora", help=f"init of the 'lora' method: "
-                   f"{', '.join(sorted(INITS))}")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", default="sgd", help="sgd or adamw")
-    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--shuffle", action="store_true", help="shuffle the training data each "
-                   "epoch (the original does not)")
-    p.add_argument("--hidden-sizes", nargs="+", type=int, default=[512, 512])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _add_settings(p.add_argument_group("the study"), StudyConfig, skip=_OWN_FLAGS)
+    _add_settings(p.add_argument_group("the training protocol"), Protocol)
     p.add_argument("--jobs", type=int, default=1, help="papermill jobs in parallel (default 1)")
-    p.add_argument("--no-engine", action="store_true", help="train one model at a time with "
-                   "the plain loop instead of the stacked engine")
     p.add_argument("--results-dir", default=None, help="run records (default: results; "
                    "with --smoke: results/smoke)")
     p.add_argument("--runs-dir", default=None, help="executed notebooks (default: runs; "
@@ -258,32 +279,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse the command line; unknown options and commands are named as such."""
+    p = build_parser()
+    args, unknown = p.parse_known_args(argv)
+    if unknown:
+        extra = [] if args.command in COMMANDS else [args.command]
+        p.error(f"unrecognized arguments: {' '.join(unknown + extra)}")
+    if args.command not in COMMANDS:
+        p.error(f"unknown command {args.command!r} (choose from {', '.join(COMMANDS)})")
+    return args
+
+
+def study_config(args) -> StudyConfig:
+    """The StudyConfig of the flags given (the declarations' defaults for the rest)."""
+    given = {f.name: getattr(args, f.name) for f in (*settings_of(StudyConfig),
+                                                       *settings_of(Protocol))
+             if f.metadata["flag"] and f.name not in _OWN_FLAGS
+             and getattr(args, f.name, None) is not None}
+    return StudyConfig.from_params({
+        **given, "results_dir": str(Path(args.results_dir).resolve()),
+        "data_root": str(Path(args.data_root).resolve()) if args.data_root else None,
+        "smoke": args.smoke})
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     args.results_dir = args.results_dir or "results"
     args.runs_dir = args.runs_dir or "runs"
     args.img_dir = args.img_dir or "img"
     if args.smoke:  # as the notebooks do: smoke output goes into smoke/ subfolders
         args.runs_dir, args.img_dir = smoke_dir(args.runs_dir), smoke_dir(args.img_dir)
     if args.command == "table":
+        args.task = args.task or "fashion_mnist"
         return print_table(args)
     if args.command == "readme":
         return readme(args)
     if args.jobs < 1:
         raise SystemExit(f"error: --jobs must be >= 1, got {args.jobs}")
     try:
-        cfg = StudyConfig(dataset=args.dataset, methods=args.methods, ranks=args.ranks,
-                          init=args.init, epochs=args.epochs, batch_size=args.batch_size,
-                          lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
-                          weight_decay=args.weight_decay, shuffle=args.shuffle,
-                          hidden_sizes=args.hidden_sizes, seeds=args.seeds,
-                          engine=not args.no_engine,
-                          device=args.device, results_dir=str(Path(args.results_dir).resolve()),
-                          data_root=(str(Path(args.data_root).resolve()) if args.data_root
-                                     else None), smoke=args.smoke)
+        cfg = study_config(args)
     except (ValueError, TypeError) as exc:
         raise SystemExit(f"error: {exc}")
-    return run_batch(cfg, args)
+    try:
+        return run_batch(cfg, args)
+    except (ResultsDirError, DataNotFoundError) as exc:  # one line, nothing started
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,28 +1,33 @@
-"""Typed configs: one training run (RunConfig) and one notebook's study (StudyConfig).
+"""The notebooks' typed configs, built from their parameters cells.
 
-Both reject unknown or ill-typed values with a message that says what is accepted, since
-papermill on its own only warns about a misspelled notebook parameter.
+Each config is a frozen dataclass of settings (:mod:`lowrank_helpers.settings`); the study's
+and the summary's also hold a :class:`~lowrank_helpers.protocol.Protocol`, whose fields are
+notebook parameters of their own (``epochs = 100``, ``lr = 1e-3``) without being repeated here.
+Unknown, ill-typed and out-of-range values are rejected with a message that says what is
+accepted, since papermill on its own only warns about a misspelled notebook parameter.
 """
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable
 
-from .data import check_dataset
-from .layers import check_init, check_rank
-from .models import DEFAULT_WIDTHS, METHODS, check_method, method_init
+from .devices import check_device
+from .layers import INITS, check_rank
+from .methods import METHODS, init_methods
+from .protocol import PROTOCOL_FIELDS, Protocol, RunConfig
+from .settings import all_of, check_settings, distinct, each, positive, setting, settings_of
+from .tasks import TASKS
 
-OPTIMIZERS = ("sgd", "adamw")
 #: What ``smoke=True`` shrinks a study to (the only place smoke sizes are set). Smoke runs write
 #: into a ``smoke`` subfolder of the results and figure directories, never beside real results.
 SMOKE = {"epochs": 2, "train_subset": 1024, "test_subset": 512, "max_ranks": 2, "max_seeds": 1,
          "subdir": "smoke"}
 #: Setting this environment variable to 1 turns smoke mode on in every notebook (tests and CI).
 SMOKE_ENV = "LOWRANK_SMOKE"
+#: Marks, in a notebook's ``_before`` set, that its parameters were checked once already.
+_CHECKED = "<parameters checked>"
 
 
 def smoke_dir(path: str) -> str:
@@ -31,124 +36,39 @@ def smoke_dir(path: str) -> str:
         os.path.join(path, SMOKE["subdir"])
 
 
-def _kind_ok(value, kind: str) -> bool:
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-    checks = {
-        "str": lambda v: isinstance(v, str),
-        "int": is_int,
-        "float": lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool)),
-        "bool": lambda v: isinstance(v, bool),
-        "str|None": lambda v: v is None or isinstance(v, str),
-        "int|None": lambda v: v is None or is_int(v),
-        "list[int]": lambda v: isinstance(v, (list, tuple)) and all(is_int(x) for x in v),
-        "list[str]": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
-    }
-    return checks[kind](value)
+def smoke_protocol(protocol: Protocol) -> Protocol:
+    return protocol.smoke(SMOKE["epochs"], SMOKE["train_subset"], SMOKE["test_subset"])
 
 
-def check_kinds(obj, kinds: dict[str, str]) -> None:
-    for name, kind in kinds.items():
-        value = getattr(obj, name)
-        if not _kind_ok(value, kind):
-            raise TypeError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
+def _rank_check(name, value):
+    check_rank(value)
 
 
-def check_positive(**values) -> None:
-    for name, value in values.items():
-        if value is not None and value <= 0:
-            raise ValueError(f"{name} must be > 0, got {value!r}")
+def _not_empty(name, values):
+    if not values:
+        raise ValueError(f"{name} must list at least one value")
 
 
-def check_optimizer(name: str) -> str:
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
-    return name
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train. The defaults are the original study's protocol."""
-    epochs: int = 100          # the original trains 100 epochs, test accuracy after each
-    lr: float = 1e-3           # plain SGD, lr 1e-3 (the PyTorch quickstart's values)
-    batch_size: int = 64
-    optimizer: str = "sgd"     # "sgd" or "adamw"
-    momentum: float = 0.0      # SGD only
-    weight_decay: float = 0.0
-    shuffle: bool = False      # the original's training loader is not shuffled
-
-    _KINDS = {"epochs": "int", "lr": "float", "batch_size": "int", "optimizer": "str",
-              "momentum": "float", "weight_decay": "float", "shuffle": "bool"}
-
-    def __post_init__(self):
-        check_kinds(self, self._KINDS)
-        check_positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
-        check_optimizer(self.optimizer)
-        if self.momentum < 0 or self.weight_decay < 0:
-            raise ValueError("momentum and weight_decay must be >= 0, got "
-                             f"{self.momentum!r} and {self.weight_decay!r}")
-        if self.optimizer != "sgd" and self.momentum:
-            raise ValueError(f"momentum applies to optimizer 'sgd' only, not {self.optimizer!r}")
-
-
-@dataclass(frozen=True)
-class RunConfig(TrainConfig):
-    """One training run: a model, a data set, a seed and how to train it."""
-    method: str = "full"
-    rank: int | None = None
-    init: str | None = None    # None: the method's own ("lora" for "lora", "default" otherwise)
-    dataset: str = "fashion_mnist"
-    seed: int = 0
-    widths: tuple = DEFAULT_WIDTHS
-    train_subset: int | None = None  # first n samples only (smoke runs)
-    test_subset: int | None = None
-
-    _KINDS = {**TrainConfig._KINDS, "method": "str", "rank": "int|None", "init": "str|None",
-              "dataset": "str", "seed": "int", "widths": "list[int]",
-              "train_subset": "int|None", "test_subset": "int|None"}
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_method(self.method)
-        check_dataset(self.dataset)
-        object.__setattr__(self, "widths", tuple(self.widths))
-        object.__setattr__(self, "init", method_init(self.method, self.init))
-        if self.method != "full":
-            check_rank(self.rank)
-        elif self.rank is not None:
-            raise ValueError(f"method 'full' takes no rank, got rank={self.rank!r}")
-        check_positive(train_subset=self.train_subset, test_subset=self.test_subset)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["widths"] = list(self.widths)
-        return d
-
-    @property
-    def run_id(self) -> str:
-        """Short hash of every field: two runs with the same id are the same experiment."""
-        blob = json.dumps(self.to_dict(), sort_keys=True)
-        return hashlib.sha1(blob.encode()).hexdigest()[:10]
-
-    @property
-    def name(self) -> str:
-        model = "full" if self.method == "full" else f"{self.method}-r{self.rank:03d}-{self.init}"
-        return f"{self.dataset}-{model}-s{self.seed}"
-
-    @property
-    def label(self) -> str:
-        return "full-rank" if self.method == "full" else f"{self.method} r={self.rank}"
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainConfig)})
+def _suggest(unknown: Iterable[str], valid: list[str]) -> str:
+    hints = []
+    for k in unknown:
+        close = difflib.get_close_matches(k, valid, n=1)
+        hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return ", ".join(hints)
 
 
 class NotebookParams:
-    """Base of the notebooks' typed configs: built from the names a parameters cell defines."""
+    """Base of the notebooks' typed configs: their flat parameters are the config's own
+    settings and, for a config with a ``protocol`` field, the protocol's fields."""
+
+    @classmethod
+    def _has_protocol(cls) -> bool:
+        return any(f.name == "protocol" for f in fields(cls))
 
     @classmethod
     def parameter_names(cls) -> list[str]:
-        return [f.name for f in fields(cls) if f.repr]
+        own = [f.name for f in settings_of(cls) if f.metadata["param"]]
+        return own + (list(PROTOCOL_FIELDS) if cls._has_protocol() else [])
 
     @classmethod
     def from_params(cls, params: dict[str, Any]):
@@ -156,198 +76,191 @@ class NotebookParams:
         valid = cls.parameter_names()
         unknown = [k for k in params if k not in valid]
         if unknown:
-            hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(k, valid, n=1)
-                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ValueError(f"unknown parameter(s) {', '.join(hints)}; valid parameters: "
-                             f"{', '.join(valid)}")
-        return cls(**params)
+            raise ValueError(f"unknown parameter(s) {_suggest(unknown, valid)}; valid "
+                             f"parameters: {', '.join(valid)}")
+        own = {k: v for k, v in params.items() if k not in PROTOCOL_FIELDS}
+        if cls._has_protocol():
+            own["protocol"] = Protocol(**{k: v for k, v in params.items()
+                                          if k in PROTOCOL_FIELDS})
+        return cls(**own)
 
     @classmethod
-    def from_notebook(cls, namespace: dict[str, Any], before: Iterable[str]):
-        """Build from the names a notebook's parameters cell (and papermill's injected cell)
-        defined: every public global that is not in ``before``, the names that existed before.
-        ``$LOWRANK_SMOKE=1`` turns smoke mode on (how tests run the notebooks).
+    def from_notebook(cls, namespace: dict[str, Any], before: set):
+        """Build from the notebook's globals: the declared parameter names, as the parameters
+        cell (and papermill's injected cell) set them. ``before``: the names that existed
+        before the parameters cell. The first time, any other new public name is an unknown
+        parameter (a misspelling, or papermill injecting one the notebook lacks); later runs
+        of the cell, after later cells defined names of their own, read the declared names
+        only. ``$LOWRANK_SMOKE=1`` turns smoke mode on (how tests run the notebooks).
         """
-        before = set(before)
-        params = {k: v for k, v in namespace.items()
-                  if not k.startswith("_") and k not in before}
-        if os.environ.get(SMOKE_ENV) == "1" and "smoke" in cls.parameter_names():
+        declared = cls.parameter_names()
+        if _CHECKED not in before:
+            unknown = [k for k in namespace
+                       if not k.startswith("_") and k not in before and k not in declared]
+            if unknown:
+                raise ValueError(f"unknown parameter(s) {_suggest(unknown, declared)}; valid "
+                                 f"parameters: {', '.join(declared)} (a name left from an "
+                                 "earlier run of the cell? `del` it or restart the kernel)")
+        params = {k: namespace[k] for k in declared if k in namespace}
+        if os.environ.get(SMOKE_ENV) == "1" and "smoke" in declared:
             params["smoke"] = True
-        return cls.from_params(params)
+        cfg = cls.from_params(params)
+        before.add(_CHECKED)
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         """The notebook parameters (lists as lists), e.g. for papermill."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()
-                if k in self.parameter_names()}
+        own = {f.name: getattr(self, f.name) for f in settings_of(type(self))
+               if f.metadata["param"]}
+        if self._has_protocol():
+            own.update(self.protocol.to_dict())
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in own.items()}
+
+
+def _task_setting(help="the task (data and model family)"):
+    return setting("fashion_mnist", "str", help, choices=lambda: tuple(TASKS))
+
+
+def _results_dir():
+    return setting("../results", "str", "one JSON record per run; a run whose record exists "
+                   "is not redone")
 
 
 @dataclass(frozen=True)
 class StudyConfig(NotebookParams):
-    """The parameters of the study notebook, checked. See the notebook's parameters cell."""
-    dataset: str = "fashion_mnist"
-    methods: tuple = METHODS
-    ranks: tuple = (1, 2, 4, 8, 16, 32, 64, 128)
-    init: str = "lora"
-    hidden_sizes: tuple = (512, 512)
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "sgd"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    shuffle: bool = False
-    seeds: tuple = (0, 1, 2)
-    device: str = "auto"
-    engine: bool = True        # stacked lockstep training (False: the plain one-model loop)
-    results_dir: str = "../results"
-    data_root: str | None = None
-    smoke: bool = False        # tiny data, 2 epochs, 2 ranks, 1 seed; writes into results_dir/smoke
-    train_subset: int | None = field(default=None, repr=False)  # set by smoke
-    test_subset: int | None = field(default=None, repr=False)
-
-    _KINDS = {"dataset": "str", "methods": "list[str]", "ranks": "list[int]", "init": "str",
-              "hidden_sizes": "list[int]", "epochs": "int", "batch_size": "int", "lr": "float",
-              "optimizer": "str", "momentum": "float", "weight_decay": "float",
-              "shuffle": "bool", "seeds": "list[int]", "device": "str", "engine": "bool",
-              "results_dir": "str",
-              "data_root": "str|None", "smoke": "bool", "train_subset": "int|None",
-              "test_subset": "int|None"}
+    """The parameters of the study notebook, checked: a grid of models (methods × ranks) under
+    one protocol, for several seeds. See the notebook's parameters cell."""
+    task: str = _task_setting()
+    methods: tuple = setting(tuple(METHODS), "list[str]", "methods to compare",
+                             choices=lambda: tuple(METHODS), check=all_of(_not_empty, distinct))
+    ranks: tuple = setting((1, 2, 4, 8, 16, 32, 64, 128), "list[int]", "ranks r of the "
+                           "factorized layers", check=all_of(each(_rank_check), distinct))
+    init: str | None = setting(None, "str|None", "init of the methods that take one (None: "
+                               "their own)", choices=lambda: tuple(sorted(INITS)))
+    hidden_sizes: tuple = setting((512, 512), "list[int]", "hidden widths of the MLP",
+                                  check=each(positive))
+    seeds: tuple = setting((0, 1, 2), "list[int]", "one run per seed",
+                           check=all_of(_not_empty, distinct))
+    device: str = setting("auto", "str", "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N "
+                          "or mps", check=lambda name, v: check_device(v))
+    engine: bool = setting(True, "bool", "train stacked in lockstep (False: the plain "
+                           "one-model loop)")
+    results_dir: str = _results_dir()
+    data_root: str | None = setting(None, "str|None", "data directory (None: $LOWRANK_DATA "
+                                    "or ~/.cache/lowrank_helpers/data)")
+    smoke: bool = setting(False, "bool", "tiny data, 2 epochs, 2 ranks, 1 seed; writes into "
+                          "results_dir/smoke")
+    protocol: Protocol = field(default_factory=Protocol)
 
     def __post_init__(self):
-        check_kinds(self, self._KINDS)
-        for name in ("methods", "ranks", "seeds", "hidden_sizes"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        check_dataset(self.dataset)
-        if not self.methods or len(set(self.methods)) != len(self.methods):
-            raise ValueError(f"methods must be distinct names among {METHODS}, got {self.methods}")
-        for m in self.methods:
-            check_method(m)
-        for r in self.ranks:
-            check_rank(r)
-        if set(self.methods) - {"full"} and not self.ranks:
-            raise ValueError("ranks is empty but factorized methods "
-                             f"{[m for m in self.methods if m != 'full']} need at least one rank")
-        check_init(self.init)
-        if not self.seeds:
-            raise ValueError("seeds must list at least one seed")
-        check_positive(hidden_sizes=min(self.hidden_sizes, default=1))
-        from .training import resolve_device  # validates the name; no device is touched
-        resolve_device(self.device, check_only=True)
+        check_settings(self)
+        if not isinstance(self.protocol, Protocol):
+            raise TypeError(f"protocol must be a Protocol, got {self.protocol!r}")
+        factorized = [m for m in self.methods if METHODS[m].factorized]
+        if factorized and not self.ranks:
+            raise ValueError(f"ranks is empty but factorized methods {factorized} need at "
+                             "least one rank")
+        takers = [m for m in self.methods if METHODS[m].takes_init()]
+        if self.init is not None and not takers:
+            raise ValueError(f"init {self.init!r} applies to method(s) "
+                             f"{', '.join(init_methods())} only; methods "
+                             f"{', '.join(self.methods)} ignore it")
         if self.smoke:  # the one place where smoke mode shrinks the study
-            object.__setattr__(self, "epochs", min(self.epochs, SMOKE["epochs"]))
             object.__setattr__(self, "ranks", self.ranks[:SMOKE["max_ranks"]])
             object.__setattr__(self, "seeds", self.seeds[:SMOKE["max_seeds"]])
-            object.__setattr__(self, "train_subset", SMOKE["train_subset"])
-            object.__setattr__(self, "test_subset", SMOKE["test_subset"])
+            object.__setattr__(self, "protocol", smoke_protocol(self.protocol))
             object.__setattr__(self, "results_dir", smoke_dir(self.results_dir))
-        self.runs()  # every run's own checks (optimizer, lr, ...) fail here, before any training
+        self.runs()  # every run's own checks (widths, init, ...) fail here, before any training
 
     @property
     def widths(self) -> tuple:
-        return (784, *self.hidden_sizes, 10)
+        default = TASKS[self.task].default_widths
+        return (default[0], *self.hidden_sizes, default[-1])
 
     def runs(self) -> list[RunConfig]:
-        """Every run of the study: full-rank once per seed, factorized per method, rank, seed."""
-        common = dict(dataset=self.dataset, widths=self.widths, epochs=self.epochs, lr=self.lr,
-                      batch_size=self.batch_size, optimizer=self.optimizer,
-                      momentum=self.momentum, weight_decay=self.weight_decay,
-                      shuffle=self.shuffle, train_subset=self.train_subset,
-                      test_subset=self.test_subset)
+        """Every run of the study: a dense method once per seed, a factorized one per rank and
+        seed, each under the study's protocol."""
         runs = []
         for seed in self.seeds:
             for method in self.methods:
-                if method == "full":
-                    runs.append(RunConfig(method="full", seed=seed, **common))
-                    continue
-                init = self.init if method == "lora" else None
-                runs += [RunConfig(method=method, rank=r, init=init, seed=seed, **common)
-                         for r in self.ranks]
+                m = METHODS[method]
+                init = self.init if m.takes_init() else None
+                for rank in (self.ranks if m.factorized else [None]):
+                    runs.append(RunConfig(self.task, method, rank, init, self.widths, seed,
+                                          self.protocol))
         return runs
-
 
 
 @dataclass(frozen=True)
 class SummaryConfig(NotebookParams):
-    """The parameters of the summary notebook: which records to draw, where figures go."""
-    dataset: str = "fashion_mnist"
-    results_dir: str = "../results"
-    img_dir: str = "../img"
-    epochs: int = 100          # the protocol whose records are drawn (others are left out)
-    lr: float = 1e-3
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    shuffle: bool = False
-    smoke: bool = False
-
-    _KINDS = {"dataset": "str", "results_dir": "str", "img_dir": "str", "epochs": "int",
-              "lr": "float", "batch_size": "int", "optimizer": "str", "momentum": "float",
-              "weight_decay": "float", "shuffle": "bool", "smoke": "bool"}
+    """The parameters of the summary notebook: which records to draw (one task, widths and
+    protocol), where figures go."""
+    task: str = _task_setting("the task whose records are drawn")
+    results_dir: str = setting("../results", "str", "where the run records are")
+    img_dir: str = setting("../img", "str", "where the figures are written")
+    hidden_sizes: tuple = setting((512, 512), "list[int]", "hidden widths of the models drawn",
+                                  check=each(positive))
+    smoke: bool = setting(False, "bool", "draw the records of a smoke batch")
+    protocol: Protocol = field(default_factory=Protocol)
 
     def __post_init__(self):
-        check_kinds(self, self._KINDS)
-        check_dataset(self.dataset)
-        check_optimizer(self.optimizer)
+        check_settings(self)
         if self.smoke:
-            object.__setattr__(self, "epochs", min(self.epochs, SMOKE["epochs"]))
+            object.__setattr__(self, "protocol", smoke_protocol(self.protocol))
             object.__setattr__(self, "results_dir", smoke_dir(self.results_dir))
             object.__setattr__(self, "img_dir", smoke_dir(self.img_dir))
 
-    def record_filter(self) -> dict[str, Any]:
-        """Keyword filters for :func:`load_records` that select this protocol's records."""
-        return {"dataset": self.dataset, "epochs": self.epochs, "lr": self.lr,
-                "batch_size": self.batch_size, "optimizer": self.optimizer,
-                "momentum": self.momentum, "weight_decay": self.weight_decay,
-                "shuffle": self.shuffle}
+    @property
+    def protocol_id(self) -> str:
+        """The ``protocol_id`` of the records drawn."""
+        default = TASKS[self.task].default_widths
+        return RunConfig(self.task, widths=(default[0], *self.hidden_sizes, default[-1]),
+                         protocol=self.protocol).protocol_id
+
+    def study(self, **kwargs) -> StudyConfig:
+        """The study whose records this summary draws."""
+        return StudyConfig(task=self.task, hidden_sizes=self.hidden_sizes,
+                           results_dir=self.results_dir, protocol=self.protocol, **kwargs)
 
 
 @dataclass(frozen=True)
 class ExplorerConfig(NotebookParams):
     """The parameters of the explorer notebook."""
-    results_dir: str = "../results"
+    results_dir: str = setting("../results", "str", "where the run records are")
 
     def __post_init__(self):
-        check_kinds(self, {"results_dir": "str"})
+        check_settings(self)
 
 
 @dataclass(frozen=True)
 class TheoryConfig(NotebookParams):
     """The parameters of the theory notebook."""
-    dataset: str = "fashion_mnist"
-    ranks: tuple = (1, 2, 4, 8, 16, 32, 64, 128)
-    inits: tuple = ("lora", "default", "matched", "he", "spectral")
-    seeds: tuple = tuple(range(10))
-    n_samples: int = 1024
-    spectrum_rank: int = 32
-    train_epochs: int = 100
-    results_dirs: tuple = ("../results", "../results/inits")
-    img_dir: str = "../img"
-    data_root: str | None = None
-    smoke: bool = False
-    train_subset: int | None = field(default=None, repr=False)  # set by smoke
-    test_subset: int | None = field(default=None, repr=False)
-
-    _KINDS = {"dataset": "str", "ranks": "list[int]", "inits": "list[str]", "seeds": "list[int]",
-              "n_samples": "int", "spectrum_rank": "int", "train_epochs": "int",
-              "results_dirs": "list[str]", "img_dir": "str", "data_root": "str|None",
-              "smoke": "bool", "train_subset": "int|None", "test_subset": "int|None"}
+    task: str = _task_setting("images whose statistics feed the measurements")
+    ranks: tuple = setting((1, 2, 4, 8, 16, 32, 64, 128), "list[int]", "ranks",
+                           check=all_of(_not_empty, each(_rank_check), distinct))
+    inits: tuple = setting(("lora", "default", "matched", "he", "spectral"), "list[str]",
+                           "inits compared", choices=lambda: tuple(sorted(INITS)),
+                           check=all_of(_not_empty, distinct))
+    seeds: tuple = setting(tuple(range(10)), "list[int]", "draws of each model at init",
+                           check=all_of(_not_empty, distinct))
+    n_samples: int = setting(1024, "int", "training images the measurements use",
+                             check=positive)
+    spectrum_rank: int = setting(32, "int", "rank of the models whose spectra are compared",
+                                 check=_rank_check)
+    train_epochs: int = setting(100, "int", "epochs before the second spectrum",
+                                check=positive)
+    results_dirs: tuple = setting(("../results", "../results/inits"), "list[str]",
+                                  "records of the init experiment")
+    spectra_dir: str = setting("../results/spectra", "str", "records of the spectra models "
+                               "(with their singular values after training)")
+    img_dir: str = setting("../img", "str", "where the figures are written")
+    data_root: str | None = setting(None, "str|None", "data directory")
+    smoke: bool = setting(False, "bool", "tiny sizes, for tests and CI")
+    train_subset: int | None = setting(None, "int|None", "set by smoke", param=False)
+    test_subset: int | None = setting(None, "int|None", "set by smoke", param=False)
 
     def __post_init__(self):
-        from .layers import check_init
-        check_kinds(self, self._KINDS)
-        for name in ("ranks", "inits", "seeds", "results_dirs"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        check_dataset(self.dataset)
-        for r in (*self.ranks, self.spectrum_rank):
-            check_rank(r)
-        for i in self.inits:
-            check_init(i)
-        if not self.seeds or not self.ranks or not self.inits:
-            raise ValueError("ranks, inits and seeds must each list at least one value")
-        check_positive(n_samples=self.n_samples, train_epochs=self.train_epochs)
+        check_settings(self)
         if self.smoke:
             object.__setattr__(self, "seeds", self.seeds[:2])
             object.__setattr__(self, "ranks", self.ranks[:SMOKE["max_ranks"] + 1])
@@ -356,4 +269,22 @@ class TheoryConfig(NotebookParams):
             object.__setattr__(self, "train_subset", SMOKE["train_subset"])
             object.__setattr__(self, "test_subset", SMOKE["test_subset"])
             object.__setattr__(self, "results_dirs", tuple(smoke_dir(d) for d in self.results_dirs))
+            object.__setattr__(self, "spectra_dir", smoke_dir(self.spectra_dir))
             object.__setattr__(self, "img_dir", smoke_dir(self.img_dir))
+
+    @property
+    def spectra_protocol(self) -> Protocol:
+        """The reference protocol for ``train_epochs`` (smoke: on the smoke data)."""
+        return replace(Protocol(), epochs=self.train_epochs, train_subset=self.train_subset,
+                       test_subset=self.test_subset)
+
+    def spectra_runs(self) -> list[RunConfig]:
+        """The models whose spectra are compared: the dense MLP and every init at
+        ``spectrum_rank``, seed 0."""
+        from .methods import method_for_init
+        runs = [RunConfig(self.task, "full", protocol=self.spectra_protocol)]
+        for init in self.inits:
+            method, name = method_for_init(init)
+            runs.append(RunConfig(self.task, method, self.spectrum_rank, name,
+                                  protocol=self.spectra_protocol))
+        return runs

@@ -1,239 +1,39 @@
-"""Many MLPs trained in lockstep as one stacked model (the default training engine).
+"""Many models trained in lockstep as stacked models (the default training engine).
 
-K models of one family (dense, or factorized padded to one rank R) become one module whose
-parameters have a leading model dimension; a step is a handful of batched matrix products for
-all K models instead of K separate loops. All stacks of a group see the same batches and share
-one optimizer. Per model this is the same computation as training it alone (up to the order of
-floating-point sums), because every model's loss, gradient and optimizer update only involve its
-own slice of the stacked tensors:
+K models of one family become one :class:`~lowrank_helpers.stacked.StackedMLP`; a step is a
+handful of batched matrix products for all K models instead of K separate loops. All stacks of
+a group (:mod:`lowrank_helpers.planning`) see the same batches and share one optimizer. Per
+model this is the same computation as training it alone with :func:`lowrank_helpers.train`, up
+to the order of floating-point sums: every model's loss, gradient and update involve only its
+own slice of the stacked tensors (the loss is the sum of the models' mean losses, so each
+model's gradient is its own), and padded factors stay zero.
 
-- padding a factorized model from rank r to R adds rows r..R-1 of A and columns r..R-1 of B that
-  are zero. Their gradients are zero (dL/dA_j ∝ B_{:,j} = 0, dL/dB_{:,j} ∝ (Ax)_j = 0), so SGD
-  (with momentum and weight decay) and Adam(W) leave them at zero;
-- the loss is the sum of the models' mean losses, so each model's gradient is its own.
-
-On CPU, for plain SGD (the study's protocol), a stack's step is written out rather than recorded
-by autograd (:meth:`StackedMLP.sgd_step`): the same arithmetic in fewer operations, with each
-weight's gradient product added straight into the weight.
+On CPU, for plain SGD (the study's protocol), a stack's step is written out rather than
+recorded by autograd (:meth:`StackedMLP.sgd_step`); on CUDA it is captured into a CUDA graph
+(:class:`~lowrank_helpers.steps.Steps`).
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
-from .config import RunConfig, TrainConfig
 from .data import Data
+from .devices import as_device, device_name, peak_memory, reset_peak_memory
 from .models import MLP
+from .planning import plan_stacks, stackable, worker_stacks
+from .protocol import Protocol, RunConfig
+from .stacked import StackedMLP
 from .steps import Steps
-from .training import (TrainResult, build_model, device_name, epoch_batches, make_optimizer,
-                       peak_memory, reset_peak_memory, resolve_device)
-
-#: Factorized models up to this rank share one stack padded to it: they are bound by per-step
-#: overhead and by the passes over their 512-wide activations more than by the padded arithmetic,
-#: so padding costs little. Above it, ranks pad to the next power of 2.
-SMALL_RANK = 16
-
-
-def stack_rank(rank: int | None, small_rank: int = SMALL_RANK) -> int | None:
-    """The rank a model is padded to in its stack (None: dense)."""
-    if rank is None:
-        return None
-    return small_rank if rank <= small_rank else 1 << (rank - 1).bit_length()
-
-
-class StackedMLP(nn.Module):
-    """K MLPs of the same widths, all dense or all factorized at ranks <= ``rank``, in one module.
-
-    Weights are stored transposed, so every product reads contiguous memory: layer l's dense
-    weight as ``w{l}`` (K, d_in, d_out), its factors as ``a{l}`` = Aᵀ (K, d_in, R) and ``b{l}`` =
-    Bᵀ (K, R, d_out), its bias as ``bias{l}`` (K, 1, d_out). The first layer, whose input all
-    models share, is stored (d_in, K, ·) so that one matrix product serves all K models.
-    """
-
-    def __init__(self, models: list[MLP], rank: int | None = None):
-        super().__init__()
-        if not models:
-            raise ValueError("a stack needs at least one model")
-        dense = {m.method == "full" for m in models}
-        widths = {m.widths for m in models}
-        if len(dense) > 1 or len(widths) > 1:
-            raise ValueError("a stack holds models of one family and one widths; got methods "
-                             f"{sorted({m.method for m in models})} and widths {sorted(widths)}; "
-                             "use plan_stacks() to split them")
-        self.dense = dense.pop()
-        self.widths = widths.pop()
-        self.K = len(models)
-        self.ranks = [m.rank for m in models]
-        self.rank = None if self.dense else (rank or max(self.ranks))
-        if not self.dense and max(self.ranks) > self.rank:
-            raise ValueError(f"stack rank {self.rank} is below model rank {max(self.ranks)}")
-        layers = [m.linear_layers() for m in models]
-        for l, (d_in, d_out) in enumerate(zip(self.widths[:-1], self.widths[1:])):
-            per_model = [ls[l] for ls in layers]
-            with torch.no_grad():
-                bias = torch.stack([m.bias for m in per_model]).unsqueeze(1)  # (K, 1, d_out)
-                if self.dense:
-                    first = torch.stack([m.weight.T for m in per_model])      # (K, d_in, d_out)
-                else:
-                    first = torch.zeros(self.K, d_in, self.rank)              # (K, d_in, R)
-                    second = torch.zeros(self.K, self.rank, d_out)            # (K, R, d_out)
-                    for k, m in enumerate(per_model):
-                        first[k, :, :m.rank] = m.A.T
-                        second[k, :m.rank, :] = m.B.T
-                    self.register_parameter(f"b{l}", nn.Parameter(second))
-                if l == 0:
-                    first = first.transpose(0, 1).contiguous()               # (d_in, K, ·)
-                self.register_parameter(f"{'w' if self.dense else 'a'}{l}",
-                                        nn.Parameter(first.contiguous()))
-                self.register_parameter(f"bias{l}", nn.Parameter(bias.clone()))
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.widths) - 1
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (K, N, classes) of all K models for the shared input x (N, ...)."""
-        x = x.flatten(1)                                                     # (N, d_in)
-        n = x.shape[0]
-        h = x
-        for l in range(self.n_layers):
-            first = getattr(self, f"{'w' if self.dense else 'a'}{l}")
-            bias = getattr(self, f"bias{l}")
-            if l == 0:  # one (N, d_in) @ (d_in, K·out) product for all models
-                z = (h @ first.view(first.shape[0], -1)).view(n, self.K, -1)
-                z = z.transpose(0, 1).contiguous()                           # (K, N, out)
-            else:
-                h = F.relu(h)
-                z = h if self.dense else torch.bmm(h, first)                 # (K, N, R)
-            if self.dense:
-                h = z + bias if l == 0 else torch.baddbmm(bias, z, first)    # (K, N, d_out)
-            else:
-                h = torch.baddbmm(bias, z, getattr(self, f"b{l}"))           # (K, N, d_out)
-        return h
-
-    def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of each model on the batch: (K,)."""
-        logits = self.forward(x)                                            # (K, N, C)
-        return F.cross_entropy(logits.transpose(1, 2), y.expand(self.K, -1),
-                               reduction="none").mean(1)
-
-    @torch.no_grad()
-    def sgd_step(self, x: torch.Tensor, y: torch.Tensor, lr: float,
-                 weight_decay: float = 0.0) -> torch.Tensor:
-        """One step of plain SGD (no momentum) on every model's mean cross-entropy, with the
-        backward pass written out instead of recorded by autograd; returns the models' losses
-        before the step, (K,). The same step as ``losses(x, y).sum().backward()`` followed by
-        ``torch.optim.SGD(lr=lr, weight_decay=weight_decay).step()``, up to the order of
-        floating-point sums, in fewer and fused operations: each weight's gradient product is
-        added straight into the weight (``baddbmm_``/``addmm_`` with alpha = −lr and
-        beta = 1 − lr·weight_decay), after the gradient it passes down has been computed from
-        the weight as it was. Padding stays zero: the gradient of a padded row of A or column of
-        B is a product with a zero factor.
-        """
-        x = x.flatten(1)                                                     # (N, d_in)
-        n, K = x.shape[0], self.K
-        beta = 1.0 - lr * weight_decay
-        inputs, mids = [], []  # per layer: its input; A·input (factorized) or its output (dense)
-        h = x
-        for l in range(self.n_layers):
-            first = getattr(self, f"{'w' if self.dense else 'a'}{l}")
-            bias = getattr(self, f"bias{l}")
-            if l == 0:
-                z = (x @ first.view(first.shape[0], -1)).view(n, K, -1).transpose(0, 1)
-            else:
-                h = F.relu(h)
-                z = h if self.dense else torch.bmm(h, first)
-            inputs.append(h)
-            mids.append(z)
-            if self.dense:
-                h = z + bias if l == 0 else torch.baddbmm(bias, z, first)
-            else:
-                h = torch.baddbmm(bias, z, getattr(self, f"b{l}"))
-        logp = torch.log_softmax(h, dim=2)                                   # (K, N, C)
-        label = y.view(1, n, 1).expand(K, n, 1)
-        picked = logp.gather(2, label)
-        losses = -picked.squeeze(2).mean(1)
-        delta = logp.exp_().scatter_(2, label, picked.exp() - 1).div_(n)     # ∂L/∂logits
-        for l in reversed(range(self.n_layers)):
-            first = getattr(self, f"{'w' if self.dense else 'a'}{l}")
-            bias = getattr(self, f"bias{l}")
-            if self.dense:
-                grad_in = delta                                              # (K, N, d_out)
-            else:
-                b = getattr(self, f"b{l}")
-                grad_in = torch.bmm(delta, b.transpose(1, 2))                # ∂L/∂(Ax): (K, N, R)
-                b.baddbmm_(mids[l].transpose(1, 2), delta, beta=beta, alpha=-lr)
-            if l == 0:  # input shared by all models: one (d_in, N) @ (N, K·out) product
-                flat = grad_in.transpose(0, 1).reshape(n, -1)
-                first.view(first.shape[0], -1).addmm_(x.T, flat, beta=beta, alpha=-lr)
-            else:
-                down = torch.ops.aten.threshold_backward(
-                    torch.bmm(grad_in, first.transpose(1, 2)), inputs[l], 0.0)  # through ReLU
-                first.baddbmm_(inputs[l].transpose(1, 2), grad_in, beta=beta, alpha=-lr)
-            if weight_decay:
-                bias.mul_(beta)
-            bias.add_(delta.sum(1, keepdim=True), alpha=-lr)
-            if l > 0:
-                delta = down
-        return losses
-
-    @torch.no_grad()
-    def unstack(self) -> list[MLP]:
-        """The K models as separate MLPs with their own ranks (padding dropped)."""
-        models = []
-        for k, rank in enumerate(self.ranks):
-            m = MLP("full" if self.dense else "lora", None if self.dense else rank,
-                    widths=self.widths)
-            for l, layer in enumerate(m.linear_layers()):
-                first = getattr(self, f"{'w' if self.dense else 'a'}{l}")
-                first = first[:, k] if l == 0 else first[k]                   # (d_in, ·)
-                if self.dense:
-                    layer.weight.copy_(first.T)
-                else:
-                    layer.A.copy_(first[:, :rank].T)
-                    layer.B.copy_(getattr(self, f"b{l}")[k, :rank].T)
-                layer.bias.copy_(getattr(self, f"bias{l}")[k, 0])
-            models.append(m)
-        return models
-
-
-def group_key(run: RunConfig) -> tuple:
-    """Runs with equal keys can train in lockstep: same data, batches and optimizer settings.
-    With shuffling the batch order depends on the seed, so then the seed is part of the key."""
-    return (run.dataset, run.train_subset, run.test_subset, run.train_config(),
-            run.seed if run.shuffle else None)
-
-
-def plan_stacks(runs: list[RunConfig], small_rank: int = SMALL_RANK) -> list[list[list[int]]]:
-    """Indices of ``runs`` grouped for lockstep training: a list of groups (same batches, one
-    optimizer), each a list of stacks (same family, widths and padded rank)."""
-    groups: dict[tuple, dict[tuple, list[int]]] = {}
-    for i, run in enumerate(runs):
-        family = (run.method == "full", run.widths, stack_rank(run.rank, small_rank))
-        groups.setdefault(group_key(run), {}).setdefault(family, []).append(i)
-    return [list(stacks.values()) for stacks in groups.values()]
-
-
-def worker_stacks(runs: list[RunConfig], workers: int) -> list[list[int]]:
-    """The stacks :func:`train_many` shares out to ``workers`` CPU processes: those of
-    :func:`plan_stacks`, the costliest halved while it would keep one worker busy longer than
-    an even share of the whole (or there are fewer stacks than workers)."""
-    from .workers import stack_cost
-    stacks = [members for group in plan_stacks(runs) for members in group]
-    cost = lambda members: stack_cost([runs[i] for i in members])  # noqa: E731
-    while True:
-        big = max(stacks, key=cost)
-        share = sum(map(cost, stacks)) / workers  # each split adds a stack's overhead
-        if len(big) < 2 or (cost(big) <= share and len(stacks) >= workers):
-            return stacks
-        stacks.remove(big)
-        stacks += [big[:len(big) // 2], big[len(big) // 2:]]
+from .tasks import build_model
+from .training import Schedule, TrainResult, epoch_batches, epoch_record, make_optimizer
+from .workers import train_in_workers
 
 
 @dataclass
@@ -250,7 +50,7 @@ def _evaluate(stacks: list[_StackRun], X: torch.Tensor, y: torch.Tensor, chunk: 
     out = []
     for s in stacks:
         correct = torch.zeros(s.stack.K, dtype=torch.long, device=X.device)
-        loss = torch.zeros(s.stack.K, device=X.device)
+        loss = torch.zeros(s.stack.K, dtype=X.dtype, device=X.device)
         for i in range(0, len(X), chunk):
             logits = s.stack(X[i:i + chunk])                                 # (K, n, C)
             yb = y[i:i + chunk].expand(s.stack.K, -1)
@@ -261,10 +61,11 @@ def _evaluate(stacks: list[_StackRun], X: torch.Tensor, y: torch.Tensor, chunk: 
     return out
 
 
-def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: TrainConfig,
+def train_group(models: list[MLP], stacks: list[list[int]], data: Data, protocol: Protocol,
                 *, seed: int = 0, device="auto", progress: bool = True,
                 desc: str | None = None, cuda_graphs: bool = True,
-                fused_sgd: bool | None = None) -> list[TrainResult]:
+                fused_sgd: bool | None = None,
+                analyze: Callable | None = None) -> list[TrainResult]:
     """Train ``models`` in lockstep, stacked as ``stacks`` (lists of indices into ``models``);
     return one TrainResult per model, as :func:`lowrank_helpers.train` would for each alone, and
     leave the trained weights in ``models``.
@@ -273,25 +74,25 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: 
     :class:`~lowrank_helpers.steps.Steps`). ``fused_sgd`` (default: on CPU, for plain SGD
     without momentum, the study's protocol) takes the step without autograd, with the backward
     pass written out (:meth:`StackedMLP.sgd_step`); ``False`` keeps autograd and the optimizer.
-    A model whose loss becomes NaN or inf is marked diverged at that epoch; the others go on.
+    ``analyze(model)``: a dict of each trained model, kept in its result. A model whose loss
+    becomes NaN or inf is marked diverged at that epoch; the others go on.
     """
-    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    dev = as_device(device)
     if sorted(i for idx in stacks for i in idx) != list(range(len(models))):
         raise ValueError(f"stacks {stacks} must list each of the {len(models)} models once")
     if data.device != dev:
         data = data.to(dev)
     runs = [_StackRun(StackedMLP([models[i] for i in idx]).to(dev), idx) for idx in stacks]
     for r in runs:
-        r.loss_sum = torch.zeros(r.stack.K, device=dev)
-    plain_sgd = config.optimizer == "sgd" and config.momentum == 0
+        r.loss_sum = torch.zeros(r.stack.K, dtype=data.X_train.dtype, device=dev)
     if fused_sgd is None:
-        fused_sgd = plain_sgd and dev.type == "cpu"
-    elif fused_sgd and not plain_sgd:
+        fused_sgd = protocol.plain_sgd and dev.type == "cpu"
+    elif fused_sgd and not protocol.plain_sgd:
         raise ValueError("fused_sgd takes plain SGD steps; this run uses optimizer "
-                         f"{config.optimizer!r} with momentum {config.momentum}: use "
+                         f"{protocol.optimizer!r} with momentum {protocol.momentum}: use "
                          "fused_sgd=None or False")
     opt = None if fused_sgd else make_optimizer(
-        [p for r in runs for p in r.stack.parameters()], config,
+        [p for r in runs for p in r.stack.parameters()], protocol,
         capturable=cuda_graphs and dev.type == "cuda")
     reset_peak_memory(dev)
     results = [TrainResult(device=device_name(dev), engine="stacked") for _ in models]
@@ -304,29 +105,33 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: 
             results[i].init_test_accuracy, results[i].init_test_loss = acc[k], loss[k]
     X, y, n = data.X_train, data.y_train, len(data.X_train)
     shuffle_gen = torch.Generator().manual_seed(seed)
-    steps = math.ceil(n / config.batch_size)
-    step = Steps(runs, opt, config.batch_size, dev, cuda_graphs,
-                 fused_sgd=(config.lr, config.weight_decay) if fused_sgd else None)
+    steps = math.ceil(n / protocol.batch_size)
+    schedule = Schedule(opt, protocol, protocol.epochs * steps)
+    step = Steps(runs, opt, protocol.batch_size, dev,
+                 graphs=cuda_graphs and protocol.constant_lr,
+                 fused_sgd=protocol.weight_decay if fused_sgd else None)
+    has_val = len(data.y_val) > 0
     start = time.perf_counter()
-    bar = tqdm(range(1, config.epochs + 1), desc=desc, disable=not progress, unit="epoch",
+    bar = tqdm(range(1, protocol.epochs + 1), desc=desc, disable=not progress, unit="epoch",
                leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
         for r in runs:
             r.loss_sum.zero_()  # in place: a captured graph adds into this very tensor
-        for xb, yb in epoch_batches(X, y, config.batch_size, config.shuffle, shuffle_gen):
-            step(xb, yb)
-        evals = _evaluate(runs, data.X_test, data.y_test)
+        for xb, yb in epoch_batches(X, y, protocol.batch_size, protocol.shuffle, shuffle_gen):
+            step(xb, yb, schedule.next())
+        tests = _evaluate(runs, data.X_test, data.y_test)
+        vals = _evaluate(runs, data.X_val, data.y_val) if has_val else [None] * len(runs)
         seconds = time.perf_counter() - t0
-        for r, (acc, loss) in zip(runs, evals):
+        for r, test, val in zip(runs, tests, vals):
             train_loss = [v / steps for v in r.loss_sum.tolist()]
             for k, i in enumerate(r.members):
                 if not alive[i]:
                     continue
-                results[i].history.append({"epoch": epoch, "test_accuracy": acc[k],
-                                           "test_loss": loss[k], "train_loss": train_loss[k],
-                                           "seconds": seconds})
-                if not (math.isfinite(train_loss[k]) and math.isfinite(loss[k])):
+                results[i].history.append(epoch_record(
+                    epoch, (test[0][k], test[1][k]), train_loss[k], seconds,
+                    (val[0][k], val[1][k]) if val else None))
+                if not (math.isfinite(train_loss[k]) and math.isfinite(test[1][k])):
                     results[i].diverged_epoch, alive[i] = epoch, False
         if progress:
             best = max((h["test_accuracy"] for res in results for h in res.history[-1:]),
@@ -341,29 +146,38 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, config: 
     for r in runs:  # like train(), leave the given models trained
         for i, trained in zip(r.members, r.stack.unstack()):
             models[i].load_state_dict(trained.state_dict())
+            if analyze is not None:
+                results[i].analysis = analyze(models[i])
     return results
 
 
 def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool = True,
                desc: str | None = None, on_group_done=None, *, lockstep: bool | None = None,
-               workers: int = 1, cuda_graphs: bool = True) -> list[TrainResult]:
+               workers: int = 1, cuda_graphs: bool = True,
+               analyze: Callable | None = None) -> list[TrainResult]:
     """Train ``runs`` with the stacked engine, grouped by :func:`plan_stacks`; one TrainResult
-    per run, in order. Each model is built as :func:`build_model` builds it for a lone run.
+    per run, in order. Each model is built as :func:`lowrank_helpers.build_model` builds it for
+    a lone run.
 
     ``lockstep`` (default: on CUDA) trains all stacks of a group together, each on a CUDA
     stream of its own; otherwise stacks train one after another. ``workers`` > 1 (CPU only)
     trains stacks in that many processes side by side, one thread each, largest stacks first
     (a stack costlier than an even share of the whole is halved first): small stacks are bound by
-    per-step overhead, which one core does about as fast as two.
+    per-step overhead, which one core does about as fast as two. ``analyze``: as for
+    :func:`train_group` (a module-level function, where workers are used).
     ``on_group_done(runs, results)`` is called as each stack or group ends (to save records).
     A group or stack that runs out of GPU memory is split in two and goes on, saying so.
     """
-    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    dev = as_device(device)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     if workers > 1 and dev.type != "cpu":
         raise ValueError(f"workers > 1 trains on CPU cores; on {dev.type} use workers=1 (one "
                          "process drives the whole device)")
+    odd = sorted({r.method for r in runs if not stackable(r)})
+    if odd:
+        raise ValueError(f"method(s) {', '.join(odd)} change the training step and cannot be "
+                         "stacked; train them with lowrank_helpers.train (run_study does)")
     lockstep = dev.type == "cuda" if lockstep is None else lockstep
     results: list[TrainResult | None] = [None] * len(runs)
 
@@ -374,9 +188,9 @@ def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool 
             on_group_done([runs[i] for i in members], trained)
 
     if workers > 1:
-        stacks = worker_stacks(runs, workers)
-        from .workers import train_in_workers  # (imports this module)
-        train_in_workers(runs, stacks, data, workers, done, progress)
+        serial = functools.partial(train_many, device="cpu", progress=False, lockstep=False)
+        train_in_workers(runs, worker_stacks(runs, workers), data, workers, done, progress,
+                         train=serial, analyze=analyze)
         return results
 
     def train_stacks(stacks: list[list[int]]) -> None:
@@ -387,8 +201,9 @@ def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool 
         try:
             trained = train_group([build_model(runs[i]) for i in members],
                                   [[members.index(i) for i in stack] for stack in stacks], data,
-                                  first.train_config(), seed=first.seed, device=dev,
-                                  progress=progress, desc=label, cuda_graphs=cuda_graphs)
+                                  first.protocol, seed=first.seed, device=dev,
+                                  progress=progress, desc=label, cuda_graphs=cuda_graphs,
+                                  analyze=analyze)
         except torch.cuda.OutOfMemoryError:
             if len(members) == 1:
                 raise

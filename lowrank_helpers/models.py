@@ -1,65 +1,44 @@
-"""The MLP of the study (784 → 512 → 512 → 10, ReLU) with dense or factorized layers."""
+"""The MLP of the study (784 → 512 → 512 → 10, ReLU) with dense or factorized layers, and what
+a model costs: parameters and matrix-product FLOPs, from the formulas."""
 from __future__ import annotations
 
 from typing import Sequence
 
 from torch import nn
 
-from .layers import LowRankLinear, check_init, check_rank
+from .layers import LowRankLinear, check_rank
+from .methods import check_init_for, check_method
 
-#: Methods compared in the study: dense layers, factorized layers with a chosen (by default the
-#: original's rank-dependent) init, and factorized layers with PyTorch's default init.
-METHODS = ("full", "lora", "ae")
-METHOD_LABELS = {"full": "full-rank", "lora": "LoRA layers", "ae": "autoencoder layers"}
+#: The PyTorch quickstart's MLP: 784 inputs, two hidden layers of 512, 10 classes.
 DEFAULT_WIDTHS = (784, 512, 512, 10)
 
 
-def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
-    return method
-
-
-def method_init(method: str, init: str | None = None) -> str:
-    """The init a method uses: "full" and "ae" use PyTorch's default; "lora" uses ``init``."""
-    check_method(method)
-    if method == "lora":
-        return check_init(init or "lora")
-    return "default"
-
-
 class MLP(nn.Module):
-    """Flatten, then ``len(widths) - 1`` linear layers with ReLU between them.
-
-    ``method="full"`` uses ``nn.Linear``; ``"lora"`` and ``"ae"`` use :class:`LowRankLinear` of
-    the given rank in every layer (the output layer included, as in the original study).
-    """
+    """Flatten, then ``len(widths) - 1`` linear layers with ReLU between them, each built by
+    the method (:mod:`lowrank_helpers.methods`): ``"full"`` uses ``nn.Linear``; ``"lora"`` and
+    ``"ae"`` use :class:`LowRankLinear` of the given rank in every layer (the output layer
+    included, as in the original study)."""
 
     def __init__(self, method: str = "full", rank: int | None = None, init: str | None = None,
                  widths: Sequence[int] = DEFAULT_WIDTHS) -> None:
         super().__init__()
-        self.method = check_method(method)
-        self.init = method_init(method, init)
+        m = check_method(method)
+        self.method = method
+        self.init = check_init_for(method, init)
         widths = tuple(widths)
         if len(widths) < 2 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1
                                   for w in widths):
             raise ValueError(f"widths must be at least two positive integers, got {widths!r}")
-        if method == "full":
-            if rank is not None:
-                raise ValueError("method 'full' takes no rank (got rank="
-                                 f"{rank!r}); use 'lora' or 'ae' for factorized layers")
-            self.rank = None
-        else:
-            self.rank = check_rank(rank)
+        if not m.factorized and rank is not None:
+            raise ValueError(f"method {method!r} takes no rank (got rank={rank!r}); use 'lora' "
+                             "or 'ae' for factorized layers")
+        self.rank = check_rank(rank) if m.factorized else None
         self.widths = widths
         layers: list[nn.Module] = [nn.Flatten()]
         for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
             if i > 0:
                 layers.append(nn.ReLU())
-            if method == "full":
-                layers.append(nn.Linear(d_in, d_out))
-            else:
-                layers.append(LowRankLinear(d_in, d_out, self.rank, init=self.init))
+            layers.append(m.layer(d_in, d_out, self.rank, self.init))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -83,18 +62,21 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     return counts
 
 
+def _factorized(method: str, rank) -> int | None:
+    """The rank of a factorized method's layers (checked), None for a dense one."""
+    return check_rank(rank) if check_method(method).factorized else None
+
+
 def count_parameters(method: str, rank: int | None = None,
                      widths: Sequence[int] = DEFAULT_WIDTHS) -> dict[str, int]:
     """:func:`parameter_counts` from the formula, without building the model.
 
     Dense layer: d_in·d_out + d_out. Factorized: r·(d_in + d_out) + d_out.
     """
-    check_method(method)
-    if method != "full":
-        rank = check_rank(rank)
+    r = _factorized(method, rank)
     counts = {}
     for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
-        weights = d_in * d_out if method == "full" else rank * (d_in + d_out)
+        weights = d_in * d_out if r is None else r * (d_in + d_out)
         counts[_layer_key(i, d_in, d_out)] = weights + d_out
     counts["total"] = sum(counts.values())
     return counts
@@ -114,11 +96,10 @@ def parameter_table(ranks: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128),
 
 def _products(method: str, rank: int | None, widths: Sequence[int]) -> list[int]:
     """Multiply-adds per sample of each matrix product of the model, in forward order."""
-    check_method(method)
+    r = _factorized(method, rank)
     products = []
     for d_in, d_out in zip(widths[:-1], widths[1:]):
-        products += [d_in * d_out] if method == "full" else [d_in * check_rank(rank),
-                                                             rank * d_out]
+        products += [d_in * d_out] if r is None else [d_in * r, r * d_out]
     return products
 
 

@@ -1,4 +1,5 @@
-"""Run records: one JSON file per run, written atomically, loaded into pandas."""
+"""Run records: one JSON file per run, written atomically, loaded into pandas; and the keys
+that say which records are replicates of one another."""
 from __future__ import annotations
 
 import json
@@ -15,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import RunConfig
-from .models import count_parameters, optimizer_state_bytes, training_flops_per_sample
+from .models import optimizer_state_bytes
+from .protocol import PROTOCOL_FIELDS, REFERENCE, SCHEMA, RunConfig
+from .tasks import TASKS
 
-SCHEMA = 1
 REQUIRED = ("run_id", "config", "history", "parameters")
 #: Cost columns that load_records takes from each record's "cost" (None in older records).
 COST_COLUMNS = ("training_flops_per_sample", "optimizer_state_bytes", "peak_memory_bytes",
@@ -61,7 +62,7 @@ def cost(run: RunConfig, result, parameters: int) -> dict:
     seconds = [h["seconds"] for h in result.history]
     return {
         "parameters": parameters,
-        "training_flops_per_sample": training_flops_per_sample(run.method, run.rank, run.widths),
+        "training_flops_per_sample": TASKS[run.task].training_flops(run),
         "optimizer_state_bytes": optimizer_state_bytes(run.optimizer, run.momentum, parameters),
         "peak_memory_bytes": result.peak_memory.get("bytes"),
         "peak_memory_kind": result.peak_memory.get("kind"),
@@ -73,12 +74,14 @@ def cost(run: RunConfig, result, parameters: int) -> dict:
 
 
 def make_record(run: RunConfig, result, parameters: dict[str, int] | None = None) -> dict:
-    """The record of a finished run: config, metrics, parameter counts, cost and provenance.
+    """The record of a finished run: config, metrics, parameter counts, cost and provenance
+    (and the trained model's analysis, where one was asked for).
 
-    ``parameters`` defaults to :func:`count_parameters` of the run's model.
+    ``parameters`` defaults to the task's count of the run's model's parameters.
     """
     from . import __version__
-    parameters = parameters or count_parameters(run.method, run.rank, run.widths)
+    parameters = parameters or TASKS[run.task].parameters(run)
+    extra = {"analysis": result.analysis} if getattr(result, "analysis", None) else {}
     return _finite_or_none({
         "schema": SCHEMA,
         "run_id": run.run_id,
@@ -97,6 +100,7 @@ def make_record(run: RunConfig, result, parameters: dict[str, int] | None = None
                      "python": platform.python_version()},
         "git_commit": git_commit(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **extra,
     })
 
 
@@ -178,33 +182,45 @@ def has_record(run: RunConfig, results_dir) -> bool:
 
 
 def _row(record: dict, path: Path) -> dict:
-    cfg = record["config"]
+    run = RunConfig.from_dict(record["config"])
+    if run.run_id != record["run_id"]:
+        warnings.warn(f"record {path}: its run_id {record['run_id']} is not the id of its config "
+                      f"({run.run_id}); it is listed under the latter", stacklevel=3)
     hist = record["history"]
     last = hist[-1] if hist else {}
-    return {**{k: v for k, v in cfg.items() if k != "widths"},
-            "widths": "-".join(map(str, cfg.get("widths", ()))),  # hashable, one cell
-            "run_id": record["run_id"], "name": record.get("name"),
-            "params": record["parameters"].get("total"),
+    return {"task": run.task, "method": run.method, "rank": run.rank, "init": run.init,
+            "seed": run.seed, "widths": "-".join(map(str, run.widths)),  # hashable, one cell
+            **run.protocol.to_dict(),
+            "model": run.label, "run_id": run.run_id, "group_id": run.group_id,
+            "protocol_id": run.protocol_id, "protocol": run.protocol.describe(),
+            "name": record.get("name"), "params": record["parameters"].get("total"),
             "init_test_accuracy": record.get("init_test_accuracy"),
             "init_test_loss": record.get("init_test_loss"),
             "epoch1_test_accuracy": hist[0].get("test_accuracy") if hist else None,
             "final_test_accuracy": last.get("test_accuracy"),
             "final_test_loss": last.get("test_loss"),
+            "final_train_loss": last.get("train_loss"),
+            "final_val_accuracy": last.get("val_accuracy"),
             "epochs_done": len(hist), "diverged_epoch": record.get("diverged_epoch"),
             "wall_time": record.get("wall_time"), "device": record.get("device"),
             **{k: record.get("cost", {}).get(k) for k in COST_COLUMNS},
             "torch": record.get("versions", {}).get("torch"),
-            "git_commit": record.get("git_commit"), "history": hist, "path": str(path)}
+            "git_commit": record.get("git_commit"), "history": hist,
+            "analysis": record.get("analysis"), "path": str(path)}
 
 
 def load_records(results_dir, **where) -> pd.DataFrame:
-    """All records under ``results_dir`` as a DataFrame, one row per run.
+    """All records under ``results_dir`` (a directory, or a list of them) as a DataFrame, one
+    row per record: the run's task, model, seed and protocol (one column per field), its
+    keys (``run_id``; ``group_id``, shared by replicates; ``protocol_id``, shared by runs
+    trained alike) and its outcome.
 
     Corrupt files are named in a warning and skipped. Keyword filters keep rows whose column
     equals the value, or is in it when a list/tuple/set is given: ``load_records(d, rank=[4, 8])``.
     """
+    dirs = [results_dir] if isinstance(results_dir, (str, os.PathLike)) else list(results_dir)
     rows = []
-    for path in sorted(Path(results_dir).glob("*.json")):
+    for path in sorted(p for d in dirs for p in Path(d).glob("*.json")):
         try:
             rows.append(_row(read_record(path), path))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -220,6 +236,56 @@ def load_records(results_dir, **where) -> pd.DataFrame:
     if not df.empty:
         df["rank"] = df["rank"].astype("Int64")  # full-rank runs have no rank
     return df.reset_index(drop=True)
+
+
+#: The columns that say how a run was trained and evaluated (beside the model and the seed).
+PROTOCOL_COLUMNS = ("task", "widths", *PROTOCOL_FIELDS)
+
+
+def replicates(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with every run counted once (the same run id in two places is one run), in
+    the registry's order of models; tables and figures group these by ``group_id``, so only
+    the seed ever replicates."""
+    from .methods import model_order
+    runs = runs.drop_duplicates("run_id")
+    order = [model_order(m, r if pd.notna(r) else None, i)
+             for m, r, i in zip(runs.method, runs["rank"], runs.init)]
+    return runs.assign(_order=order).sort_values(["_order", "protocol_id", "seed"],
+                                                 kind="stable").drop(columns="_order")
+
+
+def differing_fields(runs: pd.DataFrame) -> list[str]:
+    """The protocol columns (task, widths and the protocol's fields) whose values differ
+    between the protocols present in ``runs``."""
+    per = runs.drop_duplicates("protocol_id")
+    return [c for c in PROTOCOL_COLUMNS if c in per and per[c].astype(str).nunique() > 1]
+
+
+def protocol_labels(runs: pd.DataFrame) -> pd.Series:
+    """Per row, the fields that tell its protocol from the others in ``runs``
+    (``"epochs=1"``), or "" where all rows share one protocol."""
+    fields = differing_fields(runs)
+    return pd.Series([", ".join(f"{c}={_fmt_value(row[c])}" for c in fields)
+                      for _, row in runs.iterrows()], index=runs.index, dtype=object)
+
+
+def _fmt_value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def one_protocol(runs: pd.DataFrame, what: str) -> pd.DataFrame:
+    """``runs`` if they share one protocol; else ValueError naming the fields that differ."""
+    fields = differing_fields(runs)
+    if fields:
+        raise ValueError(f"{what} compares models trained alike, but these records differ in "
+                         f"{', '.join(fields)}; select one protocol first (e.g. "
+                         f"load_records(dir, {fields[0]}=...))")
+    return runs
+
+
+def is_reference(runs: pd.DataFrame) -> pd.Series:
+    """Per row: trained under the original study's protocol on its task and widths."""
+    return runs.protocol_id == REFERENCE.protocol_id
 
 
 def epochs_frame(runs: pd.DataFrame) -> pd.DataFrame:

@@ -8,9 +8,10 @@ class Steps:
     """One training step of all stacks on a batch.
 
     Eager by default, recorded by autograd and applied by the optimizer. With ``fused_sgd`` =
-    (lr, weight_decay) each stack instead takes its own written-out plain-SGD step
-    (:meth:`~lowrank_helpers.engine.StackedMLP.sgd_step`; no autograd, no optimizer). On CUDA
-    with ``graphs``, the first ``WARMUP`` full batches run eagerly
+    weight_decay each stack instead takes its own written-out plain-SGD step
+    (:meth:`~lowrank_helpers.stacked.StackedMLP.sgd_step`; no autograd, no optimizer) at the
+    learning rate each call passes. On CUDA with ``graphs`` (a constant learning rate, which
+    the graph keeps), the first ``WARMUP`` full batches run eagerly
     (real steps, on a side stream as CUDA graph capture requires), then one step is captured
     into a CUDA graph that every later full batch replays: one launch per step instead of a
     few hundred, and no host synchronisation. With several stacks each stack's forward and
@@ -24,17 +25,17 @@ class Steps:
     WARMUP = 3
 
     def __init__(self, runs: list, opt: torch.optim.Optimizer | None, batch_size: int,
-                 device: torch.device, graphs: bool, fused_sgd: tuple | None = None):
+                 device: torch.device, graphs: bool, fused_sgd: float | None = None):
         self.runs, self.opt, self.batch_size = runs, opt, batch_size
         self.fused_sgd = fused_sgd
         self.graphs = graphs and device.type == "cuda" and fused_sgd is None
         self.warm, self.graph, self.static = 0, None, None
         self.mode = "eager" if fused_sgd is None else "fused sgd"
 
-    def _step(self, xb, yb, streams: bool = False) -> None:
+    def _step(self, xb, yb, lr: float = 0.0, streams: bool = False) -> None:
         if self.fused_sgd is not None:
             for r in self.runs:
-                r.loss_sum += r.stack.sgd_step(xb, yb, *self.fused_sgd)
+                r.loss_sum += r.stack.sgd_step(xb, yb, lr, self.fused_sgd)
             return
         self.opt.zero_grad(set_to_none=True)
         if streams:
@@ -79,19 +80,21 @@ class Steps:
         self.graphs = False
         return False
 
-    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor, lr: float) -> None:
+        """One step on the batch; ``lr``: the step's learning rate (the optimizer's groups
+        have it already; the written-out SGD step takes it here)."""
         if not self.graphs or len(xb) != self.batch_size:
-            return self._step(xb, yb)
+            return self._step(xb, yb, lr)
         if self.graph is None and self.warm < self.WARMUP:
             self.warm += 1
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                self._step(xb, yb)
+                self._step(xb, yb, lr)
             torch.cuda.current_stream().wait_stream(side)
             return None
         if self.graph is None and not self._capture(xb, yb):
-            return self._step(xb, yb)
+            return self._step(xb, yb, lr)
         self.static[0].copy_(xb)
         self.static[1].copy_(yb)
         self.graph.replay()

@@ -1,20 +1,29 @@
-"""The runs of a study: train what has no record yet, write one record per run."""
+"""The runs of a study: train what has no record yet, write one record per run, with resume."""
 from __future__ import annotations
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .config import RunConfig, StudyConfig, SummaryConfig
-from .data import Data, load_data
+from .config import StudyConfig, SummaryConfig, TheoryConfig, smoke_protocol
+from .data import Data
+from .devices import resolve_device
 from .engine import train_many
+from .methods import METHODS
+from .planning import stackable
+from .protocol import Protocol, RunConfig
 from .results import check_writable, has_record, load_records, make_record, save_record
-from .training import build_model, resolve_device, train
+from .tasks import TASKS, build_model
+from .training import train
 
 
-def run_result(run: RunConfig, data: Data, device="auto", progress: bool = True):
+def run_result(run: RunConfig, data: Data, device="auto", progress: bool = True,
+               analyze=None):
     """Build and train one run with the plain loop; return its TrainResult."""
-    return train(build_model(run), data, run.train_config(), seed=run.seed, device=device,
-                 progress=progress, desc=run.label)
+    model = build_model(run)
+    policy = METHODS[run.method].param_groups
+    groups = policy(model, run.lr) if policy is not None else None
+    return train(model, data, run.protocol, seed=run.seed, device=device, progress=progress,
+                 desc=run.label, param_groups=groups, analyze=analyze)
 
 
 def run_one(run: RunConfig, data: Data, device="auto", progress: bool = True) -> dict:
@@ -22,56 +31,80 @@ def run_one(run: RunConfig, data: Data, device="auto", progress: bool = True) ->
     return make_record(run, run_result(run, data, device, progress))
 
 
-def run_study(cfg: StudyConfig, progress: bool = True) -> pd.DataFrame:
-    """Train every run of ``cfg`` that has no record in ``cfg.results_dir``; return all of them.
+def _data_key(run: RunConfig) -> tuple:
+    """Runs with equal keys train on the same data splits."""
+    p = run.protocol
+    return (run.task, p.train_subset, p.test_subset, p.val_size)
 
-    With ``cfg.engine`` (the default) the runs train stacked in lockstep (see
-    :mod:`lowrank_helpers.engine`) and each lockstep group's records are saved as it ends;
-    otherwise one model at a time with the plain loop, each record saved as its run ends. An
-    interrupted study keeps what was saved and a rerun resumes with the rest. A diverged run is
-    recorded as such and the study goes on.
+
+def run_records(runs: list[RunConfig], results_dir, *, data_root=None, device="auto",
+                engine: bool = True, progress: bool = True, analyze=None) -> pd.DataFrame:
+    """Train every run of ``runs`` that has no record in ``results_dir``; return the records
+    of all of them.
+
+    With ``engine`` (the default) the runs train stacked in lockstep (see
+    :mod:`lowrank_helpers.engine`) and each stack's or group's records are saved as it ends;
+    otherwise (and for methods that change the training step) one model at a time with the
+    plain loop, each record saved as its run ends. An interrupted study keeps what was saved
+    and a rerun resumes with the rest. A diverged run is recorded as such and the study goes
+    on. ``analyze(model)``: a dict of each trained model, stored in its record.
     """
-    results_dir = check_writable(cfg.results_dir)  # fail before training, not after
-    runs = cfg.runs()
+    results_dir = check_writable(results_dir)  # fail before training, not after
+    runs = list({r.run_id: r for r in runs}.values())
     todo = [r for r in runs if not has_record(r, results_dir)]
-    print(f"{len(runs)} runs: {len(runs) - len(todo)} already recorded in {cfg.results_dir}, "
+    print(f"{len(runs)} runs: {len(runs) - len(todo)} already recorded in {results_dir}, "
           f"{len(todo)} to train")
-    if todo:
-        device = resolve_device(cfg.device)
-        data = load_data(cfg.dataset, cfg.data_root, device, cfg.train_subset, cfg.test_subset)
-        print(f"data: {data}; engine: {'stacked' if cfg.engine else 'plain loop'}")
+    if not todo:
+        return load_records(results_dir, run_id=[r.run_id for r in runs])
+    dev = resolve_device(device)
 
-        def save(done_runs, results):
-            for run, result in zip(done_runs, results):
-                record = make_record(run, result)
-                save_record(record, results_dir)
-                if record["diverged_epoch"] is not None:
-                    print(f"{run.label} (seed {run.seed}) diverged at epoch "
-                          f"{record['diverged_epoch']}; recorded as diverged")
-        if cfg.engine:  # all runs in lockstep stacks; records are saved as each group ends
-            train_many(todo, data, device, progress, on_group_done=save)
-        else:  # one model at a time; each record is saved as its run ends
-            for run in tqdm(todo, desc="runs", unit="run", disable=not progress):
-                save([run], [run_result(run, data, device, progress)])
+    def save(done_runs, results):
+        for run, result in zip(done_runs, results):
+            record = make_record(run, result)
+            save_record(record, results_dir)
+            if record["diverged_epoch"] is not None:
+                print(f"{run.label} (seed {run.seed}) diverged at epoch "
+                      f"{record['diverged_epoch']}; recorded as diverged")
+    by_data: dict[tuple, list[RunConfig]] = {}
+    for run in todo:
+        by_data.setdefault(_data_key(run), []).append(run)
+    for part in by_data.values():
+        first = part[0]
+        data = TASKS[first.task].load(first.protocol, data_root, dev)
+        stacked = [r for r in part if engine and stackable(r)]
+        alone = [r for r in part if r not in stacked]
+        print(f"data: {data}; " + ", ".join(
+            f"{n} {how}" for n, how in ((len(stacked), "stacked"), (len(alone), "one at a time"))
+            if n))
+        if stacked:  # records are saved as each stack or group ends
+            train_many(stacked, data, dev, progress, on_group_done=save, analyze=analyze)
+        for run in tqdm(alone, desc="runs", unit="run", disable=not progress or not alone):
+            save([run], [run_result(run, data, dev, progress, analyze)])
     return load_records(results_dir, run_id=[r.run_id for r in runs])
 
 
+def run_study(cfg: StudyConfig, progress: bool = True) -> pd.DataFrame:
+    """Train every run of ``cfg`` that has no record in ``cfg.results_dir``; return all of them
+    (see :func:`run_records`)."""
+    return run_records(cfg.runs(), cfg.results_dir, data_root=cfg.data_root, device=cfg.device,
+                       engine=cfg.engine, progress=progress)
+
+
 def summary_records(cfg: SummaryConfig) -> pd.DataFrame:
-    """The records a summary draws: ``cfg``'s data set and protocol in ``cfg.results_dir``.
+    """The records a summary draws: ``cfg``'s task, widths and protocol in ``cfg.results_dir``.
 
     In smoke mode a missing smoke study is trained first, so that a smoke summary runs on its
     own (tests run notebooks in any order).
     """
-    where = cfg.record_filter()
-    runs = load_records(cfg.results_dir, **where)
+    runs = load_records(cfg.results_dir, protocol_id=cfg.protocol_id)
     if runs.empty and cfg.smoke:
-        protocol = {k: v for k, v in where.items() if k != "dataset"}
-        run_study(StudyConfig(dataset=cfg.dataset, results_dir=cfg.results_dir, smoke=True,
-                              **protocol), progress=False)
-        runs = load_records(cfg.results_dir, **where)
+        run_study(cfg.study(smoke=True), progress=False)
+        runs = load_records(cfg.results_dir, protocol_id=cfg.protocol_id)
     if runs.empty:
-        raise FileNotFoundError(f"no records in {cfg.results_dir} for {where}; run the study "
-                                "first (lowrank-study, or notebooks/study.ipynb)")
+        raise FileNotFoundError(f"no records in {cfg.results_dir} of task {cfg.task!r} with "
+                                f"widths {'-'.join(map(str, cfg.study().widths))} under "
+                                f"{cfg.protocol.describe()}; run the study first (lowrank-study, "
+                                "or notebooks/study.ipynb)")
     return runs
 
 
@@ -81,15 +114,24 @@ def init_study_records(results_dirs, inits, smoke: bool = False) -> pd.DataFrame
 
     In smoke mode missing smoke studies are trained first (tests run notebooks in any order).
     """
-    where = SummaryConfig(smoke=smoke).record_filter()
+    protocol = smoke_protocol(Protocol()) if smoke else Protocol()
     dirs = list(results_dirs)
     if smoke:
         for init in ["lora", *[x for x in inits if x not in ("lora", "default")]]:
             target = dirs[0] if init == "lora" else dirs[-1]
-            methods = ["full", "lora", "ae"] if init == "lora" else ["lora"]
+            methods = list(METHODS) if init == "lora" else ["lora"]
             cfg = StudyConfig(methods=methods, init=init, results_dir=target, smoke=True)
             if any(not has_record(r, cfg.results_dir) for r in cfg.runs()):
                 run_study(cfg, progress=False)
-    frames = [load_records(d, **where) for d in dirs]
+    frames = [load_records(d, protocol_id=RunConfig(protocol=protocol).protocol_id)
+              for d in dirs]
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def spectra_records(cfg: TheoryConfig, progress: bool = True) -> pd.DataFrame:
+    """The theory notebook's spectra models (:meth:`TheoryConfig.spectra_runs`) trained, with
+    their layers' singular values after training in each record (``analysis``); resumes."""
+    from .theory import trained_singular_values
+    return run_records(cfg.spectra_runs(), cfg.spectra_dir, data_root=cfg.data_root,
+                       device="cpu", progress=progress, analyze=trained_singular_values)

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from .layers import LowRankLinear, check_init, check_rank
-from .models import DEFAULT_WIDTHS, MLP, method_init
+from .methods import check_init_for, method_for_init
+from .models import DEFAULT_WIDTHS, MLP
 
 
 def break_even_rank(d_in: int, d_out: int) -> float:
@@ -108,7 +109,7 @@ def predict_forward_std(method: str = "full", rank: int | None = None, init: str
                         input_second_moment: float = 1.0) -> list[float]:
     """Predicted RMS of each linear layer's output (pre-activation) at init, for an
     :class:`~lowrank_helpers.MLP` fed inputs whose mean x_k² is ``input_second_moment``."""
-    init = method_init(method, init)
+    init = check_init_for(method, init)
     q, out = input_second_moment, []
     for l, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
         v = init_variances(None if method == "full" else init, d_in, d_out,
@@ -123,7 +124,7 @@ def layer_gains(method: str = "full", rank: int | None = None, init: str | None 
                 widths: Sequence[int] = DEFAULT_WIDTHS) -> list[float]:
     """d_in · Var(W or B·A) per layer: the factor by which a layer scales the second moment of
     its input (before the bias; 1/3 for nn.Linear's default)."""
-    init = method_init(method, init)
+    init = check_init_for(method, init)
     return [d_in * init_variances(None if method == "full" else init, d_in, d_out,
                                   None if method == "full" else rank)["product"]
             for d_in, d_out in zip(widths[:-1], widths[1:])]
@@ -184,6 +185,13 @@ def singular_values(model: MLP) -> list[torch.Tensor]:
         w = layer.dense_weight() if isinstance(layer, LowRankLinear) else layer.weight.detach()
         out.append(torch.linalg.svdvals(w.double()).float())
     return out
+
+
+def trained_singular_values(model: MLP) -> dict:
+    """A trained model's analysis for its record: each layer's singular values (largest first,
+    6 significant digits)."""
+    return {"singular_values": [[float(f"{v:.6g}") for v in sv.tolist()]
+                                for sv in singular_values(model)]}
 
 
 def _layer_io(model: MLP, x: torch.Tensor, y: torch.Tensor):
@@ -249,7 +257,7 @@ def predict_backward_std(method: str = "full", rank: int | None = None, init: st
     uncorrelated across samples. These are per-sample values; the mean over a batch of N
     averages N of them.
     """
-    init = method_init(method, init)
+    init = check_init_for(method, init)
     dense = method == "full"
     pairs = list(zip(widths[:-1], widths[1:]))
     var = [init_variances(None if dense else init, d_in, d_out, None if dense else rank)
@@ -292,11 +300,6 @@ def measure_backward_std(model: MLP, x: torch.Tensor, y: torch.Tensor, *, io=Non
             row["B"] = ((d2 * ax2).mean() / (d_out * r)).sqrt().item()
         out.append(row)
     return out
-
-
-def method_for_init(init: str) -> tuple[str, str | None]:
-    """The study's (method, init) for an init name: "default" is the autoencoder method."""
-    return ("ae", None) if init == "default" else ("lora", init)
 
 
 def signal_table(ranks, inits, seeds, x: torch.Tensor, y: torch.Tensor | None = None,

@@ -1,59 +1,53 @@
-"""Training: one plain loop over in-memory tensors, and the runs of a study with resume."""
+"""Training one model: the plain loop over in-memory tensors (the one to read when learning).
+
+The stacked engine (:mod:`lowrank_helpers.engine`) trains many models as this loop trains one,
+on the same batches (:func:`epoch_batches`) with the same optimizer and schedule.
+"""
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import RunConfig, TrainConfig
 from .data import Data
-from .models import MLP
-
-DEVICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
-
-
-def resolve_device(name: str = "auto", check_only: bool = False) -> torch.device | None:
-    """"auto": CUDA if available, else MPS, else CPU. Also "cpu", "cuda", "cuda:N", "mps"."""
-    base = name.split(":", 1)[0] if isinstance(name, str) else None
-    index_ok = name.count(":") == 0 or (base == "cuda" and name.split(":", 1)[1].isdigit())
-    if base not in ("auto", "cpu", "cuda", "mps") or not index_ok:
-        raise ValueError(f"unknown device {name!r}; valid devices: {', '.join(DEVICES)}")
-    if check_only:
-        return None
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    if base == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available here; "
-                           "use device='auto' or 'cpu'")
-    if base == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("device 'mps' was asked for but MPS is not available here; "
-                           "use device='auto' or 'cpu'")
-    return torch.device(name)
+from .devices import as_device, device_name, peak_memory, reset_peak_memory
+from .protocol import Protocol
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return device.type
-
-
-def make_optimizer(params, config: TrainConfig, capturable: bool = False) -> torch.optim.Optimizer:
-    """The run's optimizer; ``capturable``: AdamW keeps its step count on the device, as CUDA
-    graph capture requires (SGD needs nothing)."""
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+def make_optimizer(params, protocol: Protocol, capturable: bool = False) -> torch.optim.Optimizer:
+    """The protocol's optimizer over ``params`` (tensors, or parameter groups whose own
+    ``lr`` overrides the protocol's). ``capturable``: AdamW keeps its step count on the
+    device, as CUDA graph capture requires (SGD needs nothing)."""
+    if protocol.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=protocol.lr, momentum=protocol.momentum,
+                               weight_decay=protocol.weight_decay)
+    return torch.optim.AdamW(params, lr=protocol.lr, weight_decay=protocol.weight_decay,
                              capturable=capturable)
+
+
+class Schedule:
+    """Sets each parameter group's learning rate before every step, as the protocol's
+    schedule says (groups keep their ratio to the protocol's lr). A constant rate is never
+    touched, so that a captured CUDA graph may keep it."""
+
+    def __init__(self, opt: torch.optim.Optimizer | None, protocol: Protocol, total_steps: int):
+        self.opt, self.protocol, self.total, self.step = opt, protocol, total_steps, 0
+        self.scales = [g["lr"] / protocol.lr for g in opt.param_groups] if opt else []
+
+    def next(self) -> float:
+        """The learning rate of the step about to be taken (and set it on the optimizer)."""
+        lr = self.protocol.lr_at(self.step, self.total)
+        self.step += 1
+        if self.opt is not None and not self.protocol.constant_lr:
+            for g, scale in zip(self.opt.param_groups, self.scales):
+                g["lr"] = lr * scale
+        return lr
 
 
 @torch.no_grad()
@@ -63,7 +57,7 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor,
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=X.device)
-    loss = torch.zeros((), device=X.device)
+    loss = torch.zeros((), dtype=X.dtype, device=X.device)
     for i in range(0, len(X), chunk):
         logits = model(X[i:i + chunk])                     # (chunk, classes)
         loss += F.cross_entropy(logits, y[i:i + chunk], reduction="sum")
@@ -80,10 +74,11 @@ class TrainResult:
     diverged_epoch: int | None = None                  # first epoch with a NaN/inf loss
     wall_time: float = 0.0
     device: str = "cpu"
-    peak_memory: dict = field(default_factory=dict)    # see peak_memory()
+    peak_memory: dict = field(default_factory=dict)    # see devices.peak_memory()
     stack_size: int = 1                                # models trained in lockstep with it
     engine: str = "plain"                              # "plain" loop or "stacked" engine
-    step_mode: str = "eager"                           # "eager", or "cuda graph" (+ streams)
+    step_mode: str = "eager"                           # "eager", "fused sgd", or "cuda graph"
+    analysis: dict = field(default_factory=dict)       # of the trained model, if asked for
 
 
 def epoch_batches(X: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool,
@@ -98,75 +93,65 @@ def epoch_batches(X: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bo
         yield X[i:i + batch_size], y[i:i + batch_size]
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+def epoch_record(epoch: int, test, train_loss: float, seconds: float, val=None) -> dict:
+    """One epoch's entry of a run's history: test (and validation) accuracy and loss."""
+    entry = {"epoch": epoch, "test_accuracy": test[0], "test_loss": test[1],
+             "train_loss": train_loss, "seconds": seconds}
+    if val is not None:
+        entry.update(val_accuracy=val[0], val_loss=val[1])
+    return entry
 
 
-def peak_memory(device: torch.device) -> dict:
-    """Peak memory while training: on CUDA the allocator's peak for this device; elsewhere the
-    process's peak resident set size (data, Python and all models in the process included)."""
-    if device.type == "cuda":
-        return {"bytes": torch.cuda.max_memory_allocated(device),
-                "kind": "torch.cuda.max_memory_allocated"}
-    try:
-        import resource
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-        return {"bytes": rss if sys.platform == "darwin" else rss * 1024,
-                "kind": "process peak RSS (CPU)"}
-    except ImportError:  # Windows
-        return {}
+def train(model: nn.Module, data: Data, protocol: Protocol | None = None, *, seed: int = 0,
+          device="auto", progress: bool = True, desc: str | None = None, param_groups=None,
+          analyze: Callable[[nn.Module], dict] | None = None) -> TrainResult:
+    """Train ``model`` on ``data`` with minibatch gradient descent; evaluate after every epoch
+    on the test split (and on the validation split, if the data have one).
 
-
-def train(model: nn.Module, data: Data, config: TrainConfig | None = None, *, seed: int = 0,
-          device="auto", progress: bool = True, desc: str | None = None) -> TrainResult:
-    """Train ``model`` on ``data`` with minibatch gradient descent; evaluate after every epoch.
-
-    Defaults are the original study's protocol (see :class:`TrainConfig`). ``seed`` drives the
-    shuffling order when ``config.shuffle``; the model's init is the caller's (see
-    :func:`build_model`). A NaN or inf loss ends the run, marked diverged at that epoch.
+    Defaults are the original study's protocol (see :class:`Protocol`). ``seed`` drives the
+    shuffling order when ``protocol.shuffle``; the model's init is the caller's (see
+    :func:`lowrank_helpers.build_model`). ``param_groups``: the optimizer's groups (default:
+    all parameters at the protocol's lr). ``analyze(model)``: a dict of the trained model kept
+    in the result. A NaN or inf loss ends the run, marked diverged at that epoch.
     """
-    config = config or TrainConfig()
-    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    protocol = protocol or Protocol()
+    dev = as_device(device)
     model.to(dev)
     if data.device != dev:
         data = data.to(dev)
     X, y = data.X_train, data.y_train
-    n = len(X)
-    opt = make_optimizer(model.parameters(), config)
+    steps = math.ceil(len(X) / protocol.batch_size)
+    opt = make_optimizer(param_groups or model.parameters(), protocol)
+    schedule = Schedule(opt, protocol, protocol.epochs * steps)
     shuffle_gen = torch.Generator().manual_seed(seed)
     result = TrainResult(device=device_name(dev))
     reset_peak_memory(dev)
     result.init_test_accuracy, result.init_test_loss = evaluate(model, data.X_test, data.y_test)
     start = time.perf_counter()
     model.train()
-    bar = tqdm(range(1, config.epochs + 1), desc=desc, disable=not progress, unit="epoch",
+    bar = tqdm(range(1, protocol.epochs + 1), desc=desc, disable=not progress, unit="epoch",
                leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=dev)  # summed on device: no host sync per step
-        for xb, yb in epoch_batches(X, y, config.batch_size, config.shuffle, shuffle_gen):
+        loss_sum = torch.zeros((), dtype=X.dtype, device=dev)  # on device: no sync per step
+        for xb, yb in epoch_batches(X, y, protocol.batch_size, protocol.shuffle, shuffle_gen):
+            schedule.next()
             loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             loss_sum += loss.detach()
-        train_loss = loss_sum.item() / math.ceil(n / config.batch_size)
-        test_acc, test_loss = evaluate(model, data.X_test, data.y_test)
-        result.history.append({"epoch": epoch, "test_accuracy": test_acc, "test_loss": test_loss,
-                               "train_loss": train_loss, "seconds": time.perf_counter() - t0})
-        bar.set_postfix(test_acc=f"{test_acc:.2%}", loss=f"{train_loss:.3f}")
-        if not (math.isfinite(train_loss) and math.isfinite(test_loss)):
+        train_loss = loss_sum.item() / steps
+        test = evaluate(model, data.X_test, data.y_test)
+        val = evaluate(model, data.X_val, data.y_val) if len(data.y_val) else None
+        result.history.append(epoch_record(epoch, test, train_loss, time.perf_counter() - t0, val))
+        bar.set_postfix(test_acc=f"{test[0]:.2%}", loss=f"{train_loss:.3f}")
+        if not (math.isfinite(train_loss) and math.isfinite(test[1])):
             result.diverged_epoch = epoch
             break
     bar.close()
     result.wall_time = time.perf_counter() - start
     result.peak_memory = peak_memory(dev)
+    if analyze is not None:
+        result.analysis = analyze(model)
     return result
-
-
-def build_model(run: RunConfig) -> MLP:
-    """The run's model, initialised from ``run.seed`` without touching the global RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(run.seed)
-        return MLP(run.method, run.rank, run.init, run.widths)

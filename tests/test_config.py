@@ -1,11 +1,11 @@
 import pytest
 
-from lowrank_helpers import RunConfig, StudyConfig, SummaryConfig, TrainConfig
+from lowrank_helpers import Protocol, RunConfig, StudyConfig, SummaryConfig
 from lowrank_helpers.config import SMOKE, smoke_dir
 
 
 def test_defaults_are_the_reference_protocol():
-    t = TrainConfig()
+    t = Protocol()
     assert (t.epochs, t.lr, t.batch_size, t.optimizer, t.momentum, t.weight_decay,
             t.shuffle) == (100, 1e-3, 64, "sgd", 0.0, 0.0, False)
 
@@ -31,8 +31,7 @@ def test_run_id_depends_on_every_field():
 @pytest.mark.parametrize("kwargs, exc, match", [
     ({"methods": ["full", "lorra"]}, ValueError, "unknown method 'lorra'; valid methods"),
     ({"init": "xavier"}, ValueError, "unknown init 'xavier'; valid inits: default, he, lora, matched, spectral"),
-    ({"dataset": "cifar"}, ValueError, "unknown data set 'cifar'; valid data sets: "
-                                       "fashion_mnist, mnist"),
+    ({"task": "cifar"}, ValueError, "unknown task 'cifar'; valid tasks: fashion_mnist, mnist"),
     ({"optimizer": "adam"}, ValueError, "unknown optimizer 'adam'; valid optimizers: sgd, adamw"),
     ({"ranks": [4, 0]}, ValueError, "rank must be an integer >= 1, got 0"),
     ({"ranks": [-2]}, ValueError, "rank must be an integer >= 1, got -2"),
@@ -47,12 +46,12 @@ def test_run_id_depends_on_every_field():
 ])
 def test_bad_study_parameters(kwargs, exc, match):
     with pytest.raises(exc, match=match):
-        StudyConfig(**kwargs)
+        StudyConfig.from_params(kwargs)
 
 
 def test_misspelled_parameter_gets_a_suggestion():
     with pytest.raises(ValueError, match="unknown parameter.*'rnaks' \\(did you mean 'ranks'\\?\\)"
-                                         ".*valid parameters: dataset, methods, ranks"):
+                                         ".*valid parameters: task, methods, ranks"):
         StudyConfig.from_params({"rnaks": [4]})
 
 
@@ -60,20 +59,21 @@ def test_from_notebook_takes_only_new_public_names(monkeypatch):
     monkeypatch.delenv("LOWRANK_SMOKE", raising=False)
     namespace = {"lh": object(), "ranks": [4], "epochs": 3, "_i3": "x"}
     cfg = StudyConfig.from_notebook(namespace, before={"lh"})
-    assert cfg.ranks == (4,) and cfg.epochs == 3 and not cfg.smoke
+    assert cfg.ranks == (4,) and cfg.protocol.epochs == 3 and not cfg.smoke
     monkeypatch.setenv("LOWRANK_SMOKE", "1")
     assert StudyConfig.from_notebook(namespace, before={"lh"}).smoke
 
 
 def test_smoke_shrinks_and_redirects():
     cfg = StudyConfig(ranks=[1, 2, 4, 8], seeds=[0, 1], results_dir="out", smoke=True)
-    assert cfg.epochs == SMOKE["epochs"] and cfg.ranks == (1, 2) and cfg.seeds == (0,)
+    assert cfg.protocol.epochs == SMOKE["epochs"] and cfg.ranks == (1, 2) and cfg.seeds == (0,)
     assert cfg.results_dir == smoke_dir("out") != "out"
     assert all(r.train_subset == SMOKE["train_subset"] for r in cfg.runs())
     # idempotent, so a smoke config's parameters can be passed on (the CLI's jobs do)
-    assert StudyConfig(**cfg.to_dict()).results_dir == cfg.results_dir
+    again = StudyConfig.from_params(cfg.to_dict())
+    assert again.results_dir == cfg.results_dir and again.runs() == cfg.runs()
     summary = SummaryConfig(img_dir="pics", smoke=True)
-    assert summary.img_dir == smoke_dir("pics") and summary.epochs == SMOKE["epochs"]
+    assert summary.img_dir == smoke_dir("pics") and summary.protocol.epochs == SMOKE["epochs"]
 
 
 def test_full_only_study_needs_no_ranks():

@@ -4,9 +4,10 @@ import os
 import pytest
 import torch
 
-from lowrank_helpers import MLP, RunConfig, TrainConfig, build_model, load_data, train
-from lowrank_helpers.engine import (SMALL_RANK, StackedMLP, plan_stacks, stack_rank, train_group,
-                                    train_many)
+from lowrank_helpers import MLP, Protocol, RunConfig, build_model, load_data, train
+from lowrank_helpers.engine import train_group, train_many
+from lowrank_helpers.planning import SMALL_RANK, plan_stacks, stack_rank
+from lowrank_helpers.stacked import StackedMLP
 
 
 @pytest.fixture(scope="module")
@@ -15,55 +16,62 @@ def data():
                      train_subset=640, test_subset=256)
 
 
-def alone(run, data, config):
-    model = build_model(run)
+def alone(run, data, config, dtype=torch.float32):
+    model = build_model(run).to(dtype)
     return model, train(model, data, config, seed=run.seed, device="cpu", progress=False)
 
 
-def assert_same_training(runs, data, config, stacks=None):
+def assert_same_training(runs, data, config, stacks=None, dtype=torch.float32):
     """Histories within float tolerance; with SGD the weights too. Adam(W) divides by sqrt(v),
-    which turns rounding noise in near-zero gradients into steps of about ±lr, so with AdamW
-    only the metrics are compared (with a looser tolerance)."""
+    which turns rounding noise in near-zero gradients into steps of about ±lr, so in float32
+    with AdamW only the metrics are compared (with a looser tolerance). In float64 the rounding
+    noise is 1e-16, so even chaotic training (the "lora" init at small ranks) stays within
+    1e-9 over the 100 steps: everything is compared, tightly."""
     sgd = config.optimizer == "sgd"
-    rtol, atol = (1e-4, 1e-5) if sgd else (5e-3, 1e-3)
-    models = [build_model(r) for r in runs]
+    if dtype == torch.float64:
+        rtol, atol, w_rtol, w_atol = 1e-9, 1e-10, 1e-9, 1e-10
+    else:
+        rtol, atol = (1e-4, 1e-5) if sgd else (5e-3, 1e-3)
+        w_rtol, w_atol = 1e-3, 1e-4
+    data = data.to(dtype=dtype)
+    models = [build_model(r).to(dtype) for r in runs]
     stacks = stacks or [list(range(len(runs)))]
     stacked = train_group(models, stacks, data, config, device="cpu", progress=False)
     for run, model, res in zip(runs, models, stacked):
-        ref_model, ref = alone(run, data, config)
+        ref_model, ref = alone(run, data, config, dtype)
         assert res.diverged_epoch is None and ref.diverged_epoch is None
         assert len(res.history) == len(ref.history) == config.epochs
         for key in ("train_loss", "test_loss", "test_accuracy"):
-            got = torch.tensor([h[key] for h in res.history])
-            want = torch.tensor([h[key] for h in ref.history])
+            got = torch.tensor([h[key] for h in res.history], dtype=torch.float64)
+            want = torch.tensor([h[key] for h in ref.history], dtype=torch.float64)
             torch.testing.assert_close(got, want, rtol=rtol, atol=atol,
                                        msg=lambda m: f"{run.label} seed {run.seed} {key}: {m}")
-        if sgd:
+        if sgd or dtype == torch.float64:
             for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
-                torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4,
+                torch.testing.assert_close(p, q, rtol=w_rtol, atol=w_atol,
                                            msg=lambda m: f"{run.label} {name}: {m}")
 
 
 # 10 epochs of 10 steps: 100 steps per model, with momentum and weight decay for SGD (autograd
 # and the optimizer), and plain SGD with weight decay (on CPU the written-out fused step).
-SGD = TrainConfig(epochs=10, lr=2e-3, momentum=0.5, weight_decay=1e-3)
-PLAIN = TrainConfig(epochs=10, lr=2e-3, weight_decay=1e-3)
-ADAMW = TrainConfig(epochs=10, lr=1e-3, optimizer="adamw", weight_decay=0.01)
-# Ranks 1…16 padded into one stack of rank 16. The "lora" init at ranks 1-3 starts with huge
-# activations and trains chaotically here: rounding differences grow as they would between two
-# machines, so it is left out of the comparison (the engine does the same arithmetic for it).
-MIXED = [("ae", 1), ("ae", 3), ("lora", 5), ("lora", 8), ("ae", 16)]
-# Without momentum the "lora" init trains chaotically here up to rank 8 as well (the plain loop
-# and autograd on the stack differ by more than 1e-4 after 100 steps), so plain SGD is compared
-# on the principled inits, which start at a sane scale: (method, rank, init).
-CALM = [("ae", 1, None), ("lora", 2, "matched"), ("lora", 5, "he"), ("lora", 8, "matched"),
+SGD = Protocol(epochs=10, lr=2e-3, momentum=0.5, weight_decay=1e-3)
+PLAIN = Protocol(epochs=10, lr=2e-3, weight_decay=1e-3)
+ADAMW = Protocol(epochs=10, lr=1e-3, optimizer="adamw", weight_decay=0.01)
+CONFIGS = {"sgd": SGD, "fused-sgd": PLAIN, "adamw": ADAMW}
+# Ranks 1…16 padded into one stack of rank 16, both methods, the original's inits. The "lora"
+# init at small ranks starts with huge activations and trains chaotically: float32 rounding
+# differences between the stack and a lone model grow past 1e-2 within 100 steps (as they
+# would between two machines), so these are compared in float64.
+MIXED = [("lora", 1, None), ("lora", 3, None), ("ae", 1, None), ("lora", 5, None),
+         ("lora", 8, None), ("ae", 16, None)]
+# In float32, inits whose signal shrinks layer by layer (gain 1/3 or 1/9), which stay clear of
+# chaos: (method, rank, init).
+CALM = [("ae", 1, None), ("lora", 2, "matched"), ("lora", 5, "matched"), ("lora", 8, "matched"),
         ("ae", 16, None)]
 
 
-def mixed_runs(config):
-    if config is PLAIN:
-        return [RunConfig(method=m, rank=r, init=i, seed=s) for m, r, i in CALM for s in (0, 1)]
-    return [RunConfig(method=m, rank=r, seed=s) for m, r in MIXED for s in (0, 1)]
+def model_runs(models):
+    return [RunConfig(method=m, rank=r, init=i, seed=s) for m, r, i in models for s in (0, 1)]
 
 
 @pytest.mark.parametrize("config", [SGD, PLAIN, ADAMW], ids=["sgd", "fused-sgd", "adamw"])
@@ -71,45 +79,51 @@ def test_seeds_of_the_full_rank_mlp(data, config):
     assert_same_training([RunConfig(method="full", seed=s) for s in (0, 1, 2)], data, config)
 
 
-@pytest.mark.parametrize("config", [SGD, PLAIN, ADAMW], ids=["sgd", "fused-sgd", "adamw"])
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
 def test_ranks_and_both_methods_padded_into_one_stack(data, config):
-    assert_same_training(mixed_runs(config), data, config)
+    assert_same_training(model_runs(CALM), data, config)
+
+
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+def test_the_original_inits_padded_into_one_stack_in_float64(data, config):
+    assert_same_training(model_runs(MIXED), data, config, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("config", [SGD, PLAIN], ids=["sgd", "fused-sgd"])
-def test_several_stacks_in_lockstep(data, config):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_several_stacks_in_lockstep(data, config, dtype):
     runs = [RunConfig(method="full"),
-            RunConfig(method="lora", rank=2, init="matched" if config is PLAIN else None),
+            RunConfig(method="lora", rank=2, init="matched" if dtype == torch.float32 else None),
             RunConfig(method="ae", rank=32)]
-    assert_same_training(runs, data, config, stacks=[[0], [1], [2]])
+    assert_same_training(runs, data, config, stacks=[[0], [1], [2]], dtype=dtype)
 
 
 @pytest.mark.parametrize("dense", [True, False], ids=["dense", "factorized"])
 def test_fused_sgd_step_is_autograd_and_sgd(data, dense):
     """StackedMLP.sgd_step (backward written out, gradients added straight into the weights)
-    against autograd + torch.optim.SGD on the same stack: same losses and weights, step by
-    step (to rounding: the gradient sums run in another order, which moves entries near zero by
-    a few 1e-6 after 10 steps, about 1e-4 of the weights' scale); padded factors stay exactly
-    zero."""
+    against autograd + torch.optim.SGD on the same stack, in float64: same losses and weights,
+    step by step, to rounding (the gradient sums run in another order); padded factors stay
+    exactly zero. The original "lora" init is in the stack too."""
     import copy
     models = ([MLP("full"), MLP("full")] if dense
-              else [MLP("ae", 2), MLP("lora", 5, "matched"), MLP("lora", 8, "he")])
-    fused = StackedMLP(models, rank=None if dense else 8)
+              else [MLP("ae", 2), MLP("lora", 8), MLP("lora", 5, "matched"), MLP("lora", 8, "he")])
+    fused = StackedMLP([m.double() for m in models], rank=None if dense else 8)
     ref = copy.deepcopy(fused)
     opt = torch.optim.SGD(ref.parameters(), lr=0.02, weight_decay=0.01)
+    X, Y = data.X_train.double(), data.y_train
     for i in range(0, 640, 64):
-        x, y = data.X_train[i:i + 64], data.y_train[i:i + 64]
+        x, y = X[i:i + 64], Y[i:i + 64]
         opt.zero_grad()
         want = ref.losses(x, y)
         want.sum().backward()
         opt.step()
         got = fused.sgd_step(x, y, lr=0.02, weight_decay=0.01)
-        torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got, want.detach(), rtol=1e-10, atol=1e-12)
         for (name, p), q in zip(fused.named_parameters(), ref.parameters()):
-            torch.testing.assert_close(p, q, rtol=1e-4, atol=2e-5, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11, msg=lambda m: f"{name}: {m}")
     if not dense:
         for l in range(fused.n_layers):
-            a, b = getattr(fused, f"a{l}"), getattr(fused, f"b{l}")
+            a, b = fused.layers[l].A, fused.layers[l].B
             for k, r in enumerate(fused.ranks):
                 assert torch.count_nonzero(a[:, k, r:] if l == 0 else a[k, :, r:]) == 0
                 assert torch.count_nonzero(b[k, r:]) == 0
@@ -119,7 +133,7 @@ def test_fused_sgd_is_refused_for_other_optimizers(data):
     with pytest.raises(ValueError, match="fused_sgd takes plain SGD steps.*'adamw'"):
         train_group([MLP("full")], [[0]], data, ADAMW, device="cpu", progress=False,
                     fused_sgd=True)
-    res = train_group([MLP("full")], [[0]], data, TrainConfig(epochs=1), device="cpu",
+    res = train_group([MLP("full")], [[0]], data, Protocol(epochs=1), device="cpu",
                       progress=False, fused_sgd=False)
     assert res[0].step_mode == "eager"
 
@@ -134,13 +148,13 @@ def test_padding_stays_zero(data, config):
         opt.zero_grad()
         stack.losses(data.X_train[i:i + 64], data.y_train[i:i + 64]).sum().backward()
         for l in range(stack.n_layers):
-            a, b = getattr(stack, f"a{l}"), getattr(stack, f"b{l}")
+            a, b = stack.layers[l].A, stack.layers[l].B
             for k, r in enumerate(stack.ranks):
                 a_pad = a.grad[:, k, r:] if l == 0 else a.grad[k, :, r:]
                 assert torch.count_nonzero(a_pad) == 0 and torch.count_nonzero(b.grad[k, r:]) == 0
         opt.step()
     for l in range(stack.n_layers):
-        a, b = getattr(stack, f"a{l}"), getattr(stack, f"b{l}")
+        a, b = stack.layers[l].A, stack.layers[l].B
         for k, r in enumerate(stack.ranks):
             assert torch.count_nonzero(a[:, k, r:] if l == 0 else a[k, :, r:]) == 0
             assert torch.count_nonzero(b[k, r:]) == 0
@@ -157,18 +171,20 @@ def test_unstack_round_trip():
 
 
 def test_a_diverging_model_does_not_disturb_the_others(data):
+    """A NaN in one model of a stack (float64: the "lora" init is chaotic in float32)."""
     runs = [RunConfig(method="lora", rank=4, seed=s) for s in (0, 1)]
-    models = [build_model(r) for r in runs]
+    models = [build_model(r).double() for r in runs]
+    data = data.to(dtype=torch.float64)
     with torch.no_grad():
         models[0].net[1].A[0, 0] = float("nan")
-    config = TrainConfig(epochs=3)
+    config = Protocol(epochs=3)
     res = train_group(models, [[0, 1]], data, config, device="cpu", progress=False)
     assert res[0].diverged_epoch == 1 and len(res[0].history) == 1
-    _, ref = alone(runs[1], data, config)
+    _, ref = alone(runs[1], data, config, torch.float64)
     assert res[1].diverged_epoch is None
     torch.testing.assert_close(torch.tensor([h["test_loss"] for h in res[1].history]),
                                torch.tensor([h["test_loss"] for h in ref.history]),
-                               rtol=2e-4, atol=2e-5)
+                               rtol=1e-9, atol=1e-10)
 
 
 def test_mixed_families_are_split_or_refused():
@@ -257,7 +273,7 @@ def test_bad_workers_are_refused(data):
 
 
 def test_stack_cost_orders_large_stacks_first():
-    from lowrank_helpers.workers import stack_cost
+    from lowrank_helpers.planning import stack_cost
     full = [RunConfig(method="full")]
     small = [RunConfig(method="lora", rank=r) for r in (1, 2, 4, 8, 16)]
     assert stack_cost(full) > stack_cost(small) > stack_cost(small[:1])
@@ -269,15 +285,13 @@ def test_stack_cost_orders_large_stacks_first():
 def test_cuda_graphs_train_as_the_plain_loop_does(data, config, lockstep):
     """On CUDA the engine captures its step into a CUDA graph: the histories match the plain
     loop's, eager, on the same GPU."""
-    runs = [RunConfig(method=m, rank=r, seed=s, epochs=config.epochs, lr=config.lr,
-                      momentum=config.momentum, weight_decay=config.weight_decay,
-                      optimizer=config.optimizer)
+    runs = [RunConfig(method=m, rank=r, seed=s, protocol=config)
             for m, r in (("full", None), ("lora", 8), ("ae", 32)) for s in (0, 1)]
     got = train_many(runs, data, device="cuda", progress=False, lockstep=lockstep)
     rtol, atol = (1e-4, 1e-5) if config.optimizer == "sgd" else (5e-3, 1e-3)
     for run, res in zip(runs, got):
         assert res.step_mode.startswith("cuda graph"), res.step_mode
-        ref = train(build_model(run), data, run.train_config(), seed=run.seed, device="cuda",
+        ref = train(build_model(run), data, run.protocol, seed=run.seed, device="cuda",
                     progress=False)
         for key in ("train_loss", "test_loss", "test_accuracy"):
             torch.testing.assert_close(torch.tensor([h[key] for h in res.history]),
@@ -290,8 +304,7 @@ def test_worker_stacks_cover_every_run_once_and_share_out_evenly():
     """Stacks for CPU workers: as in one process (ranks up to 16 padded together), a stack too
     costly for an even share halved, and every worker given a stack where there are models."""
     from lowrank_helpers import StudyConfig
-    from lowrank_helpers.engine import worker_stacks
-    from lowrank_helpers.workers import stack_cost
+    from lowrank_helpers.planning import stack_cost, worker_stacks
     small = StudyConfig(methods=["lora", "ae"], ranks=[1, 2, 4, 8, 16], seeds=[0]).runs()
     stacks = worker_stacks(small, 2)
     assert sorted(map(len, stacks)) == [5, 5]

@@ -12,10 +12,11 @@ from lowrank_helpers.explorer import ALL_SEEDS, Explorer  # noqa: E402
 
 @pytest.fixture
 def runs(tmp_path):
-    """Records of a tiny fake study: full-rank and both methods at ranks 4, 8; two seeds."""
+    """Records of a tiny fake study under the reference protocol (the first 3 epochs of its
+    histories): full-rank and both methods at ranks 4, 8; two seeds."""
     for seed in (0, 1):
         for method, rank in (("full", None), ("lora", 4), ("lora", 8), ("ae", 4), ("ae", 8)):
-            run = RunConfig(method=method, rank=rank, seed=seed, epochs=3)
+            run = RunConfig(method=method, rank=rank, seed=seed)
             level = {"full": 0.8, "lora": 0.7, "ae": 0.6}[method] + (rank or 0) / 100 + seed / 100
             history = [{"epoch": e, "test_accuracy": level * e / 3, "test_loss": 1 / e,
                         "train_loss": 1 / e, "seconds": 1.0} for e in (1, 2, 3)]
@@ -30,7 +31,7 @@ def test_curves_one_line_per_model_with_bands(runs):
     assert len(ax.lines) == 5  # full, lora 4, lora 8, ae 4, ae 8 (means over 2 seeds)
     assert len(ax.collections) == 5  # one band per model
     styles = {line.get_label().split(" (")[0]: line.get_linestyle() for line in ax.lines}
-    assert styles["ae r=4"] == "--" and styles["lora r=4"] == "-"
+    assert styles["autoencoder layers r=4"] == "--" and styles["LoRA layers r=4"] == "-"
     full = next(l for l in ax.lines if l.get_label().startswith("full"))
     assert full.get_color() == "black"
     assert full.get_ydata()[-1] == pytest.approx(100 * (0.80 + 0.81) / 2)
@@ -61,7 +62,7 @@ def test_study_figures_names(runs):
 def test_comparison_table_and_discussion(runs):
     table = comparison_table(runs)
     assert list(table.model) == ["full-rank MLP", "LoRA layers r=4", "LoRA layers r=8",
-                                 "autoencoder r=4", "autoencoder r=8"]
+                                 "autoencoder layers r=4", "autoencoder layers r=8"]
     assert table.loc[0, "final"] == "80.5 ± 0.7" and table.loc[0, "seeds"] == 2
     assert table.loc[1, "epoch 100 (original)"] == "75.5"
     text = discussion(runs)

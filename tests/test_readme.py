@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from lowrank_helpers.report import README_BLOCK, update_readme
+from lowrank_helpers.readme import README_BLOCK, update_readme
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -25,8 +25,8 @@ def test_readme_gives_the_two_commands():
 
 
 def _records(sub="results"):
-    from lowrank_helpers.report import _reference_records
-    return _reference_records(ROOT / sub)
+    from lowrank_helpers.readme import reference_records
+    return reference_records(ROOT / sub)
 
 
 def test_agreement_of_a_run_with_itself_is_exact():

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from lowrank_helpers import (MLP, RunConfig, TrainConfig, build_model, evaluate, load_data,
+from lowrank_helpers import (MLP, Protocol, RunConfig, build_model, evaluate, load_data,
                              resolve_device, train)
 
 
@@ -19,7 +19,7 @@ def data():
 def test_training_lowers_the_loss(data, method, rank):
     model = build_model(RunConfig(method=method, rank=rank))
     # lr 1e-2: the "lora" init's large initial outputs make larger steps diverge here
-    result = train(model, data, TrainConfig(epochs=3, lr=1e-2), device="cpu", progress=False)
+    result = train(model, data, Protocol(epochs=3, lr=1e-2), device="cpu", progress=False)
     losses = [h["train_loss"] for h in result.history]
     assert len(result.history) == 3 and result.diverged_epoch is None
     assert losses[-1] < losses[0]
@@ -27,10 +27,10 @@ def test_training_lowers_the_loss(data, method, rank):
     assert {"epoch", "test_accuracy", "test_loss", "train_loss", "seconds"} <= set(result.history[0])
 
 
-@pytest.mark.parametrize("config", [TrainConfig(epochs=2, lr=1e-2),
-                                    TrainConfig(epochs=2, lr=1e-3, optimizer="adamw",
+@pytest.mark.parametrize("config", [Protocol(epochs=2, lr=1e-2),
+                                    Protocol(epochs=2, lr=1e-3, optimizer="adamw",
                                                 weight_decay=0.01, shuffle=True),
-                                    TrainConfig(epochs=2, lr=1e-3, momentum=0.9, shuffle=True)])
+                                    Protocol(epochs=2, lr=1e-3, momentum=0.9, shuffle=True)])
 def test_same_seed_same_history_bit_for_bit(data, config):
     def history():
         run = RunConfig(method="lora", rank=4, seed=7)
@@ -53,13 +53,13 @@ def test_nan_loss_marks_run_diverged(data):
     model = MLP("lora", 4)
     with torch.no_grad():
         model.net[1].A[0, 0] = float("nan")
-    result = train(model, data, TrainConfig(epochs=5), device="cpu", progress=False)
+    result = train(model, data, Protocol(epochs=5), device="cpu", progress=False)
     assert result.diverged_epoch == 1 and len(result.history) == 1
     assert math.isnan(result.history[0]["train_loss"])
 
 
 def test_huge_lr_diverges_without_raising(data):
-    result = train(MLP("full"), data, TrainConfig(epochs=4, lr=1e6), device="cpu",
+    result = train(MLP("full"), data, Protocol(epochs=4, lr=1e6), device="cpu",
                    progress=False)
     assert result.diverged_epoch is not None and len(result.history) == result.diverged_epoch
 
@@ -85,8 +85,8 @@ def test_devices():
 
 def test_bad_train_config():
     with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'; valid optimizers: sgd, adamw"):
-        TrainConfig(optimizer="rmsprop")
+        Protocol(optimizer="rmsprop")
     with pytest.raises(TypeError, match="batch_size must be int"):
-        TrainConfig(batch_size=64.0)
+        Protocol(batch_size=64.0)
     with pytest.raises(ValueError, match="batch_size must be > 0"):
-        TrainConfig(batch_size=0)
+        Protocol(batch_size=0)

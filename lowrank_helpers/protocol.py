@@ -1,0 +1,258 @@
+"""A run's settings, defined once: how to train (:class:`Protocol`) and what (:class:`RunConfig`).
+
+Everything that can change a result is a field here, declared once with its kind, check and
+help (:mod:`lowrank_helpers.settings`). The command line's flags, the notebooks' parameters, the
+records, the run ids and the keys that group replicates are all derived from these fields:
+
+- ``run_id`` hashes every field, numbers normalized first (``momentum: 0`` and ``0.0`` are the
+  same run);
+- ``group_id`` hashes every field but the seed: runs with equal ``group_id`` are replicates;
+- ``protocol_id`` hashes the task, the model's widths and the protocol: runs with equal
+  ``protocol_id`` were trained and evaluated alike and may be compared model against model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from .layers import check_rank
+from .methods import METHODS, check_init_for
+from .settings import (all_of, check_settings, non_negative, positive, setting, settings_of)
+from .tasks import TASKS
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "cosine")
+#: The record schema this code writes. Schema 1 (the reference run's records) stored the run
+#: flat, with ``dataset`` for the task; :meth:`RunConfig.from_dict` reads both.
+SCHEMA = 2
+
+
+def _momentum(name, value):
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a model is trained and evaluated. The defaults are the original study's protocol:
+    plain SGD at lr 1e-3, batch 64, 100 epochs over the training set in a fixed order, test
+    accuracy after every epoch."""
+    epochs: int = setting(100, "int", "passes over the training set", check=positive)
+    batch_size: int = setting(64, "int", "samples per step", check=positive)
+    optimizer: str = setting("sgd", "str", "optimizer", choices=OPTIMIZERS)
+    lr: float = setting(1e-3, "float", "learning rate (peak of the schedule)", check=positive)
+    momentum: float = setting(0.0, "float", "SGD momentum (sgd only)", check=_momentum)
+    weight_decay: float = setting(0.0, "float", "weight decay (decoupled for adamw)",
+                                  check=non_negative)
+    schedule: str = setting("constant", "str", "learning-rate schedule after the warm-up: "
+                            "constant, or cosine decay to min_lr at the last step",
+                            choices=SCHEDULES, since=2)
+    warmup_steps: int = setting(0, "int", "steps of linear warm-up from 0 to lr",
+                                check=non_negative, since=2)
+    min_lr: float = setting(0.0, "float", "the cosine schedule's final learning rate",
+                            check=non_negative, since=2)
+    shuffle: bool = setting(False, "bool", "shuffle the training data each epoch (the "
+                            "original does not)")
+    val_size: int = setting(0, "int", "training samples held out as a validation split "
+                            "(the last ones), evaluated after every epoch", check=non_negative,
+                            since=2)
+    train_subset: int | None = setting(None, "int|None", "train on the first n samples only",
+                                       check=positive)
+    test_subset: int | None = setting(None, "int|None", "evaluate on the first n test "
+                                      "samples only", check=positive)
+
+    def __post_init__(self):
+        check_settings(self)
+        if self.optimizer != "sgd" and self.momentum:
+            raise ValueError(f"momentum applies to optimizer 'sgd' only, not {self.optimizer!r}")
+        if self.schedule != "cosine" and self.min_lr:
+            raise ValueError(f"min_lr applies to schedule 'cosine' only, not {self.schedule!r}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr:g}) must not exceed lr ({self.lr:g})")
+        if self.train_subset is not None and self.val_size >= self.train_subset:
+            raise ValueError(f"val_size ({self.val_size}) must be smaller than train_subset "
+                             f"({self.train_subset}): some samples must be left to train on")
+
+    @property
+    def plain_sgd(self) -> bool:
+        """SGD without momentum at a constant rate: what the engine's written-out step does."""
+        return self.optimizer == "sgd" and not self.momentum
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """The learning rate of step ``step`` (0-based) of ``total_steps``: linear warm-up
+        over ``warmup_steps`` (as nanoGPT: lr·(step+1)/(warmup+1)), then constant or a cosine
+        decay from lr to ``min_lr`` at the last step (Loshchilov & Hutter, SGDR, 2017)."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / (self.warmup_steps + 1)
+        if self.schedule == "constant":
+            return self.lr
+        span = max(1, total_steps - 1 - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+
+    @property
+    def constant_lr(self) -> bool:
+        return self.schedule == "constant" and not self.warmup_steps
+
+    def smoke(self, epochs: int, train_subset: int, test_subset: int) -> "Protocol":
+        """This protocol shrunk for a smoke run (a validation split shrinks with the data)."""
+        val = min(self.val_size, train_subset // 4)
+        return replace(self, epochs=min(self.epochs, epochs), train_subset=train_subset,
+                       test_subset=test_subset, val_size=val,
+                       warmup_steps=min(self.warmup_steps, 2))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """A one-line label: optimizer, lr, batch and epochs, then every other field that is
+        not at its default (``momentum 0.9, shuffled``)."""
+        parts = [f"{self.optimizer} lr={self.lr:g}, batch {self.batch_size}, {self.epochs} epochs"]
+        for name, value in self.non_default(exclude=("optimizer", "lr", "batch_size", "epochs")):
+            parts.append("shuffled" if name == "shuffle" else
+                         f"{name.replace('_', ' ')} {value:g}" if isinstance(value, float) else
+                         f"{name.replace('_', ' ')} {value}")
+        return ", ".join(parts)
+
+    def non_default(self, exclude=()) -> list[tuple[str, Any]]:
+        """(field, value) of every field not at its default, in declaration order."""
+        return [(f.name, getattr(self, f.name)) for f in settings_of(Protocol)
+                if f.name not in exclude and getattr(self, f.name) != f.default]
+
+
+PROTOCOL_FIELDS = tuple(f.name for f in settings_of(Protocol))
+
+
+def _hash(d: dict) -> str:
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: a task, a model (method, rank, init, widths), a protocol and a seed.
+
+    ``init=None`` takes the method's own (``"lora"`` for ``lora``, PyTorch's ``"default"`` for
+    ``ae``); ``widths=None`` the task's. ``RunConfig(method="lora", rank=4, epochs=5)``: the
+    protocol's fields may also be given by name.
+    """
+    task: str = "fashion_mnist"
+    method: str = "full"
+    rank: int | None = None
+    init: str | None = None
+    widths: tuple | None = None
+    seed: int = 0
+    protocol: Protocol = field(default_factory=Protocol)
+
+    def __init__(self, task="fashion_mnist", method="full", rank=None, init=None, widths=None,
+                 seed=0, protocol: Protocol | None = None, **protocol_fields):
+        unknown = sorted(set(protocol_fields) - set(PROTOCOL_FIELDS))
+        if unknown:
+            raise TypeError(f"RunConfig got unknown field(s) {', '.join(unknown)}; fields: task, "
+                            f"method, rank, init, widths, seed, protocol, {', '.join(PROTOCOL_FIELDS)}")
+        protocol = Protocol(**protocol) if isinstance(protocol, dict) else protocol or Protocol()
+        if not isinstance(protocol, Protocol):
+            raise TypeError(f"protocol must be a Protocol (or a dict of its fields), got "
+                            f"{protocol!r}")
+        if protocol_fields:
+            protocol = replace(protocol, **protocol_fields)
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+        m = METHODS[method]
+        if m.factorized:
+            rank = check_rank(rank)
+        elif rank is not None:
+            raise ValueError(f"method {method!r} takes no rank, got rank={rank!r}")
+        widths = TASKS[task].check_widths(widths)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be int, got {seed!r} ({type(seed).__name__})")
+        for name, value in (("task", task), ("method", method), ("rank", rank),
+                            ("init", check_init_for(method, init)), ("widths", widths),
+                            ("seed", int(seed)), ("protocol", protocol)):
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):  # run.epochs, run.lr, ...: the protocol's fields
+        if name in PROTOCOL_FIELDS:
+            return getattr(self.protocol, name)
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
+    def replace(self, **changes) -> "RunConfig":
+        d = {k: getattr(self, k) for k in ("task", "method", "rank", "init", "widths", "seed",
+                                            "protocol")}
+        return RunConfig(**{**d, **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        """As stored in a record (schema 2)."""
+        return {"task": self.task, "method": self.method, "rank": self.rank, "init": self.init,
+                "widths": list(self.widths), "seed": self.seed,
+                "protocol": self.protocol.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        """A record's config: schema 2 (nested protocol) or schema 1 (flat, ``dataset``)."""
+        d = dict(d)
+        if "protocol" in d:
+            protocol = Protocol(**d.pop("protocol"))
+        else:
+            protocol = Protocol(**{k: d.pop(k) for k in PROTOCOL_FIELDS if k in d})
+            d["task"] = d.pop("dataset", "fashion_mnist")
+        return cls(**d, protocol=protocol)
+
+    def _canonical(self, seed: bool = True, model: bool = True) -> dict:
+        """What the ids hash: every field, flat, numbers normalized. Fields introduced after
+        schema 1 appear only when they differ from their default, and the task keeps schema
+        1's key ``dataset``, so that the ids of the shipped records stay valid."""
+        d = {"dataset": self.task, "widths": list(self.widths)}
+        if model:
+            d.update(method=self.method, rank=self.rank, init=self.init)
+        if seed:
+            d["seed"] = self.seed
+        for f in settings_of(Protocol):
+            value = getattr(self.protocol, f.name)
+            if f.metadata["since"] == 1 or value != f.default:
+                d[f.name] = value
+        return d
+
+    @property
+    def run_id(self) -> str:
+        """Short hash of every field: two runs with the same id are the same experiment."""
+        return _hash(self._canonical())
+
+    @property
+    def group_id(self) -> str:
+        """Hash of every field but the seed: runs with the same one are replicates."""
+        return _hash(self._canonical(seed=False))
+
+    @property
+    def protocol_id(self) -> str:
+        """Hash of the task, the widths and the protocol: runs trained and evaluated alike."""
+        return _hash(self._canonical(seed=False, model=False))
+
+    @property
+    def model(self) -> tuple:
+        """(method, rank, init): the model, apart from its widths."""
+        return (self.method, self.rank, self.init)
+
+    @property
+    def name(self) -> str:
+        """File-name stem: task, model, seed (the run id follows it in a record's name)."""
+        model = (self.method if self.rank is None
+                 else f"{self.method}-r{self.rank:03d}-{self.init}")
+        return f"{self.task}-{model}-s{self.seed}"
+
+    @property
+    def label(self) -> str:
+        from .methods import model_label
+        return model_label(self.method, self.rank, self.init)
+
+
+#: The original study's protocol on its task: the only runs its published numbers may sit beside.
+REFERENCE = RunConfig()
+
+
+def is_reference_protocol(run: RunConfig) -> bool:
+    return run.protocol_id == REFERENCE.protocol_id

@@ -1,0 +1,63 @@
+"""README's generated blocks: regenerated from the stored records, checked by a test.
+
+A block is ``<!-- generated: KIND PATH -->`` … ``<!-- end -->``; PATH is relative to the
+README. Kinds: ``table`` (:func:`~lowrank_helpers.report.comparison_table`) and ``discussion``
+of the reference-protocol records in a results directory; ``agreement`` of two directories
+``other:reference`` (:func:`~lowrank_helpers.report.agreement`); ``inits`` of several
+directories ``a:b:...`` compared by init (:func:`~lowrank_helpers.report.init_answer`).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from .report import agreement, comparison_table, discussion, init_answer
+from .results import is_reference, load_records
+
+README_BLOCK = re.compile(
+    r"(<!-- generated: (table|discussion|agreement|inits) (\S+) -->\n)(.*?)(<!-- end -->)", re.S)
+
+
+def reference_records(results_dir) -> pd.DataFrame:
+    """The records in ``results_dir`` trained under the original's protocol on its task."""
+    runs = load_records(results_dir)
+    runs = runs[is_reference(runs)] if len(runs) else runs
+    if runs.empty:
+        raise ValueError(f"no reference-protocol records in {results_dir}")
+    return runs.reset_index(drop=True)
+
+
+def render_block(kind: str, results_dir) -> str:
+    """A README block from the reference-protocol records in ``results_dir``."""
+    if kind == "agreement":
+        other, reference = str(results_dir).rsplit(":", 1)
+        return agreement(reference_records(reference), reference_records(other))
+    if kind == "inits":  # several directories, joined
+        return init_answer(pd.concat([reference_records(d) for d in str(results_dir).split(":")],
+                                     ignore_index=True))
+    runs = reference_records(results_dir)
+    return (comparison_table(runs).to_markdown(index=False) if kind == "table"
+            else discussion(runs))
+
+
+def update_readme(path, check: bool = False) -> list[str]:
+    """Regenerate every generated block of the README at ``path``; return the stale ones.
+
+    With ``check=True`` nothing is written (tests use this to keep README true to the records).
+    """
+    path = Path(path)
+    text = path.read_text()
+    stale = []
+
+    def fill(m: re.Match) -> str:
+        where = ":".join(str(path.parent / part) for part in m.group(3).split(":"))
+        new = render_block(m.group(2), where) + "\n"
+        if new != m.group(4):
+            stale.append(f"{m.group(2)} {m.group(3)}")
+        return m.group(1) + new + m.group(5)
+    new_text = README_BLOCK.sub(fill, text)
+    if not check and new_text != text:
+        path.write_text(new_text)
+    return stale

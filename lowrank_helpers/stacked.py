@@ -1,0 +1,236 @@
+"""K models of one family as one module: stacked layers, each with its forward pass and its
+written-out SGD backward pass side by side.
+
+A stacked layer holds K models' weights with a leading model dimension, stored transposed so
+that every product reads contiguous memory. The first layer's input (the images) is the same
+for all K models, so its weights are stored (d_in, K, ·) and one (N, d_in) @ (d_in, K·out)
+product serves them all; no gradient flows to that input.
+
+Factorized layers of ranks r_k ≤ R are padded with zeros to R: rows r_k..R-1 of A and columns
+r_k..R-1 of B. Their gradients are zero (∂L/∂A_j ∝ B_{:,j} = 0, ∂L/∂B_{:,j} ∝ (Ax)_j = 0), so SGD
+(with momentum and weight decay) and Adam(W) leave them at zero: each model trains as alone.
+
+``sgd_backward`` takes one plain-SGD step on the layer's weights from the gradient ∂L/∂y at
+its output and returns ∂L/∂x, computed from the weights as they were before the step. Each
+weight's gradient product is added straight into it (``addmm_``/``baddbmm_`` with alpha = −lr
+and beta = 1 − lr·weight_decay): the same step as autograd followed by ``torch.optim.SGD``, up
+to the order of floating-point sums, in fewer operations and with no gradient tensors.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .methods import check_method
+from .models import MLP
+
+
+def _shared(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x (N, d_in) times each model's weight in w (d_in, K, m): (K, N, m), one product."""
+    n, (d_in, K, m) = x.shape[0], w.shape
+    return (x @ w.view(d_in, K * m)).view(n, K, m).transpose(0, 1)
+
+
+def _shared_grad_(w: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, lr: float,
+                  beta: float) -> None:
+    """w ← beta·w − lr·xᵀ·grad for each model, with w (d_in, K, m), x (N, d_in) shared and
+    grad (K, N, m): one (d_in, N) @ (N, K·m) product."""
+    d_in, K, m = w.shape
+    flat = grad.transpose(0, 1).reshape(x.shape[0], K * m)
+    w.view(d_in, K * m).addmm_(x.T, flat, beta=beta, alpha=-lr)
+
+
+def _stack(tensors: list[torch.Tensor], shared: bool) -> torch.Tensor:
+    """(K, d_in, m) from K (d_in, m) tensors, or (d_in, K, m) for a shared input."""
+    w = torch.stack(tensors)
+    return (w.transpose(0, 1) if shared else w).contiguous()
+
+
+def _sgd_bias_(bias: torch.Tensor, grad: torch.Tensor, lr: float, beta: float) -> None:
+    """bias (K, 1, d_out) ← beta·bias − lr·Σ_n grad (K, N, d_out)."""
+    if beta != 1.0:
+        bias.mul_(beta)
+    bias.add_(grad.sum(1, keepdim=True), alpha=-lr)
+
+
+class StackedDense(nn.Module):
+    """K dense layers y_k = x_k·W_kᵀ + b_k: ``W`` = Wᵀ (K, d_in, d_out), or (d_in, K, d_out)
+    for a shared input; ``bias`` (K, 1, d_out)."""
+
+    def __init__(self, layers: list[nn.Linear], shared_input: bool):
+        super().__init__()
+        self.shared_input = shared_input
+        with torch.no_grad():
+            self.W = nn.Parameter(_stack([m.weight.T for m in layers], shared_input))
+            self.bias = nn.Parameter(torch.stack([m.bias for m in layers]).unsqueeze(1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, d_in) shared, or (K, N, d_in) -> y (K, N, d_out)."""
+        if self.shared_input:
+            return _shared(x, self.W) + self.bias
+        return torch.baddbmm(self.bias, x, self.W)
+
+    def forward_saving(self, x):
+        return self.forward(x), None
+
+    def sgd_backward(self, x, saved, grad, lr: float, beta: float):
+        """∂L/∂x = grad·W (not for a shared input); W ← beta·W − lr·xᵀ·grad; bias likewise."""
+        if self.shared_input:
+            down = None
+            _shared_grad_(self.W, x, grad, lr, beta)
+        else:
+            down = torch.bmm(grad, self.W.transpose(1, 2))                   # (K, N, d_in)
+            self.W.baddbmm_(x.transpose(1, 2), grad, beta=beta, alpha=-lr)
+        _sgd_bias_(self.bias, grad, lr, beta)
+        return down
+
+    def unstack_into(self, k: int, layer: nn.Linear) -> None:
+        layer.weight.copy_((self.W[:, k] if self.shared_input else self.W[k]).T)
+        layer.bias.copy_(self.bias[k, 0])
+
+
+class StackedLowRank(nn.Module):
+    """K factorized layers y_k = (x_k·A_kᵀ)·B_kᵀ + b_k padded to rank R: ``A`` = Aᵀ
+    (K, d_in, R), or (d_in, K, R) for a shared input; ``B`` = Bᵀ (K, R, d_out); ``bias``
+    (K, 1, d_out)."""
+
+    def __init__(self, layers: list, rank: int, shared_input: bool):
+        super().__init__()
+        self.shared_input, self.rank = shared_input, rank
+        ref = layers[0].A
+        a = torch.zeros(len(layers), layers[0].in_features, rank, dtype=ref.dtype,
+                        device=ref.device)                                  # (K, d_in, R)
+        b = torch.zeros(len(layers), rank, layers[0].out_features, dtype=ref.dtype,
+                        device=ref.device)                                  # (K, R, d_out)
+        with torch.no_grad():
+            for k, m in enumerate(layers):
+                a[k, :, :m.rank] = m.A.T
+                b[k, :m.rank] = m.B.T
+            self.A = nn.Parameter(a.transpose(0, 1).contiguous() if shared_input else a)
+            self.B = nn.Parameter(b)
+            self.bias = nn.Parameter(torch.stack([m.bias for m in layers]).unsqueeze(1).clone())
+
+    def forward_saving(self, x):
+        """y (K, N, d_out) and u = A·x (K, N, R), which the backward pass needs."""
+        u = _shared(x, self.A) if self.shared_input else torch.bmm(x, self.A)
+        return torch.baddbmm(self.bias, u, self.B), u
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, d_in) shared, or (K, N, d_in) -> y (K, N, d_out). (For autograd, u is made
+        contiguous first: its backward products then read contiguous memory.)"""
+        u = _shared(x, self.A).contiguous() if self.shared_input else torch.bmm(x, self.A)
+        return torch.baddbmm(self.bias, u, self.B)
+
+    def sgd_backward(self, x, u, grad, lr: float, beta: float):
+        """∂L/∂u = grad·B, ∂L/∂x = ∂L/∂u·A (not for a shared input), both from the factors
+        before the step; B ← beta·B − lr·uᵀ·grad, A ← beta·A − lr·xᵀ·∂L/∂u; bias likewise."""
+        grad_u = torch.bmm(grad, self.B.transpose(1, 2))                     # (K, N, R)
+        self.B.baddbmm_(u.transpose(1, 2), grad, beta=beta, alpha=-lr)
+        if self.shared_input:
+            down = None
+            _shared_grad_(self.A, x, grad_u, lr, beta)
+        else:
+            down = torch.bmm(grad_u, self.A.transpose(1, 2))                 # (K, N, d_in)
+            self.A.baddbmm_(x.transpose(1, 2), grad_u, beta=beta, alpha=-lr)
+        _sgd_bias_(self.bias, grad, lr, beta)
+        return down
+
+    def unstack_into(self, k: int, layer) -> None:
+        a = self.A[:, k] if self.shared_input else self.A[k]                 # (d_in, R)
+        layer.A.copy_(a[:, :layer.rank].T)
+        layer.B.copy_(self.B[k, :layer.rank].T)
+        layer.bias.copy_(self.bias[k, 0])
+
+
+def cross_entropy_with_grad(logits: torch.Tensor, y: torch.Tensor):
+    """Each model's mean cross-entropy on the batch (K,) and its gradient at the logits,
+    ∂L/∂z = (softmax(z) − onehot(y)) / N, (K, N, C); the log-softmax is computed once."""
+    K, n, _ = logits.shape
+    logp = torch.log_softmax(logits, dim=2)                                  # (K, N, C)
+    label = y.view(1, n, 1).expand(K, n, 1)
+    picked = logp.gather(2, label)
+    losses = -picked.squeeze(2).mean(1)
+    grad = logp.exp_().scatter_(2, label, picked.exp() - 1).div_(n)
+    return losses, grad
+
+
+class StackedMLP(nn.Module):
+    """K MLPs of the same widths, all dense or all factorized at ranks <= ``rank``: one stacked
+    layer per layer of the MLP, ReLU between them."""
+
+    def __init__(self, models: list[MLP], rank: int | None = None):
+        super().__init__()
+        if not models:
+            raise ValueError("a stack needs at least one model")
+        dense = {not check_method(m.method).factorized for m in models}
+        widths = {m.widths for m in models}
+        if len(dense) > 1 or len(widths) > 1:
+            raise ValueError("a stack holds models of one family and one widths; got methods "
+                             f"{sorted({m.method for m in models})} and widths {sorted(widths)}; "
+                             "use plan_stacks() to split them")
+        self.dense, self.widths = dense.pop(), widths.pop()
+        self.K = len(models)
+        self.methods = [m.method for m in models]
+        self.ranks = [m.rank for m in models]
+        self.rank = None if self.dense else (rank or max(self.ranks))
+        if not self.dense and max(self.ranks) > self.rank:
+            raise ValueError(f"stack rank {self.rank} is below model rank {max(self.ranks)}")
+        per_layer = zip(*(m.linear_layers() for m in models))
+        self.layers = nn.ModuleList(
+            StackedDense(list(ls), shared_input=l == 0) if self.dense
+            else StackedLowRank(list(ls), self.rank, shared_input=l == 0)
+            for l, ls in enumerate(per_layer))
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (K, N, classes) of all K models for the shared input x (N, ...)."""
+        h = x.flatten(1)                                                     # (N, d_in)
+        for l, layer in enumerate(self.layers):
+            h = layer(F.relu(h) if l else h)                                 # (K, N, d_out)
+        return h
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of each model on the batch: (K,)."""
+        logits = self.forward(x)                                            # (K, N, C)
+        return F.cross_entropy(logits.transpose(1, 2), y.expand(self.K, -1),
+                               reduction="none").mean(1)
+
+    @torch.no_grad()
+    def sgd_step(self, x: torch.Tensor, y: torch.Tensor, lr: float,
+                 weight_decay: float = 0.0) -> torch.Tensor:
+        """One step of plain SGD (no momentum) on every model's mean cross-entropy, the
+        backward pass written out layer by layer; returns the models' losses before the step,
+        (K,). The same step as ``losses(x, y).sum().backward()`` then
+        ``torch.optim.SGD(lr=lr, weight_decay=weight_decay).step()``, up to rounding."""
+        beta = 1.0 - lr * weight_decay
+        h, inputs, saved = x.flatten(1), [], []
+        for l, layer in enumerate(self.layers):
+            h = F.relu(h) if l else h
+            inputs.append(h)                                                 # the layer's input
+            h, ctx = layer.forward_saving(h)
+            saved.append(ctx)
+        losses, grad = cross_entropy_with_grad(h, y)                         # ∂L/∂logits
+        for l in reversed(range(self.n_layers)):
+            down = self.layers[l].sgd_backward(inputs[l], saved[l], grad, lr, beta)
+            if l:  # through the ReLU: the gradient passes where its output was positive
+                grad = torch.ops.aten.threshold_backward(down, inputs[l], 0.0)
+        return losses
+
+    @torch.no_grad()
+    def unstack(self) -> list[MLP]:
+        """The K models as separate MLPs with their own ranks (padding dropped); the global
+        random generator is left as it was."""
+        models = []
+        with torch.random.fork_rng(devices=[]):
+            for k, (method, rank) in enumerate(zip(self.methods, self.ranks)):
+                m = MLP(method, rank, widths=self.widths)
+                ref = self.layers[0].bias
+                m.to(device=ref.device, dtype=ref.dtype)
+                for layer, stacked in zip(m.linear_layers(), self.layers):
+                    stacked.unstack_into(k, layer)
+                models.append(m)
+        return models
