@@ -19,7 +19,8 @@ def pytest_configure(config):
         write_fake_dataset(data, name)
     os.environ["LOWRANK_DATA"] = str(data)
     os.environ["LOWRANK_SMOKE"] = "1"
-    for scratch in ("results/smoke", "results/inits/smoke", "img/smoke"):  # smoke output of earlier test sessions
+    for scratch in ("results/smoke", "results/inits/smoke", "results/spectra/smoke",
+                    "img/smoke"):  # smoke output of earlier test sessions
         shutil.rmtree(ROOT / scratch, ignore_errors=True)
     config._lowrank_data = data
 

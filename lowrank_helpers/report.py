@@ -196,7 +196,8 @@ def discussion(runs: pd.DataFrame) -> str:
             parts[name] = part.sort_values("rank")
     for name, part in parts.items():
         best = part.loc[part.final.idxmax()]
-        text = (f"- **{METHODS[name].label.capitalize()}**: {part.epoch1.min():.1%}–"
+        label = METHODS[name].label
+        text = (f"- **{label[0].upper() + label[1:]}**: {part.epoch1.min():.1%}–"
                 f"{part.epoch1.max():.1%} after one epoch across ranks "
                 f"{int(part['rank'].min())}–{int(part['rank'].max())}; best final "
                 f"accuracy {best.final:.1%} at rank {int(best['rank'])}")

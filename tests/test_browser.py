@@ -393,7 +393,7 @@ def test_explorer_widgets_in_jupyterlab(lab, chromium_path):
                 return found
 
             # Every control shows a choice, and the choices come from the records.
-            for label in ("data set", "protocol", "seed", "curves"):
+            for label in ("task", "protocol", "seed", "curves"):
                 chosen = control("dropdown", label).evaluate(
                     "s => s.selectedIndex < 0 ? null : s.options[s.selectedIndex].text")
                 assert chosen, f"the {label!r} dropdown selects nothing"

@@ -92,13 +92,21 @@ def test_misspelled_notebook_parameter_fails_clearly(tmp_path):
     assert not list(tmp_path.glob("*.json"))  # nothing was trained
 
 
-def test_ill_typed_notebook_parameter_fails_clearly(tmp_path):
+@pytest.mark.parametrize("name, value, message", [
+    ("epochs", "ten", "epochs must be int, got 'ten'"),
+    ("lr", "nan", "lr must be a finite number, got nan"),
+    ("seeds", "[0, 0]", "seeds lists 0 more than once"),
+])
+def test_ill_typed_notebook_parameter_fails_clearly(tmp_path, name, value, message):
     out = subprocess.run(
         [sys.executable, "-m", "papermill", "notebooks/study.ipynb", str(tmp_path / "o.ipynb"),
-         "-p", "epochs", "ten", "--cwd", "notebooks"],
+         "-p" if name != "seeds" else "-y", *([name, value] if name != "seeds"
+                                              else [f"{name}: {value}"]),
+         "-p", "results_dir", str(tmp_path), "--cwd", "notebooks"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
-    assert "epochs must be int, got 'ten'" in out.stdout + out.stderr
+    assert message in out.stdout + out.stderr
+    assert not list(tmp_path.glob("*.json"))  # nothing was trained
 
 
 @pytest.mark.parametrize("args, message", [
@@ -107,9 +115,47 @@ def test_ill_typed_notebook_parameter_fails_clearly(tmp_path):
     (["--init", "xavier"], "unknown init 'xavier'; valid inits"),
     (["--optimizer", "adam"], "unknown optimizer 'adam'"),
     (["--jobs", "0"], "--jobs must be >= 1"),
-    (["--dataset", "cifar"], "invalid choice: 'cifar'"),
+    (["--task", "cifar"], "unknown task 'cifar'; valid tasks: fashion_mnist, mnist"),
+    (["--lr", "nan"], "lr must be a finite number, got nan"),
+    (["--lr", "inf"], "lr must be a finite number, got inf"),
+    (["--lr", "-0.1"], "lr must be > 0, got -0.1"),
+    (["--epochs", "0"], "epochs must be > 0, got 0"),
+    (["--seeds", "0", "1", "0"], "seeds lists 0 more than once"),
+    (["--ranks", "4", "8", "4"], "ranks lists 4 more than once"),
+    (["--methods", "full", "ae", "--init", "he"], "init 'he' applies to method(s) lora only"),
+    (["--figures-dir", "DIR"], "unrecognized arguments: --figures-dir DIR"),
+    (["tabel"], "unknown command 'tabel' (choose from run, table, readme)"),
 ])
 def test_bad_command_line(tmp_path, args, message):
+    """Refused in one line before any job starts (nothing written)."""
     out = cli(*args, *dirs(tmp_path))
-    assert out.returncode != 0 and message in out.stderr
-    assert not (tmp_path / "runs").exists()
+    assert out.returncode != 0 and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_unwritable_results_dir_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    out = cli("--smoke", "--results-dir", str(blocker / "results"), "--runs-dir",
+              str(tmp_path / "runs"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().startswith("error: results directory") and \
+        len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_every_setting_has_a_flag():
+    """The study's and the protocol's settings are the command line's flags: none forgotten."""
+    from lowrank_helpers import Protocol, StudyConfig
+    from lowrank_helpers.cli import build_parser, study_config
+    from lowrank_helpers.settings import settings_of
+    dests = {a.dest for a in build_parser()._actions}
+    for cls in (StudyConfig, Protocol):
+        for f in settings_of(cls):
+            assert f.name in dests, f"no flag for {cls.__name__}.{f.name}"
+    args = build_parser().parse_args(["--weight-decay", "0", "--momentum", "0", "--no-shuffle",
+                                      "--schedule", "constant", "--val-size", "0"])
+    for name in ("results_dir", "runs_dir", "img_dir"):
+        setattr(args, name, getattr(args, name) or "results")
+    assert study_config(args).runs() == StudyConfig(results_dir=str(Path("results").resolve())
+                                                    ).runs()

@@ -79,3 +79,37 @@ def test_smoke_shrinks_and_redirects():
 def test_full_only_study_needs_no_ranks():
     runs = StudyConfig(methods=["full"], ranks=[], seeds=[0, 1]).runs()
     assert [r.seed for r in runs] == [0, 1] and all(r.rank is None for r in runs)
+
+
+def test_rerunning_the_config_cell_reads_the_declared_parameters_only(monkeypatch):
+    """After the first run, later cells have defined names of their own (cfg, runs, ...):
+    a rerun of the config cell reads the declared parameters, as they are now."""
+    monkeypatch.delenv("LOWRANK_SMOKE", raising=False)
+    before = {"lh"}
+    namespace = {"lh": object(), "ranks": [4], "epochs": 3}
+    first = StudyConfig.from_notebook(namespace, before)
+    namespace.update(cfg=first, runs=[1, 2], figures={}, epochs=5)
+    again = StudyConfig.from_notebook(namespace, before)
+    assert again.protocol.epochs == 5 and again.ranks == (4,)
+
+
+def test_every_notebook_declares_its_configs_parameters():
+    """Each notebook's parameters cell assigns exactly its config's parameter names (the
+    protocol's fields included, for the study and the summary)."""
+    import ast
+    import json
+    from pathlib import Path
+
+    from lowrank_helpers import ExplorerConfig, TheoryConfig
+    root = Path(__file__).resolve().parent.parent / "notebooks"
+    for name, cls in (("study", StudyConfig), ("summary", SummaryConfig),
+                      ("explorer", ExplorerConfig), ("theory", TheoryConfig)):
+        nb = json.loads((root / f"{name}.ipynb").read_text())
+        cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(cells) == 1, f"{name}: one parameters cell"
+        tree = ast.parse("".join(cells[0]["source"]))
+        names = [t.id for node in tree.body for t in node.targets]
+        assert names == cls.parameter_names(), name
+        # plain literals only, each one accepted as the default
+        values = {t.id: ast.literal_eval(node.value) for node in tree.body for t in node.targets}
+        cls.from_params(values)

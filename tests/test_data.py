@@ -98,3 +98,36 @@ def test_real_fashion_mnist_from_system_copy(tmp_path):
     with gzip.open(REAL / "train-labels-idx1-ubyte.gz") as f:
         first_label = f.read()[8]  # the label file's 8-byte header, then one byte per label
     assert data.y_train[0].item() == first_label
+
+
+def _load_in_child(system: str, root: str, barrier) -> int:
+    data_mod.DATASETS["fashion_mnist"] = ("FashionMNIST", (system,))  # the "system copy"
+    barrier.wait()  # all at once
+    return len(load_data(root=root, download=False).y_train)
+
+
+def test_parallel_first_runs_do_not_race(tmp_path):
+    """Four processes preparing one fresh data root at once (parallel jobs on a new machine):
+    each gets the whole data set, and no temporary file is left behind."""
+    import multiprocessing
+    system = write_fake_dataset(tmp_path / "system", n_train=20000, n_test=500, compressed=True)
+    root = tmp_path / "root"
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(4) as pool:
+        barrier = manager.Barrier(4)
+        sizes = pool.starmap(_load_in_child, [(str(system), str(root), barrier)] * 4)
+    assert sizes == [20000] * 4
+    raw = root / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(data_mod.RAW_FILES)
+
+
+def test_validation_split_is_the_last_training_samples(tmp_path):
+    write_fake_dataset(tmp_path, n_train=50, n_test=20)
+    full = load_data(root=tmp_path, download=False)
+    split = load_data(root=tmp_path, download=False, val_size=10)
+    assert torch.equal(split.X_train, full.X_train[:40]) and torch.equal(split.X_val, full.X_train[40:])
+    assert torch.equal(split.y_val, full.y_train[40:]) and len(full.y_val) == 0
+    sub = load_data(root=tmp_path, download=False, train_subset=30, val_size=5)
+    assert torch.equal(sub.X_val, full.X_train[25:30])
+    with pytest.raises(ValueError, match="val_size \\(50\\) must be smaller than the 50 training"):
+        load_data(root=tmp_path, download=False, val_size=50)

@@ -36,12 +36,18 @@ def assert_same_training(runs, data, config, stacks=None, dtype=torch.float32):
     data = data.to(dtype=dtype)
     models = [build_model(r).to(dtype) for r in runs]
     stacks = stacks or [list(range(len(runs)))]
-    stacked = train_group(models, stacks, data, config, device="cpu", progress=False)
+    if config.shuffle:  # the batch order is the seed's: a group shares one
+        assert len({r.seed for r in runs}) == 1
+    stacked = train_group(models, stacks, data, config, seed=runs[0].seed, device="cpu",
+                          progress=False)
     for run, model, res in zip(runs, models, stacked):
         ref_model, ref = alone(run, data, config, dtype)
         assert res.diverged_epoch is None and ref.diverged_epoch is None
         assert len(res.history) == len(ref.history) == config.epochs
-        for key in ("train_loss", "test_loss", "test_accuracy"):
+        keys = ["train_loss", "test_loss", "test_accuracy"]
+        if len(data.y_val):
+            keys += ["val_loss", "val_accuracy"]
+        for key in keys:
             got = torch.tensor([h[key] for h in res.history], dtype=torch.float64)
             want = torch.tensor([h[key] for h in ref.history], dtype=torch.float64)
             torch.testing.assert_close(got, want, rtol=rtol, atol=atol,
@@ -318,3 +324,30 @@ def test_worker_stacks_cover_every_run_once_and_share_out_evenly():
             costs = [stack_cost([runs[i] for i in s]) for s in stacks]
             assert max(c for c, s in zip(costs, stacks) if len(s) > 1) <= sum(costs) / workers
     assert worker_stacks([RunConfig(method="full")], 4) == [[0]]
+
+
+def test_unstack_leaves_the_global_rng_alone():
+    stack = StackedMLP([MLP("lora", 3, "spectral"), MLP("ae", 7)], rank=16)
+    before = torch.random.get_rng_state()
+    stack.unstack()
+    assert torch.equal(before, torch.random.get_rng_state())
+
+
+@pytest.mark.parametrize("config", [
+    Protocol(epochs=3, lr=2e-3, schedule="cosine", warmup_steps=4, min_lr=2e-4, val_size=128),
+    Protocol(epochs=3, lr=2e-3, momentum=0.9, schedule="cosine", warmup_steps=4, shuffle=True,
+             val_size=128),
+    Protocol(epochs=3, lr=1e-3, optimizer="adamw", weight_decay=0.01, warmup_steps=4,
+             val_size=128)], ids=["fused-sgd", "sgd-momentum", "adamw"])
+def test_schedules_and_a_validation_split_train_as_alone(config):
+    """Warm-up, cosine decay and the validation split in the engine, in float64 against the
+    plain loop: the same learning rate at every step, the same validation metrics."""
+    data = load_data("fashion_mnist", root=os.environ["LOWRANK_DATA"], download=False,
+                     train_subset=640, test_subset=256, val_size=config.val_size)
+    assert len(data.y_val) == 128 and len(data.y_train) == 512
+    seeds = (1,) if config.shuffle else (0, 1)  # shuffled: the group's order is one seed's
+    runs = [RunConfig(method=m, rank=r, seed=s, protocol=config)
+            for m, r in (("full", None), ("lora", 4), ("lora", 16), ("ae", 8)) for s in seeds]
+    n = len(seeds)
+    assert_same_training(runs, data, config, stacks=[list(range(n)), list(range(n, 4 * n))],
+                         dtype=torch.float64)

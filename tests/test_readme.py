@@ -51,3 +51,16 @@ def test_init_answer_names_the_best_and_worst_init_per_rank():
     text = init_answer(runs)
     assert f"r=4: lora {r4.loc['lora', 'epoch1']:.1%} … default {r4.loc['default', 'epoch1']:.1%}" \
         in text
+
+
+def test_every_python_block_runs_as_written(monkeypatch):
+    """The README's Python examples, in order, in one namespace, from the repository root
+    (on the session's small synthetic data, $LOWRANK_DATA)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert blocks, "README has no Python example"
+    monkeypatch.chdir(ROOT)
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
