@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from .devices import check_device
 from .layers import INITS, check_rank
-from .methods import METHODS, init_methods
+from .methods import METHODS, init_methods, method_for_init
 from .protocol import PROTOCOL_FIELDS, Protocol, RunConfig
 from .settings import all_of, check_settings, distinct, each, positive, setting, settings_of
 from .tasks import TASKS
@@ -281,7 +281,6 @@ class TheoryConfig(NotebookParams):
     def spectra_runs(self) -> list[RunConfig]:
         """The models whose spectra are compared: the dense MLP and every init at
         ``spectrum_rank``, seed 0."""
-        from .methods import method_for_init
         runs = [RunConfig(self.task, "full", protocol=self.spectra_protocol)]
         for init in self.inits:
             method, name = method_for_init(init)

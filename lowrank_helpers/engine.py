@@ -153,8 +153,8 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, protocol
 
 def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool = True,
                desc: str | None = None, on_group_done=None, *, lockstep: bool | None = None,
-               workers: int = 1, cuda_graphs: bool = True,
-               analyze: Callable | None = None) -> list[TrainResult]:
+               workers: int = 1, cuda_graphs: bool = True, analyze: Callable | None = None,
+               dtype: torch.dtype | None = None) -> list[TrainResult]:
     """Train ``runs`` with the stacked engine, grouped by :func:`plan_stacks`; one TrainResult
     per run, in order. Each model is built as :func:`lowrank_helpers.build_model` builds it for
     a lone run.
@@ -164,7 +164,9 @@ def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool 
     trains stacks in that many processes side by side, one thread each, largest stacks first
     (a stack costlier than an even share of the whole is halved first): small stacks are bound by
     per-step overhead, which one core does about as fast as two. ``analyze``: as for
-    :func:`train_group` (a module-level function, where workers are used).
+    :func:`train_group` (a module-level function, where workers are used). ``dtype``: the
+    models' (the data's images must have it too), e.g. float64 to check the engine against the
+    plain loop beyond float32 rounding.
     ``on_group_done(runs, results)`` is called as each stack or group ends (to save records).
     A group or stack that runs out of GPU memory is split in two and goes on, saying so.
     """
@@ -190,7 +192,7 @@ def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool 
     if workers > 1:
         serial = functools.partial(train_many, device="cpu", progress=False, lockstep=False)
         train_in_workers(runs, worker_stacks(runs, workers), data, workers, done, progress,
-                         train=serial, analyze=analyze)
+                         train=serial, analyze=analyze, dtype=dtype)
         return results
 
     def train_stacks(stacks: list[list[int]]) -> None:
@@ -199,7 +201,7 @@ def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool 
         label = desc or (f"{len(members)} models in {len(stacks)} stacks" if len(stacks) > 1
                          else f"stack of {len(members)} ({first.label} ...)")
         try:
-            trained = train_group([build_model(runs[i]) for i in members],
+            trained = train_group([build_model(runs[i]).to(dtype) for i in members],
                                   [[members.index(i) for i in stack] for stack in stacks], data,
                                   first.protocol, seed=first.seed, device=dev,
                                   progress=progress, desc=label, cuda_graphs=cuda_graphs,

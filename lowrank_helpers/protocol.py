@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .layers import check_rank
-from .methods import METHODS, check_init_for
+from .methods import METHODS, check_init_for, model_label
 from .settings import (all_of, check_settings, non_negative, positive, setting, settings_of)
 from .tasks import TASKS
 
@@ -246,7 +246,6 @@ class RunConfig:
 
     @property
     def label(self) -> str:
-        from .methods import model_label
         return model_label(self.method, self.rank, self.init)
 
 

@@ -13,6 +13,7 @@ from .planning import stackable
 from .protocol import Protocol, RunConfig
 from .results import check_writable, has_record, load_records, make_record, save_record
 from .tasks import TASKS, build_model
+from .theory import trained_singular_values
 from .training import train
 
 
@@ -132,6 +133,5 @@ def init_study_records(results_dirs, inits, smoke: bool = False) -> pd.DataFrame
 def spectra_records(cfg: TheoryConfig, progress: bool = True) -> pd.DataFrame:
     """The theory notebook's spectra models (:meth:`TheoryConfig.spectra_runs`) trained, with
     their layers' singular values after training in each record (``analysis``); resumes."""
-    from .theory import trained_singular_values
     return run_records(cfg.spectra_runs(), cfg.spectra_dir, data_root=cfg.data_root,
                        device="cpu", progress=progress, analyze=trained_singular_values)
