@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .layers import check_rank
 from .methods import METHODS, check_init_for, model_label
-from .settings import (all_of, check_settings, non_negative, positive, setting, settings_of)
+from .settings import (check_settings, non_negative, positive, setting, settings_of)
 from .tasks import TASKS
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -78,7 +78,7 @@ class Protocol:
 
     @property
     def plain_sgd(self) -> bool:
-        """SGD without momentum at a constant rate: what the engine's written-out step does."""
+        """SGD without momentum (at any schedule): what the engine's written-out step does."""
         return self.optimizer == "sgd" and not self.momentum
 
     def lr_at(self, step: int, total_steps: int) -> float:

@@ -289,8 +289,9 @@ def is_reference(runs: pd.DataFrame) -> pd.Series:
 
 
 def epochs_frame(runs: pd.DataFrame) -> pd.DataFrame:
-    """Long form of ``load_records``: one row per run and epoch, with the run's columns."""
-    keep = [c for c in runs.columns if c not in ("history", "path")]
+    """Long form of ``load_records``: one row per run and epoch, with the run's columns (but
+    its history, analysis and path)."""
+    keep = [c for c in runs.columns if c not in ("history", "analysis", "path")]
     parts = [pd.DataFrame(row.history).assign(**{c: row[c] for c in keep})
              for _, row in runs.iterrows() if row.history]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
