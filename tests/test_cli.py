@@ -159,3 +159,29 @@ def test_every_setting_has_a_flag():
         setattr(args, name, getattr(args, name) or "results")
     assert study_config(args).runs() == StudyConfig(results_dir=str(Path("results").resolve())
                                                     ).runs()
+
+
+def test_a_yaml_parameter_file_with_integer_zeros_retrains_nothing(tmp_path):
+    """papermill with the reference protocol written as YAML naturally writes it (``momentum:
+    0``, ``lr: 1e-3``): the notebook finds the shipped records and trains nothing."""
+    import os
+    import shutil
+    results = tmp_path / "results"
+    results.mkdir()
+    shipped = sorted(ROOT.glob("results/fashion_mnist-full-s*.json"))
+    for path in shipped:
+        shutil.copy(path, results)
+    before = {p.name: p.read_bytes() for p in results.iterdir()}
+    params = tmp_path / "params.yaml"
+    params.write_text(f"methods: [full]\nmomentum: 0\nweight_decay: 0\nlr: 1e-3\n"
+                      f"batch_size: 64\nepochs: 100\nresults_dir: {results}\n")
+    env = {k: v for k, v in os.environ.items() if k != "LOWRANK_SMOKE"}  # the real protocol
+    env["LOWRANK_DATA"] = str(tmp_path / "no-data")  # training would fail: there is nothing
+    out = subprocess.run(
+        [sys.executable, "-m", "papermill", "notebooks/study.ipynb", str(tmp_path / "o.ipynb"),
+         "-f", str(params), "--cwd", "notebooks"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    executed = (tmp_path / "o.ipynb").read_text()
+    assert f"{len(shipped)} runs: {len(shipped)} already recorded" in executed
+    assert {p.name: p.read_bytes() for p in results.iterdir()} == before
