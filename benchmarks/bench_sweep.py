@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 import lowrank_helpers as lh
+from lowrank_helpers.models import RANKS
 from lowrank_helpers.report import training_minutes
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -110,8 +111,9 @@ def matmul_time_cpu(runs: list[lh.RunConfig], data, workers: int, steps: int = 1
     return {"matmul_s": matmul / workers, "other_s": other / workers}
 
 
-def sweep(epochs: int, seeds, ranks=(1, 2, 4, 8, 16, 32, 64, 128), full=True):
-    methods = ["full", "lora", "ae"] if full else ["lora", "ae"]
+def sweep(epochs: int, seeds, ranks=RANKS, full=True):
+    """The reference sweep's runs (without the dense model unless ``full``)."""
+    methods = [m for m, spec in lh.METHODS.items() if full or spec.factorized]
     return lh.StudyConfig(methods=methods, ranks=list(ranks), seeds=list(seeds),
                           protocol=lh.Protocol(epochs=epochs)).runs()
 

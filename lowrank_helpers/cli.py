@@ -31,7 +31,7 @@ from .config import StudyConfig, SummaryConfig, smoke_dir
 from .data import DataNotFoundError
 from .methods import METHODS
 from .planning import stack_rank
-from .protocol import Protocol
+from .protocol import REFERENCE, Protocol
 from .results import ResultsDirError, check_writable, has_record
 from .settings import choices_of, default_of, settings_of
 from .tasks import TASKS
@@ -42,7 +42,7 @@ COMMANDS = ("run", "table", "readme")
 
 @dataclass
 class Job:
-    name: str            # "full" or "r004"
+    name: str            # a dense method ("full"), or the ranks of a stack ("r001-r016")
     config: StudyConfig  # the notebook's parameters for this job
 
     def done(self) -> bool:
@@ -311,7 +311,7 @@ def main(argv=None) -> int:
     if args.smoke:  # as the notebooks do: smoke output goes into smoke/ subfolders
         args.runs_dir, args.img_dir = smoke_dir(args.runs_dir), smoke_dir(args.img_dir)
     if args.command == "table":
-        args.task = args.task or "fashion_mnist"
+        args.task = args.task or REFERENCE.task
         return print_table(args)
     if args.command == "readme":
         return readme(args)

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from .devices import check_device
 from .layers import INITS, check_rank
 from .methods import METHODS, init_methods, method_for_init
+from .models import DEFAULT_WIDTHS, RANKS
 from .protocol import PROTOCOL_FIELDS, Protocol, RunConfig
 from .settings import all_of, check_settings, distinct, each, positive, setting, settings_of
 from .tasks import TASKS
@@ -23,7 +24,12 @@ from .tasks import TASKS
 #: What ``smoke=True`` shrinks a study to (the only place smoke sizes are set). Smoke runs write
 #: into a ``smoke`` subfolder of the results and figure directories, never beside real results.
 SMOKE = {"epochs": 2, "train_subset": 1024, "test_subset": 512, "max_ranks": 2, "max_seeds": 1,
-         "subdir": "smoke"}
+         "subdir": "smoke",
+         # the theory notebook: draws at init, images measured, epochs before the spectra
+         "theory_draws": 2, "theory_samples": 128, "theory_epochs": 1}
+#: Where the notebooks (which run in notebooks/) read and write run records by default.
+RESULTS_DIR = "../results"
+HIDDEN_SIZES = DEFAULT_WIDTHS[1:-1]
 #: Setting this environment variable to 1 turns smoke mode on in every notebook (tests and CI).
 SMOKE_ENV = "LOWRANK_SMOKE"
 #: Marks, in a notebook's ``_before`` set, that its parameters were checked once already.
@@ -121,9 +127,6 @@ def _task_setting(help="the task (data and model family)"):
     return setting("fashion_mnist", "str", help, choices=lambda: tuple(TASKS))
 
 
-def _results_dir():
-    return setting("../results", "str", "one JSON record per run; a run whose record exists "
-                   "is not redone")
 
 
 @dataclass(frozen=True)
@@ -133,11 +136,11 @@ class StudyConfig(NotebookParams):
     task: str = _task_setting()
     methods: tuple = setting(tuple(METHODS), "list[str]", "methods to compare",
                              choices=lambda: tuple(METHODS), check=all_of(_not_empty, distinct))
-    ranks: tuple = setting((1, 2, 4, 8, 16, 32, 64, 128), "list[int]", "ranks r of the "
-                           "factorized layers", check=all_of(each(_rank_check), distinct))
+    ranks: tuple = setting(RANKS, "list[int]", "ranks r of the factorized layers",
+                           check=all_of(each(_rank_check), distinct))
     init: str | None = setting(None, "str|None", "init of the methods that take one (None: "
                                "their own)", choices=lambda: tuple(sorted(INITS)))
-    hidden_sizes: tuple = setting((512, 512), "list[int]", "hidden widths of the MLP",
+    hidden_sizes: tuple = setting(HIDDEN_SIZES, "list[int]", "hidden widths of the MLP",
                                   check=each(positive))
     seeds: tuple = setting((0, 1, 2), "list[int]", "one run per seed",
                            check=all_of(_not_empty, distinct))
@@ -145,7 +148,8 @@ class StudyConfig(NotebookParams):
                           "or mps", check=lambda name, v: check_device(v))
     engine: bool = setting(True, "bool", "train stacked in lockstep (False: the plain "
                            "one-model loop)")
-    results_dir: str = _results_dir()
+    results_dir: str = setting(RESULTS_DIR, "str", "one JSON record per run; a run whose "
+                               "record exists is not redone")
     data_root: str | None = setting(None, "str|None", "data directory (None: $LOWRANK_DATA "
                                     "or ~/.cache/lowrank_helpers/data)")
     smoke: bool = setting(False, "bool", "tiny data, 2 epochs, 2 ranks, 1 seed; writes into "
@@ -174,8 +178,7 @@ class StudyConfig(NotebookParams):
 
     @property
     def widths(self) -> tuple:
-        default = TASKS[self.task].default_widths
-        return (default[0], *self.hidden_sizes, default[-1])
+        return TASKS[self.task].widths_with(self.hidden_sizes)
 
     def runs(self) -> list[RunConfig]:
         """Every run of the study: a dense method once per seed, a factorized one per rank and
@@ -196,9 +199,9 @@ class SummaryConfig(NotebookParams):
     """The parameters of the summary notebook: which records to draw (one task, widths and
     protocol), where figures go."""
     task: str = _task_setting("the task whose records are drawn")
-    results_dir: str = setting("../results", "str", "where the run records are")
+    results_dir: str = setting(RESULTS_DIR, "str", "where the run records are")
     img_dir: str = setting("../img", "str", "where the figures are written")
-    hidden_sizes: tuple = setting((512, 512), "list[int]", "hidden widths of the models drawn",
+    hidden_sizes: tuple = setting(HIDDEN_SIZES, "list[int]", "hidden widths of the models drawn",
                                   check=each(positive))
     smoke: bool = setting(False, "bool", "draw the records of a smoke batch")
     protocol: Protocol = field(default_factory=Protocol)
@@ -213,8 +216,7 @@ class SummaryConfig(NotebookParams):
     @property
     def protocol_id(self) -> str:
         """The ``protocol_id`` of the records drawn."""
-        default = TASKS[self.task].default_widths
-        return RunConfig(self.task, widths=(default[0], *self.hidden_sizes, default[-1]),
+        return RunConfig(self.task, widths=TASKS[self.task].widths_with(self.hidden_sizes),
                          protocol=self.protocol).protocol_id
 
     def study(self, **kwargs) -> StudyConfig:
@@ -226,7 +228,7 @@ class SummaryConfig(NotebookParams):
 @dataclass(frozen=True)
 class ExplorerConfig(NotebookParams):
     """The parameters of the explorer notebook."""
-    results_dir: str = setting("../results", "str", "where the run records are")
+    results_dir: str = setting(RESULTS_DIR, "str", "where the run records are")
 
     def __post_init__(self):
         check_settings(self)
@@ -236,7 +238,7 @@ class ExplorerConfig(NotebookParams):
 class TheoryConfig(NotebookParams):
     """The parameters of the theory notebook."""
     task: str = _task_setting("images whose statistics feed the measurements")
-    ranks: tuple = setting((1, 2, 4, 8, 16, 32, 64, 128), "list[int]", "ranks",
+    ranks: tuple = setting(RANKS, "list[int]", "ranks",
                            check=all_of(_not_empty, each(_rank_check), distinct))
     inits: tuple = setting(("lora", "default", "matched", "he", "spectral"), "list[str]",
                            "inits compared", choices=lambda: tuple(sorted(INITS)),
@@ -249,10 +251,10 @@ class TheoryConfig(NotebookParams):
                                  check=_rank_check)
     train_epochs: int = setting(100, "int", "epochs before the second spectrum",
                                 check=positive)
-    results_dirs: tuple = setting(("../results", "../results/inits"), "list[str]",
+    results_dirs: tuple = setting((RESULTS_DIR, f"{RESULTS_DIR}/inits"), "list[str]",
                                   "records of the init experiment")
-    spectra_dir: str = setting("../results/spectra", "str", "records of the spectra models "
-                               "(with their singular values after training)")
+    spectra_dir: str = setting(f"{RESULTS_DIR}/spectra", "str", "records of the spectra "
+                               "models (with their singular values after training)")
     img_dir: str = setting("../img", "str", "where the figures are written")
     data_root: str | None = setting(None, "str|None", "data directory")
     smoke: bool = setting(False, "bool", "tiny sizes, for tests and CI")
@@ -262,10 +264,10 @@ class TheoryConfig(NotebookParams):
     def __post_init__(self):
         check_settings(self)
         if self.smoke:
-            object.__setattr__(self, "seeds", self.seeds[:2])
+            object.__setattr__(self, "seeds", self.seeds[:SMOKE["theory_draws"]])
             object.__setattr__(self, "ranks", self.ranks[:SMOKE["max_ranks"] + 1])
-            object.__setattr__(self, "n_samples", min(self.n_samples, 128))
-            object.__setattr__(self, "train_epochs", 1)
+            object.__setattr__(self, "n_samples", min(self.n_samples, SMOKE["theory_samples"]))
+            object.__setattr__(self, "train_epochs", SMOKE["theory_epochs"])
             object.__setattr__(self, "train_subset", SMOKE["train_subset"])
             object.__setattr__(self, "test_subset", SMOKE["test_subset"])
             object.__setattr__(self, "results_dirs", tuple(smoke_dir(d) for d in self.results_dirs))

@@ -25,7 +25,6 @@ DATASETS = {
 }
 RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-NUM_CLASSES = 10
 
 
 class DataNotFoundError(FileNotFoundError):

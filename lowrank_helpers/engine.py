@@ -9,8 +9,8 @@ own slice of the stacked tensors (the loss is the sum of the models' mean losses
 model's gradient is its own), and padded factors stay zero.
 
 On CPU, for plain SGD (the study's protocol), a stack's step is written out rather than
-recorded by autograd (:meth:`StackedMLP.sgd_step`); on CUDA it is captured into a CUDA graph
-(:class:`~lowrank_helpers.steps.Steps`).
+recorded by autograd (:meth:`StackedMLP.sgd_step`); on CUDA, at a constant learning rate, it is
+captured into a CUDA graph (:class:`~lowrank_helpers.steps.Steps`).
 """
 from __future__ import annotations
 
@@ -77,8 +77,8 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, protocol
     return one TrainResult per model, as :func:`lowrank_helpers.train` would for each alone, and
     leave the trained weights in ``models``.
 
-    On CUDA the step is captured into a CUDA graph (``cuda_graphs=False``: eager steps; see
-    :class:`~lowrank_helpers.steps.Steps`). ``fused_sgd`` (default: on CPU, for plain SGD
+    On CUDA, at a constant learning rate, the step is captured into a CUDA graph
+    (``cuda_graphs=False``: eager steps; see :class:`~lowrank_helpers.steps.Steps`). ``fused_sgd`` (default: on CPU, for plain SGD
     without momentum, the study's protocol) takes the step without autograd, with the backward
     pass written out (:meth:`StackedMLP.sgd_step`); ``False`` keeps autograd and the optimizer.
     ``analyze(model)``: a dict of each trained model, kept in its result. A model whose loss
@@ -115,8 +115,8 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, protocol
     steps = math.ceil(n / protocol.batch_size)
     schedule = Schedule(opt, protocol, protocol.epochs * steps)
     step = Steps(runs, opt, protocol.batch_size, dev,
-                 graphs=cuda_graphs and protocol.constant_lr,
-                 fused_sgd=protocol.weight_decay if fused_sgd else None)
+                 graphs=cuda_graphs and protocol.constant_lr, fused_sgd=fused_sgd,
+                 weight_decay=protocol.weight_decay)
     has_val = len(data.y_val) > 0
     start = time.perf_counter()
     bar = tqdm(range(1, protocol.epochs + 1), desc=desc, disable=not progress, unit="epoch",

@@ -8,10 +8,9 @@ import pandas as pd
 from .methods import METHODS
 from .plots import figure_png, plot_curves, plot_final_vs
 from .results import replicates
+from .tasks import TASKS
 
 ALL_SEEDS = "all (mean ± std)"
-METRICS = {"test accuracy": "test_accuracy", "test loss": "test_loss",
-           "train loss": "train_loss"}
 
 
 class Explorer(widgets.VBox):
@@ -35,7 +34,7 @@ class Explorer(widgets.VBox):
         self.methods = widgets.SelectMultiple(description="methods", style=style, rows=3)
         self.ranks = widgets.SelectMultiple(description="ranks", style=style, rows=8)
         self.seed = widgets.Dropdown(description="seed", style=style)
-        self.metric = widgets.Dropdown(options=list(METRICS), description="curves", style=style)
+        self.metric = widgets.Dropdown(description="curves", style=style)
         # an Image widget, not an Output one: papermill/nbclient can hang on a cell that fills an
         # Output widget (jupyter/nbclient#312); the figure is a picture either way
         self.image = widgets.Image(format="png")
@@ -82,6 +81,11 @@ class Explorer(widgets.VBox):
         self.ranks.value = tuple(ranks)
         self.seed.options = [ALL_SEEDS] + sorted(int(s) for s in sub.seed.unique())
         self.seed.value = ALL_SEEDS
+        recorded = {k for h in sub.history if h for k in h[0]}  # the task's metrics recorded
+        metrics = [m for m in TASKS[self.task.value].metrics if m in recorded]
+        keep = self.metric.value if self.metric.value in metrics else metrics[0]
+        self.metric.options = [(m.replace("_", " "), m) for m in metrics]
+        self.metric.value = keep
         self._updating = False
         self.draw()
 
@@ -100,8 +104,8 @@ class Explorer(widgets.VBox):
         sub = self.selection()
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8),
                                        gridspec_kw={"width_ratios": [3, 2]})
-        plot_curves(sub, metric=METRICS[self.metric.value], ax=ax1,
-                    title=f"{self.metric.value} per epoch")
+        plot_curves(sub, metric=self.metric.value, ax=ax1,
+                    title=f"{self.metric.value.replace('_', ' ')} per epoch")
         plot_final_vs(sub, "rank", ax=ax2)
         fig.tight_layout()
         self.image.value = figure_png(fig)

@@ -34,6 +34,11 @@ class Method:
     def takes_init(self) -> bool:
         return self.init is None
 
+    @property
+    def own_init(self) -> str:
+        """The init its runs use unless told otherwise."""
+        return self.init if self.init is not None else self.default_init
+
     def layer(self, d_in: int, d_out: int, rank: int | None, init: str) -> nn.Module:
         """One of the method's layers, drawn from torch's global generator."""
         if not self.factorized:
@@ -61,10 +66,6 @@ register_method(Method("full", "full-rank", factorized=False, init="default"))
 register_method(Method("lora", "LoRA layers", factorized=True, default_init="lora"))
 register_method(Method("ae", "autoencoder layers", factorized=True, init="default",
                        linestyle="--"))
-
-
-def method_names() -> tuple[str, ...]:
-    return tuple(METHODS)
 
 
 def check_method(name: str) -> Method:
@@ -104,24 +105,21 @@ def model_label(method: str, rank, init: str | None) -> str:
     "autoencoder layers r=8", "LoRA layers r=4 (he init)"."""
     m = check_method(method)
     if not m.factorized:
-        return "full-rank MLP"
-    own = m.init if m.init is not None else m.default_init
-    return f"{m.label} r={int(rank)}" + ("" if init in (None, own) else f" ({init} init)")
+        return f"{m.label} MLP" + ("" if init in (None, m.own_init) else f" ({init} init)")
+    return f"{m.label} r={int(rank)}" + ("" if init in (None, m.own_init) else f" ({init} init)")
 
 
 def family_label(method: str, init: str | None) -> str:
     """A method with its init, as a line of a plot against rank names it: "LoRA layers",
     "LoRA layers (he init)"."""
     m = check_method(method)
-    own = m.init if m.init is not None else m.default_init
-    return m.label + ("" if init in (None, own) else f" ({init} init)")
+    return m.label + ("" if init in (None, m.own_init) else f" ({init} init)")
 
 
 def model_order(method: str, rank, init: str | None) -> tuple:
     """Sort key: methods in registry order, then init (the method's own first), then rank."""
     m = check_method(method)
-    own = init in (None, m.init, m.default_init)
-    return (list(METHODS).index(method), not own, str(init), int(rank or 0))
+    return (list(METHODS).index(method), init not in (None, m.own_init), str(init), int(rank or 0))
 
 
 # The original's colours for ranks 4…128, extended to ranks 1 and 2 (others cycle tab10).

@@ -7,10 +7,12 @@ from typing import Sequence
 from torch import nn
 
 from .layers import LowRankLinear, check_rank
-from .methods import check_init_for, check_method
+from .methods import METHODS, check_init_for, check_method
 
 #: The PyTorch quickstart's MLP: 784 inputs, two hidden layers of 512, 10 classes.
 DEFAULT_WIDTHS = (784, 512, 512, 10)
+#: The ranks of the study (the original's 4…128, and 1 and 2).
+RANKS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class MLP(nn.Module):
@@ -30,8 +32,9 @@ class MLP(nn.Module):
                                   for w in widths):
             raise ValueError(f"widths must be at least two positive integers, got {widths!r}")
         if not m.factorized and rank is not None:
-            raise ValueError(f"method {method!r} takes no rank (got rank={rank!r}); use 'lora' "
-                             "or 'ae' for factorized layers")
+            factorized = [n for n, x in METHODS.items() if x.factorized]
+            raise ValueError(f"method {method!r} takes no rank (got rank={rank!r}); factorized "
+                             f"methods: {', '.join(factorized)}")
         self.rank = check_rank(rank) if m.factorized else None
         self.widths = widths
         layers: list[nn.Module] = [nn.Flatten()]
@@ -82,7 +85,7 @@ def count_parameters(method: str, rank: int | None = None,
     return counts
 
 
-def parameter_table(ranks: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128),
+def parameter_table(ranks: Sequence[int] = RANKS,
                     widths: Sequence[int] = DEFAULT_WIDTHS):
     """Parameters per layer and in total for the full-rank MLP and each rank (pandas)."""
     import pandas as pd

@@ -10,14 +10,15 @@ from .methods import METHODS
 from .models import training_flops_per_sample
 from .protocol import RunConfig
 
-#: Factorized models up to this rank share one stack padded to it: they are bound by per-step
-#: overhead and by the passes over their 512-wide activations more than by the padded arithmetic,
-#: so padding costs little. Above it, ranks pad to the next power of 2.
+#: Factorized models up to this rank share one stack: they are bound by per-step overhead and by
+#: the passes over their 512-wide activations more than by the padded arithmetic, so padding
+#: costs little. Above it, ranks share a stack up to the next power of 2. A stack pads its
+#: models to the largest rank among them.
 SMALL_RANK = 16
 
 
 def stack_rank(rank: int | None, small_rank: int = SMALL_RANK) -> int | None:
-    """The rank a model is padded to in its stack (None: dense)."""
+    """The stack bucket of a rank: the largest rank it may be padded to (None: dense)."""
     if rank is None:
         return None
     return small_rank if rank <= small_rank else 1 << (rank - 1).bit_length()
@@ -51,7 +52,7 @@ def stack_cost(runs: list[RunConfig]) -> float:
     products that read them), plus the stack's per-step overhead. The last two are calibrated
     by timing stacks of the reference sweep on one core of a 2-core x86 CPU: about 400 and 800
     FLOP-equivalents per activation, respectively."""
-    rank = max(stack_rank(r.rank) or 0 for r in runs) or None
+    rank = max(r.rank or 0 for r in runs) or None  # the stack pads to its largest rank
     flops = training_flops_per_sample(runs[0].method, rank, runs[0].widths)
     activations = sum(runs[0].widths[1:])
     return (len(runs) * (flops + 400 * activations) + 800 * activations) * runs[0].epochs

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from .methods import METHODS, family_label, init_color, linestyle, rank_color
+from .methods import METHODS, family_label, init_color, linestyle, model_label, rank_color
 from .results import epochs_frame, protocol_labels, replicates
 from .tasks import TASKS
 
@@ -93,24 +93,25 @@ def plot_final_vs(runs: pd.DataFrame, x: str = "rank", metric: str = "final_test
     runs = runs.assign(_protocol=protocol_labels(runs))
     scale = 100 if metric.endswith("accuracy") else 1
     factorized = runs[runs["rank"].notna()]
-    for (method, init, protocol), group in factorized.groupby(["method", "init", "_protocol"],
-                                                              sort=False):
+    for (method, init, _), group in factorized.groupby(["method", "init", "protocol_id"],
+                                                       sort=False):
         stats = mean_band(group, x, metric).sort_values(x)
         ax.errorbar(stats[x].astype(float), stats["mean"] * scale,
                     yerr=stats["std"].fillna(0) * scale, fmt="o" + linestyle(method),
                     color=init_color(init), capsize=3,
-                    label=_with_protocol(family_label(method, init), protocol))
-    for protocol, full in runs[runs["rank"].isna()].groupby("_protocol", sort=False):
-        values = full[metric]
+                    label=_with_protocol(family_label(method, init), group._protocol.iloc[0]))
+    for _, full in runs[runs["rank"].isna()].groupby(["group_id"], sort=False):
+        values, first = full[metric], full.iloc[0]
         mean, std = values.mean() * scale, (values.std() if len(values) > 1 else 0.0) * scale
-        name = f"full-rank ({mean:.1f}%)" if scale == 100 else "full-rank"
-        line = ax.axhline(mean, color="black", lw=1.2, label=_with_protocol(name, protocol),
-                          ls="-" if not protocol else (0, (5, 2 + len(ax.lines))))
+        name = model_label(first.method, None, first.init)
+        name += f" ({mean:.1f}%)" if scale == 100 else ""
+        line = ax.axhline(mean, color="black", lw=1.2, label=_with_protocol(name, first._protocol),
+                          ls="-" if not first._protocol else (0, (5, 2 + len(ax.lines))))
         if std > 0:
             ax.axhspan(mean - std, mean + std, color=line.get_color(), alpha=0.1, lw=0)
         if x == "params":
-            ax.axvline(full["params"].iloc[0], color="black", lw=0.8, ls=":",
-                       label="full-rank parameters")
+            ax.axvline(first.params, color="black", lw=0.8, ls=":",
+                       label=f"{model_label(first.method, None, first.init)} parameters")
     ax.set_xscale("log", base=2 if x == "rank" else 10)
     if x == "rank" and len(factorized):
         ranks = sorted(factorized["rank"].dropna().unique().astype(int))
@@ -129,15 +130,15 @@ def study_figures(runs: pd.DataFrame, task: str) -> dict[str, plt.Figure]:
     """The study's standard figures of one task, keyed by the file name they are saved under:
     each factorized method against full-rank, all models, and final accuracy against rank and
     against parameters."""
-    runs = runs[runs.task == task]
+    runs = runs[runs.task == task] if len(runs) else runs
     name = TASKS[task].title if task in TASKS else task
     dense = [m for m, spec in METHODS.items() if not spec.factorized]
-    figures = {}
+    figures, present = {}, set(runs.method) if len(runs) else set()
     for method, spec in METHODS.items():
-        if spec.factorized and method in set(runs.method):
+        if spec.factorized and method in present:
             figures[f"{task}_{method}_vs_full.png"] = plot_curves(
                 runs[runs.method.isin([*dense, method])],
-                title=f"{name}: {spec.label} vs full-rank")
+                title=f"{name}: {spec.label} vs {' and '.join(METHODS[d].label for d in dense)}")
     figures[f"{task}_all.png"] = plot_curves(runs, title=f"{name}: all models")
     figures[f"{task}_accuracy_vs_rank.png"] = plot_final_vs(
         runs, "rank", title=f"{name}: final test accuracy against rank")

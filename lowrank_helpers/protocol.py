@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .layers import check_rank
@@ -150,8 +150,9 @@ class RunConfig:
                  seed=0, protocol: Protocol | None = None, **protocol_fields):
         unknown = sorted(set(protocol_fields) - set(PROTOCOL_FIELDS))
         if unknown:
-            raise TypeError(f"RunConfig got unknown field(s) {', '.join(unknown)}; fields: task, "
-                            f"method, rank, init, widths, seed, protocol, {', '.join(PROTOCOL_FIELDS)}")
+            own = ", ".join(f.name for f in fields(RunConfig))
+            raise TypeError(f"RunConfig got unknown field(s) {', '.join(unknown)}; fields: {own}, "
+                            f"and the protocol's: {', '.join(PROTOCOL_FIELDS)}")
         protocol = Protocol(**protocol) if isinstance(protocol, dict) else protocol or Protocol()
         if not isinstance(protocol, Protocol):
             raise TypeError(f"protocol must be a Protocol (or a dict of its fields), got "
@@ -181,9 +182,9 @@ class RunConfig:
         raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
     def replace(self, **changes) -> "RunConfig":
-        d = {k: getattr(self, k) for k in ("task", "method", "rank", "init", "widths", "seed",
-                                            "protocol")}
-        return RunConfig(**{**d, **changes})
+        """This run with ``changes`` (its own fields or the protocol's), checked anew."""
+        return RunConfig(**{**{f.name: getattr(self, f.name) for f in fields(RunConfig)},
+                            **changes})
 
     def to_dict(self) -> dict[str, Any]:
         """As stored in a record (schema 2)."""
@@ -233,11 +234,6 @@ class RunConfig:
         return _hash(self._canonical(seed=False, model=False))
 
     @property
-    def model(self) -> tuple:
-        """(method, rank, init): the model, apart from its widths."""
-        return (self.method, self.rank, self.init)
-
-    @property
     def name(self) -> str:
         """File-name stem: task, model, seed (the run id follows it in a record's name)."""
         model = (self.method if self.rank is None
@@ -252,6 +248,3 @@ class RunConfig:
 #: The original study's protocol on its task: the only runs its published numbers may sit beside.
 REFERENCE = RunConfig()
 
-
-def is_reference_protocol(run: RunConfig) -> bool:
-    return run.protocol_id == REFERENCE.protocol_id

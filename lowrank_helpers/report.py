@@ -7,7 +7,7 @@ compares models refuses such a mix, naming those fields.
 
 The original study's numbers are read off its three figures (LoRALinear README; Fashion-MNIST,
 its protocol, one seed), to about ±2 points at epoch 1 and ±0.5 at epoch 100. They appear only
-beside runs of that protocol on that task (:data:`~lowrank_helpers.protocol.REFERENCE`). The original shows ranks 4…128
+beside runs of that protocol on that task (:func:`~lowrank_helpers.results.is_reference`). The original shows ranks 4…128
 only; it has no published numbers for ranks 1 and 2.
 """
 from __future__ import annotations
@@ -15,8 +15,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .methods import METHODS
-from .protocol import REFERENCE
-from .results import one_protocol, protocol_labels, replicates
+from .results import is_reference, one_protocol, protocol_labels, replicates
 
 #: (method, rank) -> (epoch-1 accuracy, epoch-100 accuracy) in %, as text (some are ranges).
 ORIGINAL = {
@@ -26,8 +25,6 @@ ORIGINAL = {
     ("ae", 4): ("10–13", "82.3"),
     **{("ae", r): ("10–14", "83.5–84.5") for r in (8, 16, 32, 64, 128)},
 }
-#: The inits the original's models used (the only ones its numbers describe).
-ORIGINAL_INITS = {"full": "default", "lora": "lora", "ae": "default"}
 
 
 def _rank(value) -> int | None:
@@ -37,9 +34,9 @@ def _rank(value) -> int | None:
 def original_of(row) -> tuple[str, str] | None:
     """The original's (epoch 1, epoch 100) numbers for the model of ``row``, if it is one the
     original trained and ``row`` was trained under the original's protocol."""
-    if row["protocol_id"] != REFERENCE.protocol_id:
+    if not is_reference(row) or row["method"] not in METHODS:
         return None
-    if ORIGINAL_INITS.get(row["method"]) != row["init"]:
+    if METHODS[row["method"]].own_init != row["init"]:  # the original used each method's own
         return None
     return ORIGINAL.get((row["method"], _rank(row["rank"])))
 
@@ -61,6 +58,8 @@ def _fmt(values: pd.Series) -> str:
 def _groups(runs: pd.DataFrame):
     """(first row, rows) per model trained alike, seeds de-duplicated, in registry order."""
     runs = replicates(runs)
+    if runs.empty:
+        return
     runs = runs.assign(_protocol=protocol_labels(runs))
     for _, g in runs.groupby("group_id", sort=False):
         yield g.iloc[0], g.sort_values("seed")
@@ -178,7 +177,7 @@ def discussion(runs: pd.DataFrame) -> str:
     """A short discussion in Markdown whose every number is computed from ``runs`` (records
     of one protocol; ValueError naming the fields that differ otherwise)."""
     m = _per_model(runs)
-    full = m[m.method == "full"]
+    full = m[m["rank"].isna()]  # the dense model
     seeds = int(m.seeds.max()) if len(m) else 0
     devices = ", ".join(sorted(runs.device.dropna().unique()))
     out = [f"*Computed from {len(replicates(runs))} records: {seeds} seed"
@@ -191,7 +190,7 @@ def discussion(runs: pd.DataFrame) -> str:
                    f"{F:.1%} after {E}.")
     parts = {}
     for name, method in METHODS.items():
-        part = m[(m.method == name) & (m.init == (method.init or method.default_init))]
+        part = m[(m.method == name) & (m.init == method.own_init)]
         if method.factorized and len(part):
             parts[name] = part.sort_values("rank")
     for name, part in parts.items():
@@ -281,10 +280,16 @@ def init_summary(runs: pd.DataFrame) -> pd.DataFrame:
     protocol only."""
     f = replicates(one_protocol(runs, "the init comparison"))
     f = f[f["rank"].notna()]
-    return (f.groupby(["init", "rank"])
-            .agg(seeds=("seed", "size"), epoch1=("epoch1_test_accuracy", "mean"),
-                 final=("final_test_accuracy", "mean"), final_std=("final_test_accuracy", "std"))
-            .reset_index().rename(columns={"init": "init_name"}))
+    s = (f.groupby(["method", "init", "rank"])
+         .agg(seeds=("seed", "size"), epoch1=("epoch1_test_accuracy", "mean"),
+              final=("final_test_accuracy", "mean"), final_std=("final_test_accuracy", "std"))
+         .reset_index())
+    twice = s[s.duplicated(["init", "rank"], keep=False)]
+    if len(twice):
+        raise ValueError(f"init {twice.init.iloc[0]!r} at rank {int(twice['rank'].iloc[0])} is "
+                         f"trained by methods {', '.join(twice.method.unique())}: compare one "
+                         "method per init")
+    return s.rename(columns={"init": "init_name"})
 
 
 def init_answer(runs: pd.DataFrame, small=(1, 2, 4), large=(16, 32, 64, 128)) -> str:

@@ -247,6 +247,8 @@ def replicates(runs: pd.DataFrame) -> pd.DataFrame:
     the registry's order of models; tables and figures group these by ``group_id``, so only
     the seed ever replicates."""
     from .methods import model_order
+    if runs.empty:
+        return runs
     runs = runs.drop_duplicates("run_id")
     order = [model_order(m, r if pd.notna(r) else None, i)
              for m, r, i in zip(runs.method, runs["rank"], runs.init)]
@@ -258,7 +260,7 @@ def differing_fields(runs: pd.DataFrame) -> list[str]:
     """The protocol columns (task, widths and the protocol's fields) whose values differ
     between the protocols present in ``runs``."""
     per = runs.drop_duplicates("protocol_id")
-    return [c for c in PROTOCOL_COLUMNS if c in per and per[c].astype(str).nunique() > 1]
+    return [c for c in PROTOCOL_COLUMNS if c in per and per[c].map(_fmt_value).nunique() > 1]
 
 
 def protocol_labels(runs: pd.DataFrame) -> pd.Series:
@@ -270,6 +272,9 @@ def protocol_labels(runs: pd.DataFrame) -> pd.Series:
 
 
 def _fmt_value(v) -> str:
+    """A protocol field's value in a label; a missing one (a subset of None) is "None"."""
+    if v is None or (isinstance(v, float) and v != v):
+        return "None"
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
@@ -283,9 +288,10 @@ def one_protocol(runs: pd.DataFrame, what: str) -> pd.DataFrame:
     return runs
 
 
-def is_reference(runs: pd.DataFrame) -> pd.Series:
-    """Per row: trained under the original study's protocol on its task and widths."""
-    return runs.protocol_id == REFERENCE.protocol_id
+def is_reference(runs):
+    """Per row of a frame (or for one row): trained under the original study's protocol on its
+    task and widths."""
+    return runs["protocol_id"] == REFERENCE.protocol_id
 
 
 def epochs_frame(runs: pd.DataFrame) -> pd.DataFrame:

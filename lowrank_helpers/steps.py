@@ -7,8 +7,8 @@ import torch
 class Steps:
     """One training step of all stacks on a batch.
 
-    Eager by default, recorded by autograd and applied by the optimizer. With ``fused_sgd`` =
-    weight_decay each stack instead takes its own written-out plain-SGD step
+    Eager by default, recorded by autograd and applied by the optimizer. With ``fused_sgd``
+    each stack instead takes its own written-out plain-SGD step (with ``weight_decay``)
     (:meth:`~lowrank_helpers.stacked.StackedMLP.sgd_step`; no autograd, no optimizer) at the
     learning rate each call passes. On CUDA with ``graphs`` (a constant learning rate, which
     the graph keeps), the first ``WARMUP`` full batches run eagerly
@@ -25,17 +25,20 @@ class Steps:
     WARMUP = 3
 
     def __init__(self, runs: list, opt: torch.optim.Optimizer | None, batch_size: int,
-                 device: torch.device, graphs: bool, fused_sgd: float | None = None):
+                 device: torch.device, graphs: bool, fused_sgd: bool = False,
+                 weight_decay: float = 0.0):
         self.runs, self.opt, self.batch_size = runs, opt, batch_size
-        self.fused_sgd = fused_sgd
-        self.graphs = graphs and device.type == "cuda" and fused_sgd is None
+        self.fused_sgd, self.weight_decay = fused_sgd, weight_decay
+        self.graphs = graphs and device.type == "cuda" and not fused_sgd
         self.warm, self.graph, self.static = 0, None, None
-        self.mode = "eager" if fused_sgd is None else "fused sgd"
+        self.mode = "fused sgd" if fused_sgd else "eager"
 
-    def _step(self, xb, yb, lr: float = 0.0, streams: bool = False) -> None:
-        if self.fused_sgd is not None:
+    def _step(self, xb, yb, lr: float | None, streams: bool = False) -> None:
+        """``lr``: the written-out step's learning rate (None with an optimizer, whose groups
+        have it)."""
+        if self.fused_sgd:
             for r in self.runs:
-                r.loss_sum += r.stack.sgd_step(xb, yb, lr, self.fused_sgd)
+                r.loss_sum += r.stack.sgd_step(xb, yb, lr, self.weight_decay)
             return
         self.opt.zero_grad(set_to_none=True)
         if streams:
@@ -65,7 +68,7 @@ class Steps:
                 self.static = (xb.clone(), yb.clone())
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
-                    self._step(*self.static, streams=attempt)
+                    self._step(*self.static, None, streams=attempt)
                 self.graph, self.mode = graph, "cuda graph" + (" + streams" if attempt else "")
                 return True
             except Exception as exc:  # capture unsupported here: say so once, go on eagerly
@@ -81,8 +84,8 @@ class Steps:
         return False
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor, lr: float) -> None:
-        """One step on the batch; ``lr``: the step's learning rate (the optimizer's groups
-        have it already; the written-out SGD step takes it here)."""
+        """One step on the batch at learning rate ``lr`` (which the optimizer's groups have
+        already; the written-out SGD step takes it here)."""
         if not self.graphs or len(xb) != self.batch_size:
             return self._step(xb, yb, lr)
         if self.graph is None and self.warm < self.WARMUP:

@@ -8,7 +8,7 @@ from .config import StudyConfig, SummaryConfig, TheoryConfig, smoke_protocol
 from .data import Data
 from .devices import resolve_device
 from .engine import train_many
-from .methods import METHODS
+from .methods import METHODS, method_for_init
 from .planning import stackable
 from .protocol import Protocol, RunConfig
 from .results import check_writable, has_record, load_records, make_record, save_record
@@ -117,10 +117,12 @@ def init_study_records(results_dirs, inits, smoke: bool = False) -> pd.DataFrame
     """
     protocol = smoke_protocol(Protocol()) if smoke else Protocol()
     dirs = list(results_dirs)
-    if smoke:
-        for init in ["lora", *[x for x in inits if x not in ("lora", "default")]]:
-            target = dirs[0] if init == "lora" else dirs[-1]
-            methods = list(METHODS) if init == "lora" else ["lora"]
+    if smoke:  # the reference run (its methods with their own inits), then one study per init
+        own = {m.own_init for m in METHODS.values() if m.factorized}
+        studies = [(None, list(METHODS), dirs[0])]
+        studies += [(init, [method_for_init(init)[0]], dirs[-1]) for init in inits
+                    if init not in own]
+        for init, methods, target in studies:
             cfg = StudyConfig(methods=methods, init=init, results_dir=target, smoke=True)
             if any(not has_record(r, cfg.results_dir) for r in cfg.runs()):
                 run_study(cfg, progress=False)

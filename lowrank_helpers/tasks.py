@@ -35,8 +35,7 @@ class Task:
     """Base of the tasks: what every task tells the rest of the package."""
     name: str
     title: str                               # "Fashion-MNIST": in figure titles and prose
-    metrics: dict = field(default_factory=dict)
-    headline: str = "test_accuracy"          # the metric tables and figures lead with
+    metrics: dict = field(default_factory=dict)  # per-epoch metric -> what it means
 
     def check_widths(self, widths):
         raise NotImplementedError
@@ -63,7 +62,11 @@ class ImageClassification(Task):
 
     @property
     def default_widths(self) -> tuple:
-        return (self.input_size, *self.hidden_sizes, self.classes)
+        return self.widths_with(self.hidden_sizes)
+
+    def widths_with(self, hidden_sizes) -> tuple:
+        """The model's widths with these hidden sizes: input, hidden..., classes."""
+        return (self.input_size, *hidden_sizes, self.classes)
 
     def check_widths(self, widths) -> tuple:
         """``widths`` as a tuple (None: the default), or ValueError saying what is accepted."""
@@ -115,12 +118,6 @@ def register_task(task: Task) -> Task:
 register_task(ImageClassification("fashion_mnist", "Fashion-MNIST", CLASSIFICATION_METRICS,
                                   dataset="fashion_mnist"))
 register_task(ImageClassification("mnist", "MNIST", CLASSIFICATION_METRICS, dataset="mnist"))
-
-
-def check_task(name: str) -> Task:
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
-    return TASKS[name]
 
 
 def build_model(run: "RunConfig") -> torch.nn.Module:

@@ -22,8 +22,12 @@ import torch
 from torch import nn
 
 from .layers import LowRankLinear, check_init, check_rank
-from .methods import check_init_for, method_for_init
+from .methods import METHODS, check_init_for, method_for_init
 from .models import DEFAULT_WIDTHS, MLP
+
+
+def _factorized(method: str) -> bool:
+    return METHODS[method].factorized
 
 
 def break_even_rank(d_in: int, d_out: int) -> float:
@@ -112,8 +116,8 @@ def predict_forward_std(method: str = "full", rank: int | None = None, init: str
     init = check_init_for(method, init)
     q, out = input_second_moment, []
     for l, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
-        v = init_variances(None if method == "full" else init, d_in, d_out,
-                           None if method == "full" else rank)
+        v = init_variances(init if _factorized(method) else None, d_in, d_out,
+                           rank if _factorized(method) else None)
         second = d_in * v["product"] * q + v["bias"]
         out.append(math.sqrt(second))
         q = second / 2  # ReLU keeps half the second moment of a symmetric pre-activation
@@ -125,8 +129,8 @@ def layer_gains(method: str = "full", rank: int | None = None, init: str | None 
     """d_in · Var(W or B·A) per layer: the factor by which a layer scales the second moment of
     its input (before the bias; 1/3 for nn.Linear's default)."""
     init = check_init_for(method, init)
-    return [d_in * init_variances(None if method == "full" else init, d_in, d_out,
-                                  None if method == "full" else rank)["product"]
+    return [d_in * init_variances(init if _factorized(method) else None, d_in, d_out,
+                                  rank if _factorized(method) else None)["product"]
             for d_in, d_out in zip(widths[:-1], widths[1:])]
 
 
@@ -258,7 +262,7 @@ def predict_backward_std(method: str = "full", rank: int | None = None, init: st
     averages N of them.
     """
     init = check_init_for(method, init)
-    dense = method == "full"
+    dense = not _factorized(method)
     pairs = list(zip(widths[:-1], widths[1:]))
     var = [init_variances(None if dense else init, d_in, d_out, None if dense else rank)
            for d_in, d_out in pairs]

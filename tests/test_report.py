@@ -107,3 +107,23 @@ def test_passing_fifty_percent_says_never_where_a_seed_never_does(tmp_path):
     text = discussion(runs)
     assert ("the others pass 50% after 2–2 epochs in every seed; rank 1 never in 2 of 3 seeds "
             "(the other after 2 epochs)") in text
+
+
+def test_a_subset_against_the_whole_set_is_two_protocols(tmp_path):
+    """A missing value (train_subset None) differs from a number: not one protocol."""
+    fake(RunConfig(method="full", epochs=1), [0.5], tmp_path)
+    fake(RunConfig(method="full", epochs=1, train_subset=1024), [0.3], tmp_path)
+    runs = load_records(tmp_path)
+    table = comparison_table(runs)
+    assert sorted(table.protocol) == ["train_subset=1024", "train_subset=None"]
+    with pytest.raises(ValueError, match="differ in train_subset"):
+        discussion(runs)
+
+
+def test_no_records_give_empty_tables_and_figures(tmp_path):
+    from lowrank_helpers import plot_final_vs, study_figures
+    runs = load_records(tmp_path)
+    assert runs.empty and comparison_table(runs).empty
+    for fig in [plot_curves(runs), plot_final_vs(runs), *study_figures(runs, "mnist").values()]:
+        assert fig.axes[0].texts[0].get_text() == "no records"
+        plt.close(fig)
