@@ -30,7 +30,7 @@ class Explorer(widgets.VBox):
         self.task = widgets.Dropdown(options=sorted(self.records.task.unique()),
                                      description="task", style=style)
         self.protocol = widgets.Dropdown(description="protocol", style=style,
-                                         layout={"width": "520px"})
+                                         layout={"width": "640px"})
         self.methods = widgets.SelectMultiple(description="methods", style=style, rows=3)
         self.ranks = widgets.SelectMultiple(description="ranks", style=style, rows=8)
         self.seed = widgets.Dropdown(description="seed", style=style)
