@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .methods import model_order
 from .models import optimizer_state_bytes
 from .protocol import PROTOCOL_FIELDS, REFERENCE, SCHEMA, RunConfig
 from .tasks import TASKS
@@ -246,7 +247,6 @@ def replicates(runs: pd.DataFrame) -> pd.DataFrame:
     """``runs`` with every run counted once (the same run id in two places is one run), in
     the registry's order of models; tables and figures group these by ``group_id``, so only
     the seed ever replicates."""
-    from .methods import model_order
     if runs.empty:
         return runs
     runs = runs.drop_duplicates("run_id")
