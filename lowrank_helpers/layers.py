@@ -112,21 +112,14 @@ def init_he(layer: "LowRankLinear") -> None:
         nn.init.zeros_(layer.bias)
 
 
-@register_init("spectral")
-def init_spectral(layer: "LowRankLinear") -> None:
-    """Spectral init (Khodak et al., ICLR 2021, "Initialization and Regularization of
-    Factorized Neural Layers"): draw a dense W as ``nn.Linear`` does (U(±1/√d_in)), take its SVD
-    W = U·S·Vᵀ and keep the top r components: B = U_r·√S_r, A = √S_r·V_rᵀ, so that B·A is the
-    best rank-r approximation of W (Eckart–Young). The bias is the dense default's.
-
-    If r exceeds min(d_in, d_out) the product is W itself; the extra rows of A are drawn as the
-    "matched" init draws them and the extra columns of B start at 0 (so the product stays W and
-    both still train, as LoRA's B = 0 start does).
-    """
+def _spectral_from(layer: "LowRankLinear", w: torch.Tensor) -> None:
+    """B·A = the best rank-r approximation of the dense matrix ``w`` (d_out, d_in, float64):
+    with w = U·S·Vᵀ, B = U_r·√S_r and A = √S_r·V_rᵀ (Eckart–Young). If r exceeds
+    min(d_in, d_out) the product is w itself; the extra rows of A are drawn as the "matched"
+    init draws them and the extra columns of B start at 0 (so the product stays w and both
+    still train, as LoRA's B = 0 start does)."""
     d_in, d_out, r = layer.in_features, layer.out_features, layer.rank
     with torch.no_grad():
-        bound = 1.0 / math.sqrt(d_in)
-        w = torch.empty(d_out, d_in, dtype=torch.float64).uniform_(-bound, bound)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # at these sizes 1 thread is as fast, and immune to a busy CPU
         try:
@@ -144,7 +137,60 @@ def init_spectral(layer: "LowRankLinear") -> None:
             a[k:].uniform_(-extra, extra)
         layer.A.copy_(a)
         layer.B.copy_(b)
+
+
+@register_init("spectral")
+def init_spectral(layer: "LowRankLinear") -> None:
+    """Spectral init (Khodak et al., ICLR 2021, "Initialization and Regularization of
+    Factorized Neural Layers") of a default-init dense matrix: draw W as ``nn.Linear`` does
+    (U(±1/√d_in)) and keep its top r singular components (:func:`_spectral_from`). The bias is
+    the dense default's. A truncated default matrix keeps only a fraction of the dense layer's
+    already small gain: what this init tests is the scale as much as the idea.
+    """
+    bound = 1.0 / math.sqrt(layer.in_features)
+    w = torch.empty(layer.out_features, layer.in_features, dtype=torch.float64)
+    _spectral_from(layer, w.uniform_(-bound, bound))
     _dense_default_bias(layer)
+
+
+@register_init("spectral_he")
+def init_spectral_he(layer: "LowRankLinear") -> None:
+    """Spectral init of a He-scaled dense matrix: W ~ N(0, 2/d_in) (``kaiming_normal_``), its
+    top r singular components kept (:func:`_spectral_from`), the bias at 0 as in ``he``. At full
+    rank this is the He-init dense layer; at rank r it keeps the r largest directions."""
+    std = math.sqrt(2.0 / layer.in_features)
+    w = torch.empty(layer.out_features, layer.in_features, dtype=torch.float64)
+    _spectral_from(layer, w.normal_(0.0, std))
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+#: Inits of a dense ``nn.Linear`` by name (the factorized layers' are :data:`INITS`). Each
+#: takes the layer as ``nn.Linear`` built it (PyTorch's default init) and may redraw it.
+DENSE_INITS: dict[str, Callable[[nn.Linear], None]] = {}
+
+
+def _dense_default(layer: nn.Linear) -> None:
+    """PyTorch's default: W ~ U(±1/√d_in) (kaiming_uniform_ with a=√5), bias U(±1/√d_in),
+    drawn as ``nn.Linear`` is built (nothing redrawn)."""
+
+
+def _dense_he(layer: nn.Linear) -> None:
+    """He init (He et al., 2015): W ~ N(0, 2/d_in) (``kaiming_normal_``, fan-in, ReLU gain),
+    bias 0, in every layer (the output layer too, as the factorized ``he`` init)."""
+    with torch.no_grad():
+        nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+
+
+DENSE_INITS.update(default=_dense_default, he=_dense_he)
+
+
+def check_dense_init(name: str) -> str:
+    if name not in DENSE_INITS:
+        raise ValueError(f"unknown dense init {name!r}; valid: {', '.join(sorted(DENSE_INITS))}")
+    return name
 
 
 class LowRankLinear(nn.Module):

@@ -12,7 +12,7 @@ from typing import Callable
 
 from torch import nn
 
-from .layers import INITS, LowRankLinear, check_init
+from .layers import DENSE_INITS, INITS, LowRankLinear, check_dense_init, check_init
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,10 @@ class Method:
     """A kind of layer, in every layer of a model.
 
     ``init``: the init its layers always use (``None``: chosen per run, ``default_init`` if not
-    given). ``param_groups(model, lr)``: optimizer parameter groups (default: one group at the
+    given); a dense method's is one of :data:`~lowrank_helpers.layers.DENSE_INITS`, a factorized
+    one's one of :data:`~lowrank_helpers.layers.INITS`. ``dense_output``: the output layer
+    stays dense (PyTorch's default init) while the hidden layers are factorized.
+    ``param_groups(model, lr)``: optimizer parameter groups (default: one group at the
     protocol's lr); a method with its own groups trains with the plain loop, not stacked.
     """
     name: str
@@ -30,6 +33,7 @@ class Method:
     default_init: str | None = None
     linestyle: str = "-"
     param_groups: Callable[[nn.Module, float], list[dict]] | None = None
+    dense_output: bool = False
 
     def takes_init(self) -> bool:
         return self.init is None
@@ -39,9 +43,15 @@ class Method:
         """The init its runs use unless told otherwise."""
         return self.init if self.init is not None else self.default_init
 
-    def layer(self, d_in: int, d_out: int, rank: int | None, init: str) -> nn.Module:
-        """One of the method's layers, drawn from torch's global generator."""
+    def layer(self, d_in: int, d_out: int, rank: int | None, init: str,
+              output: bool = False) -> nn.Module:
+        """One of the method's layers (``output``: the model's last), drawn from torch's
+        global generator."""
         if not self.factorized:
+            layer = nn.Linear(d_in, d_out)
+            DENSE_INITS[init](layer)
+            return layer
+        if output and self.dense_output:
             return nn.Linear(d_in, d_out)
         return LowRankLinear(d_in, d_out, rank, init=init)
 
@@ -66,6 +76,13 @@ register_method(Method("full", "full-rank", factorized=False, init="default"))
 register_method(Method("lora", "LoRA layers", factorized=True, default_init="lora"))
 register_method(Method("ae", "autoencoder layers", factorized=True, init="default",
                        linestyle="--"))
+#: The original study's methods: what a study compares unless told otherwise.
+ORIGINAL_METHODS = ("full", "lora", "ae")
+# The fair comparison's baseline and control (notebooks/tuned.ipynb).
+register_method(Method("full_he", "He-init full-rank", factorized=False, init="he",
+                       linestyle=":"))
+register_method(Method("densehead", "LoRA layers, dense head", factorized=True,
+                       default_init="lora", linestyle="-.", dense_output=True))
 
 
 def check_method(name: str) -> Method:
@@ -80,6 +97,8 @@ def check_init_for(method: str, init: str | None) -> str:
     m = check_method(method)
     if m.takes_init():
         return check_init(init or m.default_init)
+    if not m.factorized:
+        check_dense_init(m.init)
     if init is not None and init != m.init:
         raise ValueError(f"method {method!r} always uses init {m.init!r}, got init={init!r}; "
                          f"methods that take an init: {', '.join(init_methods()) or 'none'}")
@@ -126,7 +145,7 @@ def model_order(method: str, rank, init: str | None) -> tuple:
 RANK_COLORS = {1: "tab:cyan", 2: "tab:olive", 4: "blue", 8: "green", 16: "red", 32: "purple",
                64: "orange", 128: "brown"}
 INIT_COLORS = {"lora": "tab:blue", "default": "tab:orange", "matched": "tab:green",
-               "he": "tab:red", "spectral": "tab:purple"}
+               "he": "tab:red", "spectral": "tab:purple", "spectral_he": "tab:pink"}
 _CYCLE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
           "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import nn
 
 from .layers import LowRankLinear, check_rank
@@ -38,10 +39,11 @@ class MLP(nn.Module):
         self.rank = check_rank(rank) if m.factorized else None
         self.widths = widths
         layers: list[nn.Module] = [nn.Flatten()]
+        last = len(widths) - 2
         for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
             if i > 0:
                 layers.append(nn.ReLU())
-            layers.append(m.layer(d_in, d_out, self.rank, self.init))
+            layers.append(m.layer(d_in, d_out, self.rank, self.init, output=i == last))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -49,6 +51,16 @@ class MLP(nn.Module):
 
     def linear_layers(self) -> list[nn.Module]:
         return [m for m in self.net if isinstance(m, (nn.Linear, LowRankLinear))]
+
+    @torch.no_grad()
+    def rescale_factors(self, c: float) -> None:
+        """A → c·A and B → B/c in every factorized layer: the same function, with gradients
+        ∂L/∂A scaled by 1/c and ∂L/∂B by c (under SGD, as if A trained at lr/c² and B at
+        lr·c² relative to their values)."""
+        for layer in self.linear_layers():
+            if isinstance(layer, LowRankLinear):
+                layer.A.mul_(c)
+                layer.B.div_(c)
 
 
 def _layer_key(index: int, d_in: int, d_out: int) -> str:
@@ -70,15 +82,25 @@ def _factorized(method: str, rank) -> int | None:
     return check_rank(rank) if check_method(method).factorized else None
 
 
+def layer_ranks(method: str, rank, widths: Sequence[int]) -> list[int | None]:
+    """Each linear layer's rank: None for a dense layer (all of a dense method's, and the
+    output layer of a method with ``dense_output``)."""
+    r = _factorized(method, rank)
+    ranks = [r] * (len(widths) - 1)
+    if check_method(method).dense_output:
+        ranks[-1] = None
+    return ranks
+
+
 def count_parameters(method: str, rank: int | None = None,
                      widths: Sequence[int] = DEFAULT_WIDTHS) -> dict[str, int]:
     """:func:`parameter_counts` from the formula, without building the model.
 
     Dense layer: d_in·d_out + d_out. Factorized: r·(d_in + d_out) + d_out.
     """
-    r = _factorized(method, rank)
     counts = {}
-    for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (d_in, d_out, r) in enumerate(zip(widths[:-1], widths[1:],
+                                             layer_ranks(method, rank, widths))):
         weights = d_in * d_out if r is None else r * (d_in + d_out)
         counts[_layer_key(i, d_in, d_out)] = weights + d_out
     counts["total"] = sum(counts.values())
@@ -99,9 +121,8 @@ def parameter_table(ranks: Sequence[int] = RANKS,
 
 def _products(method: str, rank: int | None, widths: Sequence[int]) -> list[int]:
     """Multiply-adds per sample of each matrix product of the model, in forward order."""
-    r = _factorized(method, rank)
     products = []
-    for d_in, d_out in zip(widths[:-1], widths[1:]):
+    for d_in, d_out, r in zip(widths[:-1], widths[1:], layer_ranks(method, rank, widths)):
         products += [d_in * d_out] if r is None else [d_in * r, r * d_out]
     return products
 

@@ -7,7 +7,7 @@ holds models of one family (dense, or factorized padded to one rank).
 from __future__ import annotations
 
 from .methods import METHODS
-from .models import training_flops_per_sample
+from .models import layer_ranks, training_flops_per_sample
 from .protocol import RunConfig
 
 #: Factorized models up to this rank share one stack: they are bound by per-step overhead and by
@@ -40,7 +40,8 @@ def plan_stacks(runs: list[RunConfig], small_rank: int = SMALL_RANK) -> list[lis
     optimizer), each a list of stacks (same family, widths and padded rank)."""
     groups: dict[tuple, dict[tuple, list[int]]] = {}
     for i, run in enumerate(runs):
-        family = (METHODS[run.method].factorized, run.widths, stack_rank(run.rank, small_rank))
+        dense = tuple(r is None for r in layer_ranks(run.method, run.rank, run.widths))
+        family = (dense, run.widths, stack_rank(run.rank, small_rank))
         groups.setdefault(group_key(run), {}).setdefault(family, []).append(i)
     return [list(stacks.values()) for stacks in groups.values()]
 

@@ -135,7 +135,9 @@ class RunConfig:
     """One training run: a task, a model (method, rank, init, widths), a protocol and a seed.
 
     ``init=None`` takes the method's own (``"lora"`` for ``lora``, PyTorch's ``"default"`` for
-    ``ae``); ``widths=None`` the task's. ``RunConfig(method="lora", rank=4, epochs=5)``: the
+    ``ae``); ``widths=None`` the task's. ``rescale`` c ≠ 1 (factorized methods only) multiplies
+    every A by c and divides every B by c after the init: the model computes the same function
+    and only the learning rate each factor sees changes (a control). ``RunConfig(method="lora", rank=4, epochs=5)``: the
     protocol's fields may also be given by name.
     """
     task: str = "fashion_mnist"
@@ -145,9 +147,10 @@ class RunConfig:
     widths: tuple | None = None
     seed: int = 0
     protocol: Protocol = field(default_factory=Protocol)
+    rescale: float = 1.0
 
     def __init__(self, task="fashion_mnist", method="full", rank=None, init=None, widths=None,
-                 seed=0, protocol: Protocol | None = None, **protocol_fields):
+                 seed=0, protocol: Protocol | None = None, rescale=1.0, **protocol_fields):
         unknown = sorted(set(protocol_fields) - set(PROTOCOL_FIELDS))
         if unknown:
             own = ", ".join(f.name for f in fields(RunConfig))
@@ -171,9 +174,16 @@ class RunConfig:
         widths = TASKS[task].check_widths(widths)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be int, got {seed!r} ({type(seed).__name__})")
+        if (isinstance(rescale, bool) or not isinstance(rescale, (int, float))
+                or not math.isfinite(rescale) or rescale <= 0):
+            raise ValueError(f"rescale must be a positive number, got {rescale!r}")
+        if rescale != 1 and not m.factorized:
+            raise ValueError(f"rescale scales the factors A and B; method {method!r} has none "
+                             "(use rescale=1)")
         for name, value in (("task", task), ("method", method), ("rank", rank),
                             ("init", check_init_for(method, init)), ("widths", widths),
-                            ("seed", int(seed)), ("protocol", protocol)):
+                            ("seed", int(seed)), ("protocol", protocol),
+                            ("rescale", float(rescale))):
             object.__setattr__(self, name, value)
 
     def __getattr__(self, name):  # run.epochs, run.lr, ...: the protocol's fields
@@ -188,9 +198,11 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """As stored in a record (schema 2)."""
-        return {"task": self.task, "method": self.method, "rank": self.rank, "init": self.init,
-                "widths": list(self.widths), "seed": self.seed,
-                "protocol": self.protocol.to_dict()}
+        d = {"task": self.task, "method": self.method, "rank": self.rank, "init": self.init,
+             "widths": list(self.widths), "seed": self.seed, "protocol": self.protocol.to_dict()}
+        if self.rescale != 1:
+            d["rescale"] = self.rescale
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
@@ -210,6 +222,8 @@ class RunConfig:
         d = {"dataset": self.task, "widths": list(self.widths)}
         if model:
             d.update(method=self.method, rank=self.rank, init=self.init)
+            if self.rescale != 1:  # added after schema 1: hashed only when set
+                d["rescale"] = self.rescale
         if seed:
             d["seed"] = self.seed
         for f in settings_of(Protocol):
@@ -238,11 +252,14 @@ class RunConfig:
         """File-name stem: task, model, seed (the run id follows it in a record's name)."""
         model = (self.method if self.rank is None
                  else f"{self.method}-r{self.rank:03d}-{self.init}")
+        if self.rescale != 1:
+            model += f"-c{self.rescale:g}"
         return f"{self.task}-{model}-s{self.seed}"
 
     @property
     def label(self) -> str:
-        return model_label(self.method, self.rank, self.init)
+        label = model_label(self.method, self.rank, self.init)
+        return label if self.rescale == 1 else f"{label}, A×{self.rescale:g}, B÷{self.rescale:g}"
 
 
 #: The original study's protocol on its task: the only runs its published numbers may sit beside.

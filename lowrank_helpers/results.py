@@ -190,7 +190,7 @@ def _row(record: dict, path: Path) -> dict:
     hist = record["history"]
     last = hist[-1] if hist else {}
     return {"task": run.task, "method": run.method, "rank": run.rank, "init": run.init,
-            "seed": run.seed, "widths": "-".join(map(str, run.widths)),  # hashable, one cell
+            "rescale": run.rescale, "seed": run.seed, "widths": "-".join(map(str, run.widths)),  # hashable, one cell
             **run.protocol.to_dict(),
             "model": run.label, "run_id": run.run_id, "group_id": run.group_id,
             "protocol_id": run.protocol_id, "protocol": run.protocol.describe(),

@@ -156,20 +156,22 @@ def cross_entropy_with_grad(logits: torch.Tensor, y: torch.Tensor):
 
 
 class StackedMLP(nn.Module):
-    """K MLPs of the same widths, all dense or all factorized at ranks <= ``rank``: one stacked
-    layer per layer of the MLP, ReLU between them."""
+    """K MLPs of the same widths and the same kind of layer at each depth (dense, or
+    factorized at ranks <= ``rank``): one stacked layer per layer of the MLP, ReLU between
+    them."""
 
     def __init__(self, models: list[MLP], rank: int | None = None):
         super().__init__()
         if not models:
             raise ValueError("a stack needs at least one model")
-        dense = {not check_method(m.method).factorized for m in models}
+        kinds = {tuple(isinstance(l, nn.Linear) for l in m.linear_layers()) for m in models}
         widths = {m.widths for m in models}
-        if len(dense) > 1 or len(widths) > 1:
-            raise ValueError("a stack holds models of one family and one widths; got methods "
-                             f"{sorted({m.method for m in models})} and widths {sorted(widths)}; "
-                             "use plan_stacks() to split them")
-        self.dense, self.widths = dense.pop(), widths.pop()
+        if len(kinds) > 1 or len(widths) > 1:
+            raise ValueError("a stack holds models with one kind of layer at each depth and "
+                             f"one widths; got methods {sorted({m.method for m in models})} and "
+                             f"widths {sorted(widths)}; use plan_stacks() to split them")
+        self.dense_layers, self.widths = kinds.pop(), widths.pop()
+        self.dense = all(self.dense_layers)
         self.K = len(models)
         self.methods = [m.method for m in models]
         self.ranks = [m.rank for m in models]
@@ -178,9 +180,9 @@ class StackedMLP(nn.Module):
             raise ValueError(f"stack rank {self.rank} is below model rank {max(self.ranks)}")
         per_layer = zip(*(m.linear_layers() for m in models))
         self.layers = nn.ModuleList(
-            StackedDense(list(ls), shared_input=l == 0) if self.dense
+            StackedDense(list(ls), shared_input=l == 0) if dense
             else StackedLowRank(list(ls), self.rank, shared_input=l == 0)
-            for l, ls in enumerate(per_layer))
+            for l, (ls, dense) in enumerate(zip(per_layer, self.dense_layers)))
 
     @property
     def n_layers(self) -> int:

@@ -39,7 +39,8 @@ def _data_key(run: RunConfig) -> tuple:
 
 
 def run_records(runs: list[RunConfig], results_dir, *, data_root=None, device="auto",
-                engine: bool = True, progress: bool = True, analyze=None) -> pd.DataFrame:
+                engine: bool = True, progress: bool = True, analyze=None,
+                workers: int = 1) -> pd.DataFrame:
     """Train every run of ``runs`` that has no record in ``results_dir``; return the records
     of all of them.
 
@@ -48,7 +49,8 @@ def run_records(runs: list[RunConfig], results_dir, *, data_root=None, device="a
     otherwise (and for methods that change the training step) one model at a time with the
     plain loop, each record saved as its run ends. An interrupted study keeps what was saved
     and a rerun resumes with the rest. A diverged run is recorded as such and the study goes
-    on. ``analyze(model)``: a dict of each trained model, stored in its record.
+    on. ``analyze(model)``: a dict of each trained model, stored in its record. ``workers``:
+    CPU processes for the stacked runs (on a GPU, one).
     """
     results_dir = check_writable(results_dir)  # fail before training, not after
     runs = list({r.run_id: r for r in runs}.values())
@@ -78,7 +80,8 @@ def run_records(runs: list[RunConfig], results_dir, *, data_root=None, device="a
             f"{n} {how}" for n, how in ((len(stacked), "stacked"), (len(alone), "one at a time"))
             if n))
         if stacked:  # records are saved as each stack or group ends
-            train_many(stacked, data, dev, progress, on_group_done=save, analyze=analyze)
+            train_many(stacked, data, dev, progress, on_group_done=save, analyze=analyze,
+                       workers=workers if dev.type == "cpu" else 1)
         for run in tqdm(alone, desc="runs", unit="run", disable=not progress or not alone):
             save([run], [run_result(run, data, dev, progress, analyze)])
     return load_records(results_dir, run_id=[r.run_id for r in runs])

@@ -85,7 +85,10 @@ class ImageClassification(Task):
         """The run's model, initialised from ``run.seed`` without touching the global RNG."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(run.seed)
-            return MLP(run.method, run.rank, run.init, run.widths)
+            model = MLP(run.method, run.rank, run.init, run.widths)
+        if run.rescale != 1:
+            model.rescale_factors(run.rescale)
+        return model
 
     def load(self, protocol: "Protocol", root=None, device="cpu") -> data_mod.Data:
         return data_mod.load_data(self.dataset, root, device, protocol.train_subset,

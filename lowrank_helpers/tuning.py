@@ -1,0 +1,344 @@
+"""The fair comparison: every model's learning rate chosen on a validation split, then seeds.
+
+For each model (method × rank × init, plus controls) and each tuned protocol (SGD with
+momentum, AdamW; both shuffled, cosine-decayed, with 5,000 training images held out):
+
+1. **search**: seed 0 at every learning rate of a log grid (1, 3, 10, 30, ... × 10^k); the
+   rate with the best final validation accuracy is chosen; a choice at the grid's edge adds
+   the next rate beyond it, until the choice lies inside (or ``max_extend`` rates were added
+   on that side, which the table then flags);
+2. **seeds**: the chosen rate is retrained with seeds 1 … ``seeds`` − 1 (seed 0 is the search
+   run itself);
+3. **close calls**: where two models the prose compares (a model against a dense baseline, or
+   two inits at one rank) lie within ``close_points`` of each other, both get ``close_seeds``.
+
+The choice is recomputed from the records each time (nothing but records is stored), so any
+table here regenerates from ``results/tuned``; test accuracy enters only the rows of chosen
+rates.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import pandas as pd
+
+from .methods import METHODS, method_for_init
+from .models import RANKS
+from .protocol import Protocol, RunConfig
+from .results import load_records, replicates
+from .settings import all_of, check_settings, distinct, each, positive, setting
+
+#: The tuned protocols: what each optimizer trains under (lr is each model's own).
+TUNED_PROTOCOLS = {
+    "sgd": Protocol(epochs=10, batch_size=256, optimizer="sgd", lr=0.1, momentum=0.9,
+                    schedule="cosine", warmup_steps=200, shuffle=True, val_size=5000),
+    "adamw": Protocol(epochs=10, batch_size=256, optimizer="adamw", lr=1e-3, weight_decay=0.01,
+                      schedule="cosine", warmup_steps=200, shuffle=True, val_size=5000),
+}
+#: Each optimizer's starting grid of learning rates (extended at an edge).
+GRIDS = {"sgd": (1e-2, 3e-2, 1e-1, 3e-1), "adamw": (3e-4, 1e-3, 3e-3, 1e-2)}
+#: The dense baselines and the factorized inits of the comparison.
+DENSE = ("full", "full_he")
+TUNED_INITS = ("lora", "default", "matched", "he", "spectral", "spectral_he")
+#: Controls: factorized hidden layers with a dense output layer at the ranks where a
+#: factorized head confines the logits; A → cA, B → B/c at a few c.
+HEAD_RANKS = (1, 2, 4, 8)
+HEAD_INITS = ("lora", "default", "he")
+RESCALES = (0.25, 0.5, 2.0, 4.0)
+RESCALE_MODELS = (("lora", 4), ("lora", 32), ("he", 4), ("he", 32))
+#: Where the records go (from notebooks/).
+TUNED_DIR = "../results/tuned"
+
+
+def ladder_index(lr: float) -> int:
+    """The rung of ``lr`` on the ladder 1, 3, 10, 30, ... × 10^k (rung 2k is 10^k, 2k+1 is
+    3·10^k); ValueError for a rate off the ladder."""
+    exp = math.floor(math.log10(lr) + 1e-9)
+    mant = lr / 10 ** exp
+    for i, m in enumerate((1.0, 3.0)):
+        if abs(mant - m) < 1e-6 * m:
+            return 2 * exp + i
+    raise ValueError(f"learning rate {lr:g} is not on the grid's ladder (1 or 3 times a "
+                     "power of 10)")
+
+
+def ladder_lr(index: int) -> float:
+    """The learning rate of a rung: 2k → 1e{k}, 2k+1 → 3e{k} (clean floats)."""
+    return float(f"{1 if index % 2 == 0 else 3}e{index // 2}")
+
+
+def model_key(run: RunConfig) -> str:
+    """Every field but the seed and the learning rate: the runs of one model's search."""
+    return run.replace(seed=0, lr=1.0).group_id
+
+
+def _score(row) -> tuple:
+    """A search run's standing: final validation accuracy, then lower validation loss;
+    a diverged run (no finite metric) last."""
+    acc = row.final_val_accuracy
+    if row.diverged_epoch is not None and not pd.isna(row.diverged_epoch) or pd.isna(acc):
+        return (-math.inf, -math.inf)
+    loss = row.history[-1].get("val_loss", math.inf) if row.history else math.inf
+    return (acc, -loss)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One model's search, read from its seed-0 records."""
+    key: str
+    lr: float           # the chosen rate
+    tried: tuple        # every rate searched, ascending
+    val_accuracy: float
+    edge: str | None    # "low"/"high": the choice is at the grid's edge (not extended further)
+
+
+def choose(search: pd.DataFrame) -> Choice:
+    """The rate with the best final validation accuracy among one model's seed-0 records."""
+    rows = list(search.itertuples())
+    best = max(rows, key=_score)
+    tried = tuple(sorted(r.lr for r in rows))
+    edge = "low" if best.lr == tried[0] else "high" if best.lr == tried[-1] else None
+    return Choice(model_key(RunConfig.from_dict(_config(best))), best.lr, tried,
+                  best.final_val_accuracy, edge)
+
+
+def _config(row) -> dict:
+    import json
+    from pathlib import Path
+    return json.loads(Path(row.path).read_text())["config"]
+
+
+def _check_optimizers(name, values):
+    unknown = [v for v in values if v not in TUNED_PROTOCOLS]
+    if unknown:
+        raise ValueError(f"{name}: unknown optimizer(s) {unknown}; tuned protocols: "
+                         f"{', '.join(TUNED_PROTOCOLS)}")
+
+
+def _check_inits(name, values):
+    from .layers import INITS
+    unknown = [v for v in values if v not in INITS]
+    if unknown:
+        raise ValueError(f"{name}: unknown init(s) {unknown}; valid: {', '.join(sorted(INITS))}")
+
+
+@dataclass(frozen=True)
+class TunedConfig:
+    """The tuned study: which models, under which optimizers, how many seeds."""
+    task: str = setting("fashion_mnist", "str", "the task")
+    optimizers: tuple = setting(tuple(TUNED_PROTOCOLS), "list[str]", "tuned protocols to run",
+                                check=all_of(_check_optimizers, distinct))
+    ranks: tuple = setting(RANKS, "list[int]", "ranks of the factorized models",
+                           check=all_of(each(positive), distinct))
+    inits: tuple = setting(TUNED_INITS, "list[str]", "factorized inits compared",
+                           check=all_of(_check_inits, distinct))
+    dense: tuple = setting(DENSE, "list[str]", "dense baselines", check=distinct)
+    controls: bool = setting(True, "bool", "also the dense-head and rescaling controls")
+    seeds: int = setting(3, "int", "seeds of each chosen setting", check=positive)
+    close_seeds: int = setting(5, "int", "seeds where two compared models are close",
+                               check=positive)
+    close_points: float = setting(0.5, "float", "how close (test accuracy points) is close",
+                                  check=positive)
+    max_extend: int = setting(3, "int", "rates added beyond each edge of the grid at most",
+                              check=positive)
+    epochs: int | None = setting(None, "int|None", "epochs (None: the tuned protocols')",
+                                 check=positive)
+    train_subset: int | None = setting(None, "int|None", "train on the first n images only",
+                                       check=positive)
+    test_subset: int | None = setting(None, "int|None", "test on the first n images only",
+                                      check=positive)
+    val_size: int | None = setting(None, "int|None", "validation images (None: the tuned "
+                                   "protocols' 5,000)", check=positive)
+    workers: int = setting(1, "int", "CPU worker processes", check=positive)
+    device: str = setting("auto", "str", "auto, cpu, cuda, ...")
+    results_dir: str = setting(TUNED_DIR, "str", "one record per run; recorded runs are "
+                               "not redone")
+    data_root: str | None = setting(None, "str|None", "data directory")
+
+    def __post_init__(self):
+        check_settings(self)
+
+    def protocol(self, optimizer: str) -> Protocol:
+        p = TUNED_PROTOCOLS[optimizer]
+        changes = {k: getattr(self, k) for k in ("epochs", "train_subset", "test_subset",
+                                                  "val_size") if getattr(self, k) is not None}
+        if self.train_subset is not None and "val_size" not in changes:
+            changes["val_size"] = min(p.val_size, self.train_subset // 4)
+        if changes.get("epochs") is not None:
+            steps = math.ceil((self.train_subset or 60000) / p.batch_size)
+            changes["warmup_steps"] = min(p.warmup_steps, steps)
+        return replace(p, **changes)
+
+    def models(self, optimizer: str) -> list[RunConfig]:
+        """The comparison's models (seed 0, at the protocol's nominal lr)."""
+        p = self.protocol(optimizer)
+        runs = [RunConfig(self.task, m, protocol=p) for m in self.dense]
+        for init in self.inits:
+            method, name = method_for_init(init)
+            runs += [RunConfig(self.task, method, r, name, protocol=p) for r in self.ranks]
+        return runs
+
+    def control_models(self, optimizer: str) -> list[RunConfig]:
+        """The dense-head and rescaling controls (seed 0, nominal lr)."""
+        if not self.controls:
+            return []
+        p = self.protocol(optimizer)
+        runs = [RunConfig(self.task, "densehead", r, init, protocol=p)
+                for init in HEAD_INITS if init in self.inits
+                for r in HEAD_RANKS if r in self.ranks]
+        for init, r in RESCALE_MODELS:
+            if init not in self.inits or r not in self.ranks:
+                continue
+            method, name = method_for_init(init)
+            runs += [RunConfig(self.task, method, r, name, protocol=p, rescale=c)
+                     for c in RESCALES]
+        return runs
+
+
+def _records(cfg: TunedConfig) -> pd.DataFrame:
+    from pathlib import Path
+    if not Path(cfg.results_dir).is_dir():
+        return pd.DataFrame()
+    return replicates(load_records(cfg.results_dir))
+
+
+def _keyed(runs: pd.DataFrame) -> pd.DataFrame:
+    if runs.empty:
+        return runs.assign(key=[])
+    keys = [model_key(RunConfig.from_dict(_config(r))) for r in runs.itertuples()]
+    return runs.assign(key=keys)
+
+
+def choices(runs: pd.DataFrame) -> dict[str, Choice]:
+    """Each model's current choice, from the seed-0 records of ``runs`` (keyed)."""
+    search = runs[runs.seed == 0]
+    return {key: choose(part) for key, part in search.groupby("key", sort=False)}
+
+
+def _train(runs: list[RunConfig], cfg: TunedConfig, what: str, progress: bool) -> None:
+    from .study import run_records
+    if runs:
+        print(f"{what}: {len(runs)} runs")
+        run_records(runs, cfg.results_dir, data_root=cfg.data_root, device=cfg.device,
+                    progress=progress, workers=cfg.workers)
+
+
+def search(models: list[RunConfig], cfg: TunedConfig, progress: bool = True) -> dict:
+    """Step 1 for ``models``: train the grid, extend it at the edges; return the choices."""
+    grids = {model_key(m): (m, set(GRIDS[m.optimizer])) for m in models}
+    for round_ in range(1, 2 * cfg.max_extend + 2):
+        _train([m.replace(lr=lr) for m, lrs in grids.values() for lr in sorted(lrs)], cfg,
+               f"learning-rate search, round {round_}", progress)
+        chosen = choices(_keyed(_records(cfg)))
+        grown = False
+        for key, (m, lrs) in grids.items():
+            c = chosen[key]
+            start = [ladder_index(x) for x in GRIDS[m.optimizer]]
+            if c.edge is None:
+                continue
+            step = -1 if c.edge == "low" else 1
+            nxt = ladder_index(c.lr) + step
+            if abs(nxt - (min(start) if step < 0 else max(start))) <= cfg.max_extend:
+                lrs.add(ladder_lr(nxt))
+                grown = True
+        if not grown:
+            return {k: chosen[k] for k in grids}
+    return {k: chosen[k] for k in grids}
+
+
+def seed_runs(models: list[RunConfig], picked: dict, seeds) -> list[RunConfig]:
+    return [m.replace(lr=picked[model_key(m)].lr, seed=s) for m in models for s in seeds]
+
+
+def close_models(table: pd.DataFrame, points: float) -> set[str]:
+    """Keys of the models the prose compares that lie within ``points`` of each other: each
+    factorized model against each dense baseline of its optimizer, and the inits at one rank
+    (each against that rank's best)."""
+    close = set()
+    for _, part in table.groupby("optimizer"):
+        dense = part[part["rank"].isna()]
+        fact = part[part["rank"].notna()]
+        for _, d in dense.iterrows():
+            near = fact[(fact.mean_test - d.mean_test).abs() * 100 < points]
+            if len(near):
+                close |= set(near.key) | {d.key}
+        plain = fact[(fact.rescale == 1)
+                     & ~fact.method.map(lambda m: METHODS[m].dense_output)]
+        for _, at in plain.groupby("rank"):
+            best = at.mean_test.max()
+            near = at[(best - at.mean_test) * 100 < points]
+            if len(near) > 1:
+                close |= set(near.key)
+    return close
+
+
+def tuned_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per model and optimizer: the chosen rate, the rates tried, the edge flag, and
+    the chosen rate's seeds (test accuracy mean, std, n; final train loss; validation
+    accuracy). ``runs``: records of the tuned study (any directory)."""
+    runs = _keyed(replicates(runs))
+    if runs.empty:
+        return pd.DataFrame()
+    rows = []
+    for key, c in choices(runs).items():
+        part = runs[(runs.key == key) & (runs.lr == c.lr)]
+        first = part.iloc[0]
+        acc = part.final_test_accuracy
+        rows.append({"key": key, "optimizer": first.optimizer, "method": first.method,
+                     "rank": first["rank"], "init": first.init, "rescale": first.rescale,
+                     "model": first.model, "params": first.params, "lr": c.lr,
+                     "tried": " ".join(f"{x:g}" for x in c.tried), "edge": c.edge,
+                     "seeds": len(part), "mean_test": acc.mean(),
+                     "std_test": acc.std(ddof=1) if len(part) > 1 else math.nan,
+                     "mean_val": part.final_val_accuracy.mean(),
+                     "train_loss": part.final_train_loss.mean(),
+                     "epoch1_test": part.epoch1_test_accuracy.mean(),
+                     "test_values": list(acc)})
+    return pd.DataFrame(rows)
+
+
+def run_tuning(cfg: TunedConfig, progress: bool = True) -> pd.DataFrame:
+    """All steps, for the comparison's models first, then the controls; resumes from the
+    records in ``cfg.results_dir``. Returns :func:`tuned_table` of the records."""
+    from .tasks import TASKS
+    TASKS[cfg.task].prepare(cfg.data_root)
+    for group, models_of in (("models", cfg.models), ("controls", cfg.control_models)):
+        models = [m for opt in cfg.optimizers for m in models_of(opt)]
+        if not models:
+            continue
+        picked = search(models, cfg, progress)
+        _train(seed_runs(models, picked, range(1, cfg.seeds)), cfg,
+               f"{group}: seeds of the chosen rates", progress)
+    table = tuned_table(_records(cfg))
+    close = close_models(table, cfg.close_points)
+    every = {model_key(m): m for opt in cfg.optimizers
+             for m in cfg.models(opt) + cfg.control_models(opt)}
+    extra = [every[k] for k in close if k in every]
+    if cfg.close_seeds > cfg.seeds and extra:
+        picked = choices(_keyed(_records(cfg)))
+        _train(seed_runs(extra, picked, range(cfg.seeds, cfg.close_seeds)), cfg,
+               f"close calls: {len(extra)} models to {cfg.close_seeds} seeds", progress)
+    return tuned_table(_records(cfg))
+
+
+def main(argv=None) -> int:
+    """``python -m lowrank_helpers.tuning [--workers N] [--results-dir DIR] ...``"""
+    import argparse
+    p = argparse.ArgumentParser(description=run_tuning.__doc__)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--results-dir", default="results/tuned")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--optimizers", nargs="+", default=list(TUNED_PROTOCOLS))
+    p.add_argument("--no-controls", action="store_true")
+    args = p.parse_args(argv)
+    cfg = TunedConfig(workers=args.workers, results_dir=args.results_dir,
+                      data_root=args.data_root, optimizers=tuple(args.optimizers),
+                      controls=not args.no_controls)
+    table = run_tuning(cfg)
+    print(table.drop(columns=["key", "test_values"]).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
