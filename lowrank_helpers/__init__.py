@@ -8,7 +8,9 @@ its inits), models (the MLP and its costs), data. Training: training (the plain 
 (which models train together), steps (eager or CUDA-graph step), workers (CPU processes),
 devices. Results: results (records, replicate keys), study (runs with resume), config (the
 notebooks' parameters), report (tables, computed prose), readme (README's generated blocks),
-plots (study figures). Theory: theory (signal and gradients at init, predicted and
+plots (study figures). The fair comparison: tuning (learning rates chosen on a validation
+split, seeds, controls), stats (Welch intervals), tuned_report (its tables and prose),
+tuned_plots (its figures). Theory: theory (signal and gradients at init, predicted and
 measured), theory_plots. Panels: explorer (records), init_panel (an init and a rank). cli.
 """
 from . import theory
@@ -31,6 +33,9 @@ from .study import (init_study_records, run_one, run_records, run_study, spectra
                     summary_records)
 from .tasks import TASKS, Task, build_model, register_task
 from .training import TrainResult, evaluate, train
+from .tuned_plots import tuned_figures
+from .tuned_report import tuned_answer, tuned_summary
+from .tuning import TUNED_PROTOCOLS, TunedConfig, run_tuning, tuned_table
 
 __version__ = "0.1.0"
 
@@ -47,5 +52,6 @@ __all__ = [
     "replicates", "save_record", "StackedMLP",
     "init_study_records", "run_one", "run_records", "run_study", "spectra_records",
     "summary_records", "TASKS", "Task", "build_model", "register_task",
-    "TrainResult", "evaluate", "train",
+    "TrainResult", "evaluate", "train", "tuned_figures", "tuned_answer", "tuned_summary",
+    "TUNED_PROTOCOLS", "TunedConfig", "run_tuning", "tuned_table",
 ]

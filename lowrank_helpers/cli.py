@@ -9,6 +9,8 @@ The flags of the study and of its training protocol are generated from their dec
     lowrank-study --ranks 4 8 --seeds 0 --jobs 2
     lowrank-study table                   # the results table from the records
     lowrank-study readme                  # regenerate README's result blocks from the records
+    lowrank-study tune --workers 2        # the tuned comparison into results/tuned, then its
+                                          # notebook (lowrank-study tune --help)
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from .settings import choices_of, default_of, settings_of
 from .tasks import TASKS
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ("run", "table", "readme")
+COMMANDS = ("run", "table", "readme", "tune")
 
 
 @dataclass
@@ -303,7 +305,71 @@ def study_config(args) -> StudyConfig:
         "smoke": args.smoke})
 
 
+_TUNE_OWN = ("results_dir", "data_root", "img_dir", "reference_dirs", "smoke")
+
+
+def build_tune_parser() -> argparse.ArgumentParser:
+    from .tuning import TunedConfig
+    p = argparse.ArgumentParser(
+        prog="lowrank-study tune", description="The fair comparison: every model's learning "
+        "rate tuned on a validation split under SGD with momentum and under AdamW, then seeds "
+        "(resumes from the records), then notebooks/tuned.ipynb for the tables and figures.")
+    _add_settings(p.add_argument_group("the tuned study"), TunedConfig, skip=_TUNE_OWN)
+    p.add_argument("--results-dir", default=None, help="run records (default: results/tuned; "
+                   "with --smoke: results/tuned/smoke)")
+    p.add_argument("--runs-dir", default="runs", help="the executed notebook (default: runs)")
+    p.add_argument("--img-dir", default="img", help="figures (default: img)")
+    p.add_argument("--data-root", default=None, help="data directory")
+    p.add_argument("--notebook", default=None, help="default: notebooks/tuned.ipynb")
+    p.add_argument("--no-notebook", action="store_true", help="train only")
+    p.add_argument("--smoke", action="store_true", help="tiny data, 2 ranks, 1 epoch")
+    return p
+
+
+def tune(argv) -> int:
+    """``lowrank-study tune``: train what the tuned study lacks, then run its notebook."""
+    from .tuning import TunedConfig, run_tuning
+    p = build_tune_parser()
+    args = p.parse_args(argv)
+    given = {f.name: getattr(args, f.name) for f in settings_of(TunedConfig)
+             if f.metadata["flag"] and f.name not in _TUNE_OWN
+             and getattr(args, f.name, None) is not None}
+    results = Path(args.results_dir or "results/tuned").resolve()
+    reference = [str(Path(d).resolve()) for d in ("results", "results/inits")]
+    try:
+        cfg = TunedConfig.from_params({
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()},
+            "results_dir": str(results), "img_dir": str(Path(args.img_dir).resolve()),
+            "reference_dirs": reference, "smoke": args.smoke,
+            "data_root": str(Path(args.data_root).resolve()) if args.data_root else None})
+    except (ValueError, TypeError) as exc:
+        p.error(str(exc))
+    try:
+        run_tuning(cfg)
+    except (ResultsDirError, DataNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished runs are kept in {cfg.results_dir}; run the same "
+              "command again to resume", file=sys.stderr)
+        return 130
+    if args.no_notebook:
+        return 0
+    notebook = _find_notebook(args.notebook, "tuned.ipynb")
+    runs_dir = Path(smoke_dir(args.runs_dir) if args.smoke else args.runs_dir)
+    params = {**cfg.to_dict(), "smoke": False}  # its sizes and folders as trained here
+    rc, output = Runner(None).papermill(notebook, runs_dir / "tuned.ipynb", params)
+    if rc != 0:
+        print(f"notebook FAILED (exit {rc}):\n{output[-3000:]}", file=sys.stderr)
+        return 1
+    print(f"figures written to {params['img_dir']}/; notebook: {runs_dir / 'tuned.ipynb'}")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["tune"]:
+        return tune(argv[1:])
     args = parse_args(argv)
     args.results_dir = args.results_dir or "results"
     args.runs_dir = args.runs_dir or "runs"

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from .devices import check_device
 from .layers import INITS, check_rank
-from .methods import METHODS, init_methods, method_for_init
+from .methods import METHODS, ORIGINAL_METHODS, init_methods, method_for_init
 from .models import DEFAULT_WIDTHS, RANKS
 from .protocol import PROTOCOL_FIELDS, Protocol, RunConfig
 from .settings import all_of, check_settings, distinct, each, positive, setting, settings_of
@@ -134,7 +134,7 @@ class StudyConfig(NotebookParams):
     """The parameters of the study notebook, checked: a grid of models (methods × ranks) under
     one protocol, for several seeds. See the notebook's parameters cell."""
     task: str = _task_setting()
-    methods: tuple = setting(tuple(METHODS), "list[str]", "methods to compare",
+    methods: tuple = setting(ORIGINAL_METHODS, "list[str]", "methods to compare",
                              choices=lambda: tuple(METHODS), check=all_of(_not_empty, distinct))
     ranks: tuple = setting(RANKS, "list[int]", "ranks r of the factorized layers",
                            check=all_of(each(_rank_check), distinct))

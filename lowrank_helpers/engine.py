@@ -8,9 +8,10 @@ to the order of floating-point sums: every model's loss, gradient and update inv
 own slice of the stacked tensors (the loss is the sum of the models' mean losses, so each
 model's gradient is its own), and padded factors stay zero.
 
-On CPU, for plain SGD (the study's protocol), a stack's step is written out rather than
-recorded by autograd (:meth:`StackedMLP.sgd_step`); on CUDA, at a constant learning rate, it is
-captured into a CUDA graph (:class:`~lowrank_helpers.steps.Steps`).
+On CPU a stack's backward pass is written out rather than recorded by autograd
+(:meth:`StackedMLP.written_step`), fused into the update for SGD with or without momentum; on
+CUDA, at a constant learning rate, the step is captured into a CUDA graph
+(:class:`~lowrank_helpers.steps.Steps`).
 """
 from __future__ import annotations
 
@@ -71,16 +72,17 @@ def _evaluate(stacks: list[_StackRun], X: torch.Tensor, y: torch.Tensor):
 def train_group(models: list[MLP], stacks: list[list[int]], data: Data, protocol: Protocol,
                 *, seed: int = 0, device="auto", progress: bool = True,
                 desc: str | None = None, cuda_graphs: bool = True,
-                fused_sgd: bool | None = None,
+                written: bool | None = None,
                 analyze: Callable | None = None) -> list[TrainResult]:
     """Train ``models`` in lockstep, stacked as ``stacks`` (lists of indices into ``models``);
     return one TrainResult per model, as :func:`lowrank_helpers.train` would for each alone, and
     leave the trained weights in ``models``.
 
     On CUDA, at a constant learning rate, the step is captured into a CUDA graph
-    (``cuda_graphs=False``: eager steps; see :class:`~lowrank_helpers.steps.Steps`). ``fused_sgd`` (default: on CPU, for plain SGD
-    without momentum, the study's protocol) takes the step without autograd, with the backward
-    pass written out (:meth:`StackedMLP.sgd_step`); ``False`` keeps autograd and the optimizer.
+    (``cuda_graphs=False``: eager steps; see :class:`~lowrank_helpers.steps.Steps`).
+    ``written`` (default: on CPU) takes the step without autograd, the backward pass written
+    out (:meth:`StackedMLP.written_step`): SGD (with or without momentum) fused into the
+    weights, AdamW from the written gradients; ``False`` keeps autograd.
     ``analyze(model)``: a dict of each trained model, kept in its result. A model whose loss
     becomes NaN or inf is marked diverged at that epoch; the others go on.
     """
@@ -92,13 +94,10 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, protocol
     runs = [_StackRun(StackedMLP([models[i] for i in idx]).to(dev), idx) for idx in stacks]
     for r in runs:
         r.loss_sum = torch.zeros(r.stack.K, dtype=data.X_train.dtype, device=dev)
-    if fused_sgd is None:
-        fused_sgd = protocol.plain_sgd and dev.type == "cpu"
-    elif fused_sgd and not protocol.plain_sgd:
-        raise ValueError("fused_sgd takes plain SGD steps; this run uses optimizer "
-                         f"{protocol.optimizer!r} with momentum {protocol.momentum}: use "
-                         "fused_sgd=None or False")
-    opt = None if fused_sgd else make_optimizer(
+    if written is None:
+        written = dev.type == "cpu"
+    fused = written and protocol.optimizer == "sgd"  # no optimizer: the rule steps
+    opt = None if fused else make_optimizer(
         [p for r in runs for p in r.stack.parameters()], protocol,
         capturable=cuda_graphs and dev.type == "cuda")
     reset_peak_memory(dev)
@@ -115,8 +114,8 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, protocol
     steps = math.ceil(n / protocol.batch_size)
     schedule = Schedule(opt, protocol, protocol.epochs * steps)
     step = Steps(runs, opt, protocol.batch_size, dev,
-                 graphs=cuda_graphs and protocol.constant_lr, fused_sgd=fused_sgd,
-                 weight_decay=protocol.weight_decay)
+                 graphs=cuda_graphs and protocol.constant_lr, written=written,
+                 momentum=protocol.momentum, weight_decay=protocol.weight_decay)
     has_val = len(data.y_val) > 0
     start = time.perf_counter()
     bar = tqdm(range(1, protocol.epochs + 1), desc=desc, disable=not progress, unit="epoch",
@@ -161,7 +160,8 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, protocol
 def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool = True,
                desc: str | None = None, on_group_done=None, *, lockstep: bool | None = None,
                workers: int = 1, cuda_graphs: bool = True, analyze: Callable | None = None,
-               dtype: torch.dtype | None = None) -> list[TrainResult]:
+               dtype: torch.dtype | None = None,
+               written: bool | None = None) -> list[TrainResult]:
     """Train ``runs`` with the stacked engine, grouped by :func:`plan_stacks`; one TrainResult
     per run, in order. Each model is built as :func:`lowrank_helpers.build_model` builds it for
     a lone run.
@@ -173,7 +173,7 @@ def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool 
     per-step overhead, which one core does about as fast as two. ``analyze``: as for
     :func:`train_group` (a module-level function, where workers are used). ``dtype``: the
     models' (the data's images must have it too), e.g. float64 to check the engine against the
-    plain loop beyond float32 rounding.
+    plain loop beyond float32 rounding. ``written``: as for :func:`train_group`.
     ``on_group_done(runs, results)`` is called as each stack or group ends (to save records).
     A group or stack that runs out of GPU memory is split in two and goes on, saying so.
     """
@@ -197,7 +197,8 @@ def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool 
             on_group_done([runs[i] for i in members], trained)
 
     if workers > 1:
-        serial = functools.partial(train_many, device="cpu", progress=False, lockstep=False)
+        serial = functools.partial(train_many, device="cpu", progress=False, lockstep=False,
+                                   written=written)
         train_in_workers(runs, worker_stacks(runs, workers), data, workers, done, progress,
                          train=serial, analyze=analyze, dtype=dtype)
         return results
@@ -212,7 +213,7 @@ def train_many(runs: list[RunConfig], data: Data, device="auto", progress: bool 
                                   [[members.index(i) for i in stack] for stack in stacks], data,
                                   first.protocol, seed=first.seed, device=dev,
                                   progress=progress, desc=label, cuda_graphs=cuda_graphs,
-                                  analyze=analyze)
+                                  analyze=analyze, written=written)
         except torch.cuda.OutOfMemoryError:
             if len(members) == 1:
                 raise

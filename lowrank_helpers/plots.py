@@ -132,13 +132,15 @@ def study_figures(runs: pd.DataFrame, task: str) -> dict[str, plt.Figure]:
     against parameters."""
     runs = runs[runs.task == task] if len(runs) else runs
     name = TASKS[task].title if task in TASKS else task
-    dense = [m for m, spec in METHODS.items() if not spec.factorized]
-    figures, present = {}, set(runs.method) if len(runs) else set()
+    present = set(runs.method) if len(runs) else set()
+    dense = [m for m, spec in METHODS.items() if not spec.factorized and m in present]
+    figures = {}
     for method, spec in METHODS.items():
         if spec.factorized and method in present:
             figures[f"{task}_{method}_vs_full.png"] = plot_curves(
                 runs[runs.method.isin([*dense, method])],
-                title=f"{name}: {spec.label} vs {' and '.join(METHODS[d].label for d in dense)}")
+                title=f"{name}: {spec.label} vs "
+                      f"{' and '.join(METHODS[d].label for d in dense) or 'no dense model'}")
     figures[f"{task}_all.png"] = plot_curves(runs, title=f"{name}: all models")
     figures[f"{task}_accuracy_vs_rank.png"] = plot_final_vs(
         runs, "rank", title=f"{name}: final test accuracy against rank")

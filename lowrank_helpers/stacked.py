@@ -1,5 +1,5 @@
 """K models of one family as one module: stacked layers, each with its forward pass and its
-written-out SGD backward pass side by side.
+written-out backward pass side by side.
 
 A stacked layer holds K models' weights with a leading model dimension, stored transposed so
 that every product reads contiguous memory. The first layer's input (the images) is the same
@@ -10,11 +10,18 @@ Factorized layers of ranks r_k ≤ R are padded with zeros to R: rows r_k..R-1 o
 r_k..R-1 of B. Their gradients are zero (∂L/∂A_j ∝ B_{:,j} = 0, ∂L/∂B_{:,j} ∝ (Ax)_j = 0), so SGD
 (with momentum and weight decay) and Adam(W) leave them at zero: each model trains as alone.
 
-``sgd_backward`` takes one plain-SGD step on the layer's weights from the gradient ∂L/∂y at
-its output and returns ∂L/∂x, computed from the weights as they were before the step. Each
-weight's gradient product is added straight into it (``addmm_``/``baddbmm_`` with alpha = −lr
-and beta = 1 − lr·weight_decay): the same step as autograd followed by ``torch.optim.SGD``, up
-to the order of floating-point sums, in fewer operations and with no gradient tensors.
+``backward`` takes the gradient ∂L/∂y at the layer's output, hands each weight's gradient
+product to an update rule, and returns ∂L/∂x, computed from the weights as they were before
+the step. The rules (:class:`SGDRule`, :class:`MomentumRule`, :class:`GradRule`) fuse the
+product into the update where the optimizer allows it:
+
+- plain SGD adds it straight into the weight (``addmm_``/``baddbmm_`` with alpha = −lr and
+  beta = 1 − lr·weight_decay): no gradient tensors at all;
+- SGD with momentum adds it straight into the momentum buffer (beta = μ), then steps;
+- AdamW (or any other optimizer) gets it in ``.grad`` and steps as usual.
+
+Each is the same step as autograd followed by the ``torch.optim`` optimizer, up to the order
+of floating-point sums, without recording a graph.
 """
 from __future__ import annotations
 
@@ -32,26 +39,91 @@ def _shared(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (x @ w.view(d_in, K * m)).view(n, K, m).transpose(0, 1)
 
 
-def _shared_grad_(w: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, lr: float,
-                  beta: float) -> None:
-    """w ← beta·w − lr·xᵀ·grad for each model, with w (d_in, K, m), x (N, d_in) shared and
-    grad (K, N, m): one (d_in, N) @ (N, K·m) product."""
+class SGDRule:
+    """Plain SGD, fused: w ← (1 − lr·wd)·w − lr·g, the gradient product added into w."""
+
+    def __init__(self, lr: float, weight_decay: float = 0.0):
+        self.lr, self.beta = lr, 1.0 - lr * weight_decay
+
+    def mm(self, p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+        """The gradient of ``p`` is a·b (batched if 3-d; for 2-d views of a shared layer)."""
+        (p.addmm_ if p.dim() == 2 else p.baddbmm_)(a, b, beta=self.beta, alpha=-self.lr)
+
+    def add(self, p: torch.Tensor, g: torch.Tensor) -> None:
+        """The gradient of ``p`` is ``g`` (a bias)."""
+        if self.beta != 1.0:
+            p.mul_(self.beta)
+        p.add_(g, alpha=-self.lr)
+
+
+class MomentumRule:
+    """SGD with momentum μ and weight decay as ``torch.optim.SGD`` (dampening 0, not Nesterov):
+    buf ← μ·buf + g + wd·w, w ← w − lr·buf. The gradient product is added into the buffer
+    (a buffer that starts at 0 gives PyTorch's first step, buf = g). ``buffers``: one per
+    parameter, kept by the caller between steps."""
+
+    def __init__(self, buffers: dict, lr: float, momentum: float, weight_decay: float = 0.0):
+        self.buffers, self.lr, self.mu, self.wd = buffers, lr, momentum, weight_decay
+
+    def _buf(self, p):
+        buf = self.buffers.get(p)
+        if buf is None:
+            buf = self.buffers[p] = torch.zeros_like(p)
+        return buf
+
+    def _step(self, p, buf):
+        if self.wd:
+            buf.add_(p, alpha=self.wd)
+        p.add_(buf, alpha=-self.lr)
+
+    def mm(self, p, a, b) -> None:
+        buf = self._buf(p)
+        (buf.addmm_ if p.dim() == 2 else buf.baddbmm_)(a, b, beta=self.mu)
+        self._step(p, buf)
+
+    def add(self, p, g) -> None:
+        buf = self._buf(p)
+        buf.mul_(self.mu).add_(g)
+        self._step(p, buf)
+
+
+class GradRule:
+    """Writes each gradient into ``p.grad`` (reusing its memory) for an optimizer to apply."""
+
+    @staticmethod
+    def _grad(p):
+        if p.grad is None:
+            p.grad = torch.empty_like(p)
+        return p.grad
+
+    def mm(self, p, a, b) -> None:
+        g = self._grad(p)
+        (torch.mm if p.dim() == 2 else torch.bmm)(a, b, out=g.view(p.shape))
+
+    def add(self, p, g) -> None:
+        self._grad(p).copy_(g)
+
+
+def _shared_grad(rule, w: torch.Tensor, x: torch.Tensor, grad: torch.Tensor) -> None:
+    """Hand the gradient xᵀ·grad of each model's w to ``rule``, with w (d_in, K, m), x (N, d_in)
+    shared and grad (K, N, m): one (d_in, N) @ (N, K·m) product."""
     d_in, K, m = w.shape
     flat = grad.transpose(0, 1).reshape(x.shape[0], K * m)
-    w.view(d_in, K * m).addmm_(x.T, flat, beta=beta, alpha=-lr)
+    if isinstance(rule, SGDRule):
+        w.view(d_in, K * m).addmm_(x.T, flat, beta=rule.beta, alpha=-rule.lr)
+    elif isinstance(rule, MomentumRule):
+        buf = rule._buf(w)
+        buf.view(d_in, K * m).addmm_(x.T, flat, beta=rule.mu)
+        rule._step(w, buf)
+    else:
+        g = GradRule._grad(w)
+        torch.mm(x.T, flat, out=g.view(d_in, K * m))
 
 
 def _stack(tensors: list[torch.Tensor], shared: bool) -> torch.Tensor:
     """(K, d_in, m) from K (d_in, m) tensors, or (d_in, K, m) for a shared input."""
     w = torch.stack(tensors)
     return (w.transpose(0, 1) if shared else w).contiguous()
-
-
-def _sgd_bias_(bias: torch.Tensor, grad: torch.Tensor, lr: float, beta: float) -> None:
-    """bias (K, 1, d_out) ← beta·bias − lr·Σ_n grad (K, N, d_out)."""
-    if beta != 1.0:
-        bias.mul_(beta)
-    bias.add_(grad.sum(1, keepdim=True), alpha=-lr)
 
 
 class StackedDense(nn.Module):
@@ -74,15 +146,16 @@ class StackedDense(nn.Module):
     def forward_saving(self, x):
         return self.forward(x), None
 
-    def sgd_backward(self, x, saved, grad, lr: float, beta: float):
-        """∂L/∂x = grad·W (not for a shared input); W ← beta·W − lr·xᵀ·grad; bias likewise."""
+    def backward(self, x, saved, grad, rule):
+        """∂L/∂x = grad·W (not for a shared input), from W before the step; ∂L/∂W = xᵀ·grad
+        and ∂L/∂b = Σ_n grad go to ``rule``."""
         if self.shared_input:
             down = None
-            _shared_grad_(self.W, x, grad, lr, beta)
+            _shared_grad(rule, self.W, x, grad)
         else:
             down = torch.bmm(grad, self.W.transpose(1, 2))                   # (K, N, d_in)
-            self.W.baddbmm_(x.transpose(1, 2), grad, beta=beta, alpha=-lr)
-        _sgd_bias_(self.bias, grad, lr, beta)
+            rule.mm(self.W, x.transpose(1, 2), grad)
+        rule.add(self.bias, grad.sum(1, keepdim=True))
         return down
 
     def unstack_into(self, k: int, layer: nn.Linear) -> None:
@@ -122,18 +195,18 @@ class StackedLowRank(nn.Module):
         u = _shared(x, self.A).contiguous() if self.shared_input else torch.bmm(x, self.A)
         return torch.baddbmm(self.bias, u, self.B)
 
-    def sgd_backward(self, x, u, grad, lr: float, beta: float):
+    def backward(self, x, u, grad, rule):
         """∂L/∂u = grad·B, ∂L/∂x = ∂L/∂u·A (not for a shared input), both from the factors
-        before the step; B ← beta·B − lr·uᵀ·grad, A ← beta·A − lr·xᵀ·∂L/∂u; bias likewise."""
+        before the step; ∂L/∂B = uᵀ·grad, ∂L/∂A = xᵀ·∂L/∂u and ∂L/∂b go to ``rule``."""
         grad_u = torch.bmm(grad, self.B.transpose(1, 2))                     # (K, N, R)
-        self.B.baddbmm_(u.transpose(1, 2), grad, beta=beta, alpha=-lr)
+        rule.mm(self.B, u.transpose(1, 2), grad)
         if self.shared_input:
             down = None
-            _shared_grad_(self.A, x, grad_u, lr, beta)
+            _shared_grad(rule, self.A, x, grad_u)
         else:
             down = torch.bmm(grad_u, self.A.transpose(1, 2))                 # (K, N, d_in)
-            self.A.baddbmm_(x.transpose(1, 2), grad_u, beta=beta, alpha=-lr)
-        _sgd_bias_(self.bias, grad, lr, beta)
+            rule.mm(self.A, x.transpose(1, 2), grad_u)
+        rule.add(self.bias, grad.sum(1, keepdim=True))
         return down
 
     def unstack_into(self, k: int, layer) -> None:
@@ -202,13 +275,11 @@ class StackedMLP(nn.Module):
                                reduction="none").mean(1)
 
     @torch.no_grad()
-    def sgd_step(self, x: torch.Tensor, y: torch.Tensor, lr: float,
-                 weight_decay: float = 0.0) -> torch.Tensor:
-        """One step of plain SGD (no momentum) on every model's mean cross-entropy, the
-        backward pass written out layer by layer; returns the models' losses before the step,
-        (K,). The same step as ``losses(x, y).sum().backward()`` then
-        ``torch.optim.SGD(lr=lr, weight_decay=weight_decay).step()``, up to rounding."""
-        beta = 1.0 - lr * weight_decay
+    def written_step(self, x: torch.Tensor, y: torch.Tensor, rule) -> torch.Tensor:
+        """One step on every model's mean cross-entropy with the backward pass written out
+        layer by layer, each gradient handed to ``rule`` (:class:`SGDRule`,
+        :class:`MomentumRule`, :class:`GradRule`); returns the models' losses before the step,
+        (K,)."""
         h, inputs, saved = x.flatten(1), [], []
         for l, layer in enumerate(self.layers):
             h = F.relu(h) if l else h
@@ -217,10 +288,17 @@ class StackedMLP(nn.Module):
             saved.append(ctx)
         losses, grad = cross_entropy_with_grad(h, y)                         # ∂L/∂logits
         for l in reversed(range(self.n_layers)):
-            down = self.layers[l].sgd_backward(inputs[l], saved[l], grad, lr, beta)
+            down = self.layers[l].backward(inputs[l], saved[l], grad, rule)
             if l:  # through the ReLU: the gradient passes where its output was positive
                 grad = torch.ops.aten.threshold_backward(down, inputs[l], 0.0)
         return losses
+
+    def sgd_step(self, x: torch.Tensor, y: torch.Tensor, lr: float,
+                 weight_decay: float = 0.0) -> torch.Tensor:
+        """One step of plain SGD (no momentum), written out: the same step as
+        ``losses(x, y).sum().backward()`` then ``torch.optim.SGD(lr=lr,
+        weight_decay=weight_decay).step()``, up to rounding."""
+        return self.written_step(x, y, SGDRule(lr, weight_decay))
 
     @torch.no_grad()
     def unstack(self) -> list[MLP]:

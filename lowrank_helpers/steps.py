@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import torch
 
+from .stacked import GradRule, MomentumRule, SGDRule
+
 
 class Steps:
     """One training step of all stacks on a batch.
 
-    Eager by default, recorded by autograd and applied by the optimizer. With ``fused_sgd``
-    each stack instead takes its own written-out plain-SGD step (with ``weight_decay``)
-    (:meth:`~lowrank_helpers.stacked.StackedMLP.sgd_step`; no autograd, no optimizer) at the
-    learning rate each call passes. On CUDA with ``graphs`` (a constant learning rate, which
+    Eager by default, recorded by autograd and applied by the optimizer. With ``written``
+    each stack instead takes its backward pass written out
+    (:meth:`~lowrank_helpers.stacked.StackedMLP.written_step`; no autograd), at the learning
+    rate each call passes: plain SGD and SGD with momentum (``momentum``, ``weight_decay``)
+    fused into the weights and buffers with no optimizer (``opt`` None); any other optimizer
+    gets the gradients in ``.grad`` and steps. On CUDA with ``graphs`` (a constant learning rate, which
     the graph keeps), the first ``WARMUP`` full batches run eagerly
     (real steps, on a side stream as CUDA graph capture requires), then one step is captured
     into a CUDA graph that every later full batch replays: one launch per step instead of a
@@ -25,20 +29,33 @@ class Steps:
     WARMUP = 3
 
     def __init__(self, runs: list, opt: torch.optim.Optimizer | None, batch_size: int,
-                 device: torch.device, graphs: bool, fused_sgd: bool = False,
-                 weight_decay: float = 0.0):
+                 device: torch.device, graphs: bool, written: bool = False,
+                 momentum: float = 0.0, weight_decay: float = 0.0):
         self.runs, self.opt, self.batch_size = runs, opt, batch_size
-        self.fused_sgd, self.weight_decay = fused_sgd, weight_decay
-        self.graphs = graphs and device.type == "cuda" and not fused_sgd
+        self.written, self.momentum, self.weight_decay = written, momentum, weight_decay
+        self.buffers: dict = {}  # momentum buffers of the written-out SGD step
+        self.graphs = graphs and device.type == "cuda" and not written
         self.warm, self.graph, self.static = 0, None, None
-        self.mode = "fused sgd" if fused_sgd else "eager"
+        self.mode = ("eager" if not written else
+                     f"written backward + {type(opt).__name__}" if opt is not None else
+                     "fused momentum" if momentum else "fused sgd")
+
+    def _rule(self, lr: float):
+        if self.opt is not None:
+            return GradRule()
+        if self.momentum:
+            return MomentumRule(self.buffers, lr, self.momentum, self.weight_decay)
+        return SGDRule(lr, self.weight_decay)
 
     def _step(self, xb, yb, lr: float | None, streams: bool = False) -> None:
         """``lr``: the written-out step's learning rate (None with an optimizer, whose groups
         have it)."""
-        if self.fused_sgd:
+        if self.written:
+            rule = self._rule(lr)
             for r in self.runs:
-                r.loss_sum += r.stack.sgd_step(xb, yb, lr, self.weight_decay)
+                r.loss_sum += r.stack.written_step(xb, yb, rule)
+            if self.opt is not None:
+                self.opt.step()
             return
         self.opt.zero_grad(set_to_none=True)
         if streams:

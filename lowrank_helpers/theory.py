@@ -79,6 +79,8 @@ def init_variances(init: str | None, d_in: int, d_out: int, rank: int | None) ->
     plus ``"A"`` and ``"B"`` for factorized layers. ``init=None``/``rank=None``: nn.Linear."""
     dense = 1 / (3 * d_in)  # nn.Linear: W, b ~ U(±1/√d_in)
     if rank is None:
+        if init == "he":  # the He-init dense layer: W ~ N(0, 2/d_in), bias 0
+            return {"product": 2 / d_in, "bias": 0.0}
         return {"product": dense, "bias": dense}
     r = check_rank(rank)
     init = check_init(init)
@@ -93,18 +95,19 @@ def init_variances(init: str | None, d_in: int, d_out: int, rank: int | None) ->
     elif init == "he":
         var_a = var_b = math.sqrt(2 / (d_in * r))
         bias = 0.0
-    elif init == "spectral":
+    elif init in ("spectral", "spectral_he"):
         # The factors are not iid; "A" and "B" are their mean squared entries, ‖A‖_F²/(r·d_in)
         # and ‖B‖_F²/(d_out·r), which is what the backward formulas need when the data's
         # directions are independent of the random singular vectors (they are, at init).
+        source, bias = (dense, dense) if init == "spectral" else (2 / d_in, 0.0)
         k = min(r, d_in, d_out)
-        top = marchenko_pastur_singular_sum(k, d_in, d_out, dense)
+        top = marchenko_pastur_singular_sum(k, d_in, d_out, source)
         extra = (r - k) * d_in / math.sqrt(3 * d_in * r)  # rows of A beyond min(d_in, d_out)
-        return {"product": dense * marchenko_pastur_energy(k, d_in, d_out), "bias": dense,
-                "A": (top + extra) / (r * d_in), "B": top / (d_out * r)}
+        return {"product": source * marchenko_pastur_energy(k, d_in, d_out), "bias": bias,
+                "A": (top + extra) / (r * d_in), "B": top / (d_out * r), "top_mean": top / k}
     else:
         raise ValueError(f"no variance formula for init {init!r}; known: default, he, lora, "
-                         "matched, spectral")
+                         "matched, spectral, spectral_he")
     return {"product": r * var_a * var_b, "bias": bias, "A": var_a, "B": var_b}
 
 
@@ -170,6 +173,31 @@ def effective_lr(init: str | None, d_in: int, d_out: int, rank: int | None) -> f
         return 1.0
     v = init_variances(init, d_in, d_out, rank)
     return rank * (v["A"] + v["B"])
+
+
+def directional_lr(init: str | None, d_in: int, d_out: int, rank: int | None) -> float:
+    """The learning rate, relative to η, along the directions that move at all: the step
+    −η·(G·AᵀA + BBᵀ·G) is zero outside the r input directions of A's rows and the r output
+    directions of B's columns, and along them AᵀA and BBᵀ have eigenvalues of about
+    d_in·Var(A) and d_out·Var(B) (for r well below d; exactly the kept singular values for the
+    spectral inits). :func:`effective_lr` is this averaged over all directions, diluted by
+    r/d; the larger of the two is returned here. For ``lora`` it grows like d_in/(3r) as the
+    rank shrinks, while the average stays 2/3. Dense layers: 1."""
+    if rank is None:
+        return 1.0
+    v = init_variances(init, d_in, d_out, rank)
+    if "top_mean" in v:
+        return v["top_mean"]
+    return max(d_in * v["A"], d_out * v["B"])
+
+
+def lr_multiplier(init: str | None, rank: int | None, kind: str = "average",
+                  widths: Sequence[int] = DEFAULT_WIDTHS) -> float:
+    """A model's learning-rate multiplier at init: :func:`effective_lr` (``kind="average"``,
+    over all directions) or :func:`directional_lr` (``"directional"``, along the directions
+    that move) of its largest layer, the layer that limits a stable step."""
+    fn = {"average": effective_lr, "directional": directional_lr}[kind]
+    return max(fn(init, d_in, d_out, rank) for d_in, d_out in zip(widths[:-1], widths[1:]))
 
 
 def measure_effective_lr(layer: LowRankLinear, x: torch.Tensor, grad_out: torch.Tensor) -> float:

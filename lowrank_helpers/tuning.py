@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
+from .config import RESULTS_DIR, SMOKE, NotebookParams, smoke_dir
 from .methods import METHODS, method_for_init
 from .models import RANKS
 from .protocol import Protocol, RunConfig
@@ -48,7 +49,7 @@ HEAD_INITS = ("lora", "default", "he")
 RESCALES = (0.25, 0.5, 2.0, 4.0)
 RESCALE_MODELS = (("lora", 4), ("lora", 32), ("he", 4), ("he", 32))
 #: Where the records go (from notebooks/).
-TUNED_DIR = "../results/tuned"
+TUNED_DIR = f"{RESULTS_DIR}/tuned"
 
 
 def ladder_index(lr: float) -> int:
@@ -124,8 +125,9 @@ def _check_inits(name, values):
 
 
 @dataclass(frozen=True)
-class TunedConfig:
-    """The tuned study: which models, under which optimizers, how many seeds."""
+class TunedConfig(NotebookParams):
+    """The tuned study (the parameters of notebooks/tuned.ipynb and of ``lowrank-study
+    tune``): which models, under which optimizers, how many seeds."""
     task: str = setting("fashion_mnist", "str", "the task")
     optimizers: tuple = setting(tuple(TUNED_PROTOCOLS), "list[str]", "tuned protocols to run",
                                 check=all_of(_check_optimizers, distinct))
@@ -155,9 +157,24 @@ class TunedConfig:
     results_dir: str = setting(TUNED_DIR, "str", "one record per run; recorded runs are "
                                "not redone")
     data_root: str | None = setting(None, "str|None", "data directory")
+    reference_dirs: tuple = setting((RESULTS_DIR, f"{RESULTS_DIR}/inits"), "list[str]",
+                                    "reference-protocol records drawn beside the tuned ones")
+    img_dir: str = setting("../img", "str", "where the figures are written")
+    smoke: bool = setting(False, "bool", "tiny data, 2 ranks, 1 epoch, 2 seeds; writes into "
+                          "results_dir/smoke")
 
     def __post_init__(self):
         check_settings(self)
+        if self.smoke:  # the one place where smoke mode shrinks the tuned study
+            for name, value in (("ranks", self.ranks[:SMOKE["max_ranks"]]), ("epochs", 1),
+                                ("train_subset", SMOKE["train_subset"]),
+                                ("test_subset", SMOKE["test_subset"]), ("seeds", 2),
+                                ("close_seeds", 3), ("max_extend", 1),
+                                ("results_dir", smoke_dir(self.results_dir)),
+                                ("img_dir", smoke_dir(self.img_dir))):
+                object.__setattr__(self, name, value)
+        for opt in self.optimizers:
+            self.protocol(opt)  # a bad size fails here, before any training
 
     def protocol(self, optimizer: str) -> Protocol:
         p = TUNED_PROTOCOLS[optimizer]
@@ -285,6 +302,8 @@ def tuned_table(runs: pd.DataFrame) -> pd.DataFrame:
         part = runs[(runs.key == key) & (runs.lr == c.lr)]
         first = part.iloc[0]
         acc = part.final_test_accuracy
+        late = [h[-1]["val_accuracy"] - h[max(0, (3 * len(h)) // 4 - 1)]["val_accuracy"]
+                for h in part.history if h and h[-1].get("val_accuracy") is not None]
         rows.append({"key": key, "optimizer": first.optimizer, "method": first.method,
                      "rank": first["rank"], "init": first.init, "rescale": first.rescale,
                      "model": first.model, "params": first.params, "lr": c.lr,
@@ -294,7 +313,9 @@ def tuned_table(runs: pd.DataFrame) -> pd.DataFrame:
                      "mean_val": part.final_val_accuracy.mean(),
                      "train_loss": part.final_train_loss.mean(),
                      "epoch1_test": part.epoch1_test_accuracy.mean(),
-                     "test_values": list(acc)})
+                     "late_val_gain": sum(late) / len(late) if late else math.nan,
+                     "epochs": int(first.epochs), "diverged": int(part.diverged_epoch.notna().sum()),
+                     "test_values": list(acc), "epoch1_values": list(part.epoch1_test_accuracy)})
     return pd.DataFrame(rows)
 
 
@@ -320,25 +341,3 @@ def run_tuning(cfg: TunedConfig, progress: bool = True) -> pd.DataFrame:
         _train(seed_runs(extra, picked, range(cfg.seeds, cfg.close_seeds)), cfg,
                f"close calls: {len(extra)} models to {cfg.close_seeds} seeds", progress)
     return tuned_table(_records(cfg))
-
-
-def main(argv=None) -> int:
-    """``python -m lowrank_helpers.tuning [--workers N] [--results-dir DIR] ...``"""
-    import argparse
-    p = argparse.ArgumentParser(description=run_tuning.__doc__)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--results-dir", default="results/tuned")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--optimizers", nargs="+", default=list(TUNED_PROTOCOLS))
-    p.add_argument("--no-controls", action="store_true")
-    args = p.parse_args(argv)
-    cfg = TunedConfig(workers=args.workers, results_dir=args.results_dir,
-                      data_root=args.data_root, optimizers=tuple(args.optimizers),
-                      controls=not args.no_controls)
-    table = run_tuning(cfg)
-    print(table.drop(columns=["key", "test_values"]).to_string())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,7 +7,7 @@ import torch
 from lowrank_helpers import MLP, Protocol, RunConfig, build_model, load_data, train
 from lowrank_helpers.engine import train_group, train_many
 from lowrank_helpers.planning import SMALL_RANK, plan_stacks, stack_rank
-from lowrank_helpers.stacked import StackedMLP
+from lowrank_helpers.stacked import GradRule, MomentumRule, SGDRule, StackedMLP
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +58,8 @@ def assert_same_training(runs, data, config, stacks=None, dtype=torch.float32):
                                            msg=lambda m: f"{run.label} {name}: {m}")
 
 
-# 10 epochs of 10 steps: 100 steps per model, with momentum and weight decay for SGD (autograd
-# and the optimizer), and plain SGD with weight decay (on CPU the written-out fused step).
+# 10 epochs of 10 steps: 100 steps per model: SGD with momentum and weight decay, plain SGD with
+# weight decay, AdamW (on CPU the engine's written-out steps, against autograd in the loop).
 SGD = Protocol(epochs=10, lr=2e-3, momentum=0.5, weight_decay=1e-3)
 PLAIN = Protocol(epochs=10, lr=2e-3, weight_decay=1e-3)
 ADAMW = Protocol(epochs=10, lr=1e-3, optimizer="adamw", weight_decay=0.01)
@@ -104,18 +104,38 @@ def test_several_stacks_in_lockstep(data, config, dtype):
     assert_same_training(runs, data, config, stacks=[[0], [1], [2]], dtype=dtype)
 
 
-@pytest.mark.parametrize("dense", [True, False], ids=["dense", "factorized"])
-def test_fused_sgd_step_is_autograd_and_sgd(data, dense):
-    """StackedMLP.sgd_step (backward written out, gradients added straight into the weights)
-    against autograd + torch.optim.SGD on the same stack, in float64: same losses and weights,
-    step by step, to rounding (the gradient sums run in another order); padded factors stay
-    exactly zero. The original "lora" init is in the stack too."""
+STEP_MODELS = {
+    "dense": lambda: [MLP("full"), MLP("full_he")],
+    "factorized": lambda: [MLP("ae", 2), MLP("lora", 8), MLP("lora", 5, "matched"),
+                           MLP("lora", 8, "he")],
+    "dense-head": lambda: [MLP("densehead", 3), MLP("densehead", 8, "he")],
+}
+RULES = {  # a written-out rule and the torch.optim optimizer it must match
+    "sgd": (lambda bufs, opt: SGDRule(0.02, 0.01), lambda ps: None,
+            lambda ps: torch.optim.SGD(ps, lr=0.02, weight_decay=0.01)),
+    "momentum": (lambda bufs, opt: MomentumRule(bufs, 0.02, 0.9, 0.01), lambda ps: None,
+                 lambda ps: torch.optim.SGD(ps, lr=0.02, momentum=0.9, weight_decay=0.01)),
+    "adamw": (lambda bufs, opt: GradRule(),
+              lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01),
+              lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01)),
+}
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULES.keys())
+@pytest.mark.parametrize("kind", STEP_MODELS, ids=STEP_MODELS.keys())
+def test_written_step_is_autograd_and_the_optimizer(data, kind, rule):
+    """StackedMLP.written_step (backward written out; SGD fused into the weights, momentum
+    into its buffers, AdamW from the written .grad) against autograd + the torch.optim
+    optimizer on the same stack, in float64: same losses and weights, step by step, to
+    rounding (the gradient sums run in another order); padded factors stay exactly zero.
+    The original "lora" init is in the stack too."""
     import copy
-    models = ([MLP("full"), MLP("full")] if dense
-              else [MLP("ae", 2), MLP("lora", 8), MLP("lora", 5, "matched"), MLP("lora", 8, "he")])
-    fused = StackedMLP([m.double() for m in models], rank=None if dense else 8)
+    make_rule, make_own, make_ref = RULES[rule]
+    models = STEP_MODELS[kind]()
+    fused = StackedMLP([m.double() for m in models],
+                       rank=None if kind == "dense" else 8)
     ref = copy.deepcopy(fused)
-    opt = torch.optim.SGD(ref.parameters(), lr=0.02, weight_decay=0.01)
+    opt, own, bufs = make_ref(list(ref.parameters())), make_own(list(fused.parameters())), {}
     X, Y = data.X_train.double(), data.y_train
     for i in range(0, 640, 64):
         x, y = X[i:i + 64], Y[i:i + 64]
@@ -123,24 +143,31 @@ def test_fused_sgd_step_is_autograd_and_sgd(data, dense):
         want = ref.losses(x, y)
         want.sum().backward()
         opt.step()
-        got = fused.sgd_step(x, y, lr=0.02, weight_decay=0.01)
+        got = fused.written_step(x, y, make_rule(bufs, own))
+        if own is not None:
+            own.step()
         torch.testing.assert_close(got, want.detach(), rtol=1e-10, atol=1e-12)
         for (name, p), q in zip(fused.named_parameters(), ref.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11, msg=lambda m: f"{name}: {m}")
-    if not dense:
-        for l in range(fused.n_layers):
-            a, b = fused.layers[l].A, fused.layers[l].B
-            for k, r in enumerate(fused.ranks):
-                assert torch.count_nonzero(a[:, k, r:] if l == 0 else a[k, :, r:]) == 0
-                assert torch.count_nonzero(b[k, r:]) == 0
+    for l, layer in enumerate(fused.layers):
+        if not hasattr(layer, "A"):
+            continue
+        a, b = layer.A, layer.B
+        for k, r in enumerate(fused.ranks):
+            assert torch.count_nonzero(a[:, k, r:] if l == 0 else a[k, :, r:]) == 0
+            assert torch.count_nonzero(b[k, r:]) == 0
 
 
-def test_fused_sgd_is_refused_for_other_optimizers(data):
-    with pytest.raises(ValueError, match="fused_sgd takes plain SGD steps.*'adamw'"):
-        train_group([MLP("full")], [[0]], data, ADAMW, device="cpu", progress=False,
-                    fused_sgd=True)
-    res = train_group([MLP("full")], [[0]], data, Protocol(epochs=1), device="cpu",
-                      progress=False, fused_sgd=False)
+@pytest.mark.parametrize("config, mode", [(PLAIN, "fused sgd"), (SGD, "fused momentum"),
+                                          (ADAMW, "written backward + AdamW")])
+def test_step_modes_on_cpu(data, config, mode):
+    """On CPU the written-out step is the default for every optimizer; written=False keeps
+    autograd."""
+    one = Protocol(**{**config.to_dict(), "epochs": 1})
+    res = train_group([MLP("full")], [[0]], data, one, device="cpu", progress=False)
+    assert res[0].step_mode == mode
+    res = train_group([MLP("full")], [[0]], data, one, device="cpu", progress=False,
+                      written=False)
     assert res[0].step_mode == "eager"
 
 

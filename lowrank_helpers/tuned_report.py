@@ -1,0 +1,288 @@
+"""The fair comparison's tables and prose, from :func:`~lowrank_helpers.tuning.tuned_table`.
+
+Every difference is mean(a) − mean(b) of final test accuracy over seeds with Welch's 95 %
+interval (:mod:`lowrank_helpers.stats`); the prose calls a difference real only where that
+interval excludes zero, and says "not distinguishable with n seeds" otherwise.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from .methods import METHODS, family_label
+from .stats import welch
+from .tuning import HEAD_INITS, HEAD_RANKS, TUNED_PROTOCOLS
+
+OPTIMIZER_LABELS = {"sgd": "SGD with momentum", "adamw": "AdamW"}
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.2f}"
+
+
+def _main(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison's factorized models: no rescaling, factorized output layer."""
+    fact = table[table["rank"].notna()]
+    return fact[(fact.rescale == 1) & ~fact.method.map(lambda m: METHODS[m].dense_output)]
+
+
+def _diff(a: pd.Series, b: pd.Series, values: str = "test_values"):
+    if len(a[values]) < 2 or len(b[values]) < 2:
+        return None
+    return welch(a[values], b[values])
+
+
+def best_dense(table: pd.DataFrame, optimizer: str) -> pd.Series | None:
+    """The better dense baseline of an optimizer (higher mean final test accuracy)."""
+    dense = table[(table.optimizer == optimizer) & table["rank"].isna()]
+    return None if dense.empty else dense.loc[dense.mean_test.idxmax()]
+
+
+def versus_dense(table: pd.DataFrame) -> pd.DataFrame:
+    """Each factorized model of the comparison against its optimizer's better dense baseline:
+    the difference in final test accuracy (points) with Welch's 95 % interval; ``matches``:
+    the interval reaches zero or above (not detectably worse)."""
+    rows = []
+    for opt, part in _main(table).groupby("optimizer", sort=False):
+        ref = best_dense(table, opt)
+        if ref is None:
+            continue
+        for _, row in part.iterrows():
+            d = _diff(row, ref)
+            rows.append({"optimizer": opt, "init": row.init, "rank": int(row["rank"]),
+                         "model": row.model, "params": row.params, "lr": row.lr,
+                         "mean": row.mean_test, "std": row.std_test, "seeds": row.seeds,
+                         "dense": ref.model, "diff": d.diff if d else math.nan,
+                         "low": d.low if d else math.nan, "high": d.high if d else math.nan,
+                         "p": d.p if d else math.nan, "matches": bool(d and d.high >= 0)})
+    return pd.DataFrame(rows)
+
+
+def smallest_matching(vs: pd.DataFrame) -> pd.DataFrame:
+    """Per optimizer and init: the smallest rank not detectably worse than dense, and the
+    smallest from which every larger rank is too."""
+    rows = []
+    for (opt, init), part in vs.groupby(["optimizer", "init"], sort=False):
+        part = part.sort_values("rank")
+        ok = part[part.matches]
+        tail = None
+        for r, m in zip(part["rank"][::-1], part.matches[::-1]):
+            if not m:
+                break
+            tail = r
+        rows.append({"optimizer": opt, "init": init,
+                     "smallest": int(ok["rank"].iloc[0]) if len(ok) else None,
+                     "from_on": tail})
+    return pd.DataFrame(rows)
+
+
+def init_effect(table: pd.DataFrame, values: str = "test_values") -> pd.DataFrame:
+    """Per optimizer and rank: the best and the worst init by mean (``values``: final or
+    epoch-1 test accuracy), the spread, and Welch's interval for best − worst."""
+    rows = []
+    col = "mean_test" if values == "test_values" else "epoch1_test"
+    for (opt, rank), part in _main(table).groupby(["optimizer", "rank"], sort=False):
+        if len(part) < 2:
+            continue
+        best, worst = part.loc[part[col].idxmax()], part.loc[part[col].idxmin()]
+        d = _diff(best, worst, values)
+        second = part.drop(index=best.name)
+        second = second.loc[second[col].idxmax()]
+        d2 = _diff(best, second, values)
+        rows.append({"optimizer": opt, "rank": int(rank), "best": best.init,
+                     "worst": worst.init, "spread": best[col] - worst[col],
+                     "low": d.low if d else math.nan, "high": d.high if d else math.nan,
+                     "real": bool(d and d.real), "second": second.init,
+                     "best_vs_second_real": bool(d2 and d2.real)})
+    return pd.DataFrame(rows)
+
+
+def head_control(table: pd.DataFrame) -> pd.DataFrame:
+    """Dense output layer against factorized output layer, same init, rank and optimizer."""
+    rows = []
+    heads = table[table.method.map(lambda m: METHODS[m].dense_output)]
+    main = _main(table)
+    for _, h in heads.iterrows():
+        twin = main[(main.optimizer == h.optimizer) & (main["rank"] == h["rank"])
+                    & (main.init == h.init)]
+        if twin.empty:
+            continue
+        t = twin.iloc[0]
+        d = _diff(h, t)
+        rows.append({"optimizer": h.optimizer, "init": h.init, "rank": int(h["rank"]),
+                     "dense_head": h.mean_test, "factorized_head": t.mean_test,
+                     "diff": d.diff if d else math.nan, "low": d.low if d else math.nan,
+                     "high": d.high if d else math.nan, "real": bool(d and d.real)})
+    return pd.DataFrame(rows)
+
+
+def rescale_control(table: pd.DataFrame) -> pd.DataFrame:
+    """A → cA, B → B/c against c = 1 (same init, rank, optimizer), each at its own tuned
+    learning rate."""
+    rows = []
+    main = _main(table)
+    for _, row in table[table.rescale != 1].iterrows():
+        twin = main[(main.optimizer == row.optimizer) & (main["rank"] == row["rank"])
+                    & (main.init == row.init)]
+        if twin.empty:
+            continue
+        t = twin.iloc[0]
+        d = _diff(row, t)
+        rows.append({"optimizer": row.optimizer, "init": row.init, "rank": int(row["rank"]),
+                     "c": row.rescale, "lr": row.lr, "lr_c1": t.lr, "mean": row.mean_test,
+                     "mean_c1": t.mean_test, "diff": d.diff if d else math.nan,
+                     "low": d.low if d else math.nan, "high": d.high if d else math.nan,
+                     "real": bool(d and d.real)})
+    return pd.DataFrame(rows)
+
+
+def lr_theory_fit(table: pd.DataFrame, optimizer: str = "sgd") -> pd.DataFrame:
+    """How well each of the theory's learning-rate multipliers m (average, per-direction)
+    predicts the chosen rates: least squares of log10(chosen lr) on log10(m) over the
+    comparison's factorized models, with R² and the slope (−1: the chosen rate is the dense
+    one divided by m). The grid's resolution is half a decade, which bounds R² below 1."""
+    import numpy as np
+    from .theory import lr_multiplier
+    main = _main(table[table.optimizer == optimizer])
+    rows = []
+    if len(main) < 3:
+        return pd.DataFrame()
+    y = np.log10(main.lr.to_numpy(dtype=float))
+    for kind in ("average", "directional"):
+        x = np.log10([lr_multiplier(i, int(r), kind) for i, r in zip(main.init, main["rank"])])
+        slope, icpt = np.polyfit(x, y, 1)
+        resid = y - (slope * x + icpt)
+        r2 = 1 - (resid ** 2).sum() / ((y - y.mean()) ** 2).sum() if y.var() > 0 else math.nan
+        rows.append({"optimizer": optimizer, "multiplier": kind, "slope": slope, "r2": r2,
+                     "models": len(main)})
+    return pd.DataFrame(rows)
+
+
+def _family(init: str) -> str:
+    from .methods import method_for_init
+    method, name = method_for_init(init)
+    return family_label(method, name)
+
+
+def _ranks(ranks) -> str:
+    ranks = sorted(int(r) for r in ranks)
+    return ", ".join(map(str, ranks)) if ranks else "none"
+
+
+def tuned_answer(table: pd.DataFrame) -> str:
+    """The README's and the notebook's answers to the fair comparison's three questions, with
+    the numbers, from the records' table."""
+    if table.empty:
+        return "*No tuned records yet: run `lowrank-study tune`.*"
+    out = []
+    seeds = table.seeds
+    epochs = sorted(set(table.epochs))
+    out.append(f"*{len(table)} tuned models ({seeds.min()}–{seeds.max()} seeds each at the "
+               f"chosen rate), {', '.join(map(str, epochs))} epochs; differences are in "
+               "points of final test accuracy, mean over seeds, with Welch's 95 % interval.*")
+    out.append("")
+    vs = versus_dense(table)
+    first = smallest_matching(vs) if len(vs) else pd.DataFrame()
+    out.append("**At equal tuning, the smallest rank that matches dense** (not detectably "
+               "worse than the better dense baseline):")
+    for opt in TUNED_PROTOCOLS:
+        ref = best_dense(table, opt)
+        if ref is None or first.empty:
+            continue
+        dense = table[(table.optimizer == opt) & table["rank"].isna()]
+        base = "; ".join(f"{r.model} {r.mean_test:.2%} ± {100 * r.std_test:.2f} "
+                         f"({r.seeds} seeds, lr {r.lr:g})" for r in dense.itertuples())
+        parts = []
+        for row in first[first.optimizer == opt].itertuples():
+            if pd.isna(row.smallest):
+                parts.append(f"{_family(row.init)}: none up to rank {vs['rank'].max()}")
+                continue
+            hit = vs[(vs.optimizer == opt) & (vs.init == row.init)
+                     & (vs["rank"] == int(row.smallest))].iloc[0]
+            tail = "" if pd.isna(row.from_on) or row.from_on == row.smallest else \
+                f"; every rank from {int(row.from_on)} on"
+            parts.append(f"{_family(row.init)}: r={int(row.smallest)} ({_pts(hit['diff'])}, "
+                         f"CI {_pts(hit.low)} to {_pts(hit.high)}{tail})")
+        out.append(f"- {OPTIMIZER_LABELS[opt]} (dense: {base}): " + "; ".join(parts) + ".")
+        above = vs[(vs.optimizer == opt) & (vs.low > 0)]
+        if len(above):
+            out.append(f"  Detectably *above* dense: "
+                       + "; ".join(f"{r.model} {_pts(r.diff)} (CI {_pts(r.low)} to "
+                                   f"{_pts(r.high)})" for r in above.itertuples()) + ".")
+    out.append("")
+    out.append("**Does the init still matter once the learning rate is tuned?**")
+    for values, when in (("epoch1_values", "after one epoch"), ("test_values", "at the end")):
+        eff = init_effect(table, values)
+        for opt in TUNED_PROTOCOLS:
+            part = eff[eff.optimizer == opt] if len(eff) else eff
+            if part.empty:
+                continue
+            real = part[part.real]
+            tie = part[~part.real]
+            text = (f"- {OPTIMIZER_LABELS[opt]}, {when}: best − worst init is real at ranks "
+                    f"{_ranks(real['rank'])}")
+            if len(real):
+                big = real.loc[real.spread.idxmax()]
+                text += (f" (largest at r={big['rank']}: {big.best} over {big.worst}, "
+                         f"{_pts(big.spread)}, CI {_pts(big.low)} to {_pts(big.high)})")
+            text += (f"; not distinguishable at ranks {_ranks(tie['rank'])}" if len(tie) else "")
+            ranks_sep = part[part.best_vs_second_real]
+            text += (f". The best init is detectably above the second best at ranks "
+                     f"{_ranks(ranks_sep['rank'])}." if len(part) else ".")
+            out.append(text)
+    fit = lr_theory_fit(table)
+    if len(fit):
+        out.append("- Which theory predicts the chosen SGD rates? Over "
+                   f"{fit.models.iloc[0]} factorized models, log(chosen lr) against log of "
+                   + " and of ".join(f"the {r.multiplier} multiplier: R² = {r.r2:.2f}, slope "
+                                     f"{r.slope:.2f}" for r in fit.itertuples()) + ".")
+    out.append("")
+    out.append("**Controls.**")
+    head = head_control(table)
+    for opt in TUNED_PROTOCOLS:
+        part = head[head.optimizer == opt] if len(head) else head
+        if part.empty:
+            continue
+        out.append(f"- Dense output layer, {OPTIMIZER_LABELS[opt]}: "
+                   + "; ".join(f"{r.init} r={r.rank} {_pts(r.diff)} (CI {_pts(r.low)} to "
+                               f"{_pts(r.high)})" for r in part.sort_values(["init", "rank"])
+                               .itertuples())
+                   + f". Real at {int(part.real.sum())} of {len(part)}.")
+    resc = rescale_control(table)
+    for opt in TUNED_PROTOCOLS:
+        part = resc[resc.optimizer == opt] if len(resc) else resc
+        if part.empty:
+            continue
+        out.append(f"- A → cA, B → B/c, {OPTIMIZER_LABELS[opt]}, each at its own tuned rate: "
+                   + "; ".join(f"{r.init} r={r.rank} c={r.c:g} {_pts(r.diff)} (CI "
+                               f"{_pts(r.low)} to {_pts(r.high)}, lr {r.lr:g} vs {r.lr_c1:g})"
+                               for r in part.sort_values(["init", "rank", "c"]).itertuples())
+                   + f". Real at {int(part.real.sum())} of {len(part)}.")
+    edges = table[table.edge.notna()]
+    late = table.late_val_gain.abs().max()
+    out.append("")
+    out.append(f"*Convergence: over the last quarter of training the validation accuracy of "
+               f"the chosen settings moved by at most {100 * late:.2f} points (mean over "
+               f"seeds); mean final train loss {table.train_loss.min():.3f}–"
+               f"{table.train_loss.max():.3f}. "
+               + (f"{len(edges)} choices lie at the edge of their extended grid: "
+                  + ", ".join(f"{r.model} ({r.optimizer}, lr {r.lr:g})"
+                              for r in edges.itertuples()) + "."
+                  if len(edges) else "Every chosen rate lies inside its grid.") + "*")
+    return "\n".join(out)
+
+
+def tuned_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """The table shown in the notebook: per optimizer and model, the chosen rate and the
+    seeds' final test accuracy (percent), train loss and late validation gain."""
+    if table.empty:
+        return table
+    t = table.copy()
+    t["test %"] = [f"{100 * m:.2f} ± {100 * s:.2f}" if s == s else f"{100 * m:.2f}"
+                   for m, s in zip(t.mean_test, t.std_test)]
+    t["epoch 1 %"] = (100 * t.epoch1_test).round(1)
+    t["late val gain"] = (100 * t.late_val_gain).round(2)
+    return t[["optimizer", "model", "params", "lr", "tried", "edge", "seeds", "test %",
+              "epoch 1 %", "train_loss", "late val gain"]].rename(
+        columns={"train_loss": "train loss"})
