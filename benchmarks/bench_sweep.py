@@ -226,6 +226,21 @@ def optimizer_speed(protocol: lh.Protocol, epochs: int, device, data_root, subse
             "largest_points": same["test_accuracy"]["largest"]}
 
 
+def optimizer_part(out: dict, args, device, subsets, engine_kw: dict) -> None:
+    """Part 5, for each tuned protocol, printed and stored under ``out["optimizers"]``."""
+    out["optimizers"] = {}
+    for opt, protocol in TUNED_PROTOCOLS.items():
+        res = optimizer_speed(protocol, args.epochs, device, args.data_root, subsets, engine_kw)
+        out["optimizers"][opt] = res
+        print(f"5. {opt} ({res['protocol']}), {res['configs']} configs: one at a time "
+              f"{res['one_at_a_time_s']:.1f} s, engine {res['engine_s']:.1f} s "
+              f"({res['step_mode']}), engine on autograd {res['engine_autograd_s']:.1f} s: "
+              f"engine speed-up {res['speedup']:.2f}x, written-out step "
+              f"{res['written_over_autograd']:.2f}x faster than autograd in the engine; "
+              f"largest difference from one at a time {res['largest_points']:.2g} points",
+              flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=2)
@@ -240,9 +255,13 @@ def main() -> None:
     p.add_argument("--max-sweep-s", type=float, default=None,
                    help="skip part 4 if part 2's timing projects it past this many seconds")
     p.add_argument("--skip-optimizers", action="store_true", help="skip part 5")
+    p.add_argument("--optimizers-only", action="store_true", help="only part 5, written to "
+                   "benchmarks/bench_optimizers.json (unless --out)")
     p.add_argument("--smoke", action="store_true", help="tiny data, to try the script out")
-    p.add_argument("--out", default=str(Path(__file__).with_name("bench_sweep.json")))
+    p.add_argument("--out", default=None, help="default: benchmarks/bench_sweep.json")
     args = p.parse_args()
+    args.out = args.out or str(Path(__file__).with_name(
+        "bench_optimizers.json" if args.optimizers_only else "bench_sweep.json"))
     device = lh.resolve_device(args.device)
     subsets = (640, 256) if args.smoke else (None, None)
     data = lh.load_data("fashion_mnist", root=args.data_root, device=device,
@@ -257,10 +276,15 @@ def main() -> None:
     print(f"{device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} cores; large float32 matmul: {flops_per_s / 1e9:.0f} GFLOP/s")
 
-    one = sweep(args.epochs, [0])
-    bound = sweep_flops(one, *sizes) / flops_per_s
     variants = engine_variants(device)
     best = next(iter(variants))
+    if args.optimizers_only:
+        optimizer_part(out, args, device, subsets, variants[best])
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {args.out}")
+        return
+    one = sweep(args.epochs, [0])
+    bound = sweep_flops(one, *sizes) / flops_per_s
     time_engine(sweep(1, [0], ranks=(4,)), data, device, **variants[best])  # warm up
     plain, plain_results = time_one_at_a_time(one, data, device)
     engine, engine_results = {}, {}
@@ -331,17 +355,7 @@ def main() -> None:
         print(f"4. reference sweep, {ref['models']} models ({ref['step_modes']}): "
               f"{ref['training_s']:.1f} s of training, {ref['wall_s']:.1f} s in all")
     if not args.skip_optimizers:
-        out["optimizers"] = {}
-        for opt, protocol in TUNED_PROTOCOLS.items():
-            res = optimizer_speed(protocol, args.epochs, device, args.data_root, subsets,
-                                  variants[best])
-            out["optimizers"][opt] = res
-            print(f"5. {opt} ({res['protocol']}), {res['configs']} configs: one at a time "
-                  f"{res['one_at_a_time_s']:.1f} s, engine {res['engine_s']:.1f} s "
-                  f"({res['step_mode']}), engine on autograd {res['engine_autograd_s']:.1f} s: "
-                  f"engine speed-up {res['speedup']:.2f}x, written-out step "
-                  f"{res['written_over_autograd']:.2f}x faster than autograd in the engine; "
-                  f"largest difference from one at a time {res['largest_points']:.2g} points")
+        optimizer_part(out, args, device, subsets, variants[best])
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")
 

@@ -4,7 +4,9 @@ A block is ``<!-- generated: KIND PATH -->`` … ``<!-- end -->``; PATH is relat
 README. Kinds: ``table`` (:func:`~lowrank_helpers.report.comparison_table`) and ``discussion``
 of the reference-protocol records in a results directory; ``agreement`` of two directories
 ``other:reference`` (:func:`~lowrank_helpers.report.agreement`); ``inits`` of several
-directories ``a:b:...`` compared by init (:func:`~lowrank_helpers.report.init_answer`).
+directories ``a:b:...`` compared by init (:func:`~lowrank_helpers.report.init_answer`);
+``tuned`` and ``tuned-tables`` of the tuned comparison's records
+(:func:`~lowrank_helpers.tuned_report.tuned_answer`, ``tuned_tables_markdown``).
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from .report import agreement, comparison_table, discussion, init_answer
 from .results import is_reference, load_records
 
 README_BLOCK = re.compile(
-    r"(<!-- generated: (table|discussion|agreement|inits) (\S+) -->\n)(.*?)(<!-- end -->)", re.S)
+    r"(<!-- generated: (table|discussion|agreement|inits|tuned|tuned-tables) (\S+) -->\n)(.*?)"
+    r"(<!-- end -->)", re.S)
 
 
 def reference_records(results_dir) -> pd.DataFrame:
@@ -34,6 +37,11 @@ def render_block(kind: str, results_dir) -> str:
     if kind == "agreement":
         other, reference = str(results_dir).rsplit(":", 1)
         return agreement(reference_records(reference), reference_records(other))
+    if kind in ("tuned", "tuned-tables"):
+        from .tuned_report import tuned_answer, tuned_tables_markdown
+        from .tuning import tuned_table
+        table = tuned_table(load_records(results_dir))
+        return tuned_answer(table) if kind == "tuned" else tuned_tables_markdown(table)
     if kind == "inits":  # several directories, joined
         return init_answer(pd.concat([reference_records(d) for d in str(results_dir).split(":")],
                                      ignore_index=True))

@@ -10,7 +10,7 @@ import pandas as pd
 from .methods import init_color
 from .theory import lr_multiplier
 from .tuned_report import OPTIMIZER_LABELS, _family, _main, head_control, rescale_control
-from .tuning import TUNED_PROTOCOLS
+from .tuning import TUNED_PROTOCOLS, split_budget
 
 DENSE_STYLES = {"full": "-", "full_he": "--"}
 
@@ -185,7 +185,9 @@ def controls(table: pd.DataFrame) -> plt.Figure:
 
 
 def tuned_figures(table: pd.DataFrame, reference: pd.DataFrame | None = None) -> dict:
-    """The figures keyed by the file names the notebook saves them under."""
+    """The figures keyed by the file names the notebook saves them under (the study's rows;
+    the convergence check's are left out)."""
+    table = split_budget(table)[0]
     figs = {"tuned_accuracy_vs_rank.png": accuracy_vs_rank(table, reference),
             "tuned_lr_vs_rank.png": lr_vs_rank(table),
             "tuned_accuracy_vs_params.png": accuracy_vs_params(table)}

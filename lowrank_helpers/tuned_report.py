@@ -7,12 +7,13 @@ interval excludes zero, and says "not distinguishable with n seeds" otherwise.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pandas as pd
 
 from .methods import METHODS, family_label
 from .stats import welch
-from .tuning import HEAD_INITS, HEAD_RANKS, TUNED_PROTOCOLS
+from .tuning import TUNED_PROTOCOLS, split_budget
 
 OPTIMIZER_LABELS = {"sgd": "SGD with momentum", "adamw": "AdamW"}
 
@@ -175,6 +176,7 @@ def tuned_answer(table: pd.DataFrame) -> str:
     the numbers, from the records' table."""
     if table.empty:
         return "*No tuned records yet: run `lowrank-study tune`.*"
+    table, long = split_budget(table)
     out = []
     seeds = table.seeds
     epochs = sorted(set(table.epochs))
@@ -261,7 +263,14 @@ def tuned_answer(table: pd.DataFrame) -> str:
                    + f". Real at {int(part.real.sum())} of {len(part)}.")
     edges = table[table.edge.notna()]
     late = table.late_val_gain.abs().max()
+    check = budget_check(pd.concat([table, long]))
     out.append("")
+    if len(check):
+        out.append(f"**Trained longer.** Retuned at {int(check.epochs_long.iloc[0])} epochs "
+                   f"instead of {int(check.epochs.iloc[0])} (rates around the short choice): "
+                   + "; ".join(f"{r.model} ({r.optimizer}) {_pts(r['diff'])} (CI {_pts(r.low)} "
+                               f"to {_pts(r.high)})" for _, r in check.iterrows())
+                   + f". Real at {int(check.real.sum())} of {len(check)}.")
     out.append(f"*Convergence: over the last quarter of training the validation accuracy of "
                f"the chosen settings moved by at most {100 * late:.2f} points (mean over "
                f"seeds); mean final train loss {table.train_loss.min():.3f}–"
@@ -273,16 +282,75 @@ def tuned_answer(table: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
+def budget_check(table: pd.DataFrame) -> pd.DataFrame:
+    """The convergence check: each model retuned at more epochs against itself at the
+    study's, final test accuracy (long − short) with Welch's interval."""
+    main, long = split_budget(table)
+    rows = []
+    for _, row in long.iterrows():
+        same = main[(main.optimizer == row.optimizer) & (main.method == row.method)
+                    & (main.init == row.init) & (main.rescale == row.rescale)
+                    & ((main["rank"] == row["rank"]) if pd.notna(row["rank"])
+                       else main["rank"].isna())]
+        if same.empty:
+            continue
+        t = same.iloc[0]
+        d = _diff(row, t)
+        rows.append({"optimizer": row.optimizer, "model": row.model, "epochs": t.epochs,
+                     "epochs_long": row.epochs, "lr": t.lr, "lr_long": row.lr,
+                     "mean": t.mean_test, "mean_long": row.mean_test,
+                     "train_loss": t.train_loss, "train_loss_long": row.train_loss,
+                     "diff": d.diff if d else math.nan, "low": d.low if d else math.nan,
+                     "high": d.high if d else math.nan, "real": bool(d and d.real)})
+    return pd.DataFrame(rows)
+
+
+def tuned_grid(table: pd.DataFrame, optimizer: str) -> pd.DataFrame:
+    """Final test accuracy (%, mean ± std over seeds, and the chosen lr) of one optimizer's
+    comparison: a row per rank (dense baselines first), a column per init."""
+    part = table[table.optimizer == optimizer]
+    cell = lambda r: (f"{100 * r.mean_test:.2f} ± {100 * r.std_test:.2f}"  # noqa: E731
+                      if r.std_test == r.std_test else f"{100 * r.mean_test:.2f}") + \
+        f" (lr {r.lr:g})"
+    rows = [{"model": r.model, **{"": cell(r)}} for r in part[part["rank"].isna()].itertuples()]
+    dense = pd.DataFrame(rows)
+    main = _main(part)
+    grid = main.assign(cell=[cell(r) for r in main.itertuples()],
+                       family=[_family(i) for i in main.init]) \
+        .pivot(index="rank", columns="family", values="cell")
+    grid.index = [f"r={int(r)}" for r in grid.index]
+    return dense, grid.rename_axis(index="rank", columns=None)
+
+
+def tuned_tables_markdown(table: pd.DataFrame) -> str:
+    """The README's tables of the tuned comparison, one per optimizer."""
+    out = []
+    table = split_budget(table)[0]
+    for opt in TUNED_PROTOCOLS:
+        if not (table.optimizer == opt).any():
+            continue
+        dense, grid = tuned_grid(table, opt)
+        epochs = int(table[table.optimizer == opt].epochs.iloc[0])
+        shown = replace(TUNED_PROTOCOLS[opt], epochs=epochs).describe().split(", ", 1)[1]
+        out.append(f"**{OPTIMIZER_LABELS[opt]}** ({shown}"
+                   f"; lr per model). Dense: "
+                   + "; ".join(f"{r.model} {r._2}" for r in dense.itertuples()) + ".")
+        out.append("")
+        out.append(grid.to_markdown())
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
 def tuned_summary(table: pd.DataFrame) -> pd.DataFrame:
     """The table shown in the notebook: per optimizer and model, the chosen rate and the
     seeds' final test accuracy (percent), train loss and late validation gain."""
     if table.empty:
         return table
-    t = table.copy()
+    t = table.copy()  # the convergence check's rows too (their epochs tell them apart)
     t["test %"] = [f"{100 * m:.2f} ± {100 * s:.2f}" if s == s else f"{100 * m:.2f}"
                    for m, s in zip(t.mean_test, t.std_test)]
     t["epoch 1 %"] = (100 * t.epoch1_test).round(1)
     t["late val gain"] = (100 * t.late_val_gain).round(2)
-    return t[["optimizer", "model", "params", "lr", "tried", "edge", "seeds", "test %",
+    return t[["optimizer", "model", "epochs", "params", "lr", "tried", "edge", "seeds", "test %",
               "epoch 1 %", "train_loss", "late val gain"]].rename(
         columns={"train_loss": "train loss"})

@@ -48,6 +48,10 @@ HEAD_RANKS = (1, 2, 4, 8)
 HEAD_INITS = ("lora", "default", "he")
 RESCALES = (0.25, 0.5, 2.0, 4.0)
 RESCALE_MODELS = (("lora", 4), ("lora", 32), ("he", 4), ("he", 32))
+#: The convergence check: these models (an init and a rank, or a dense method) retuned at
+#: ``budget_epochs`` around their choice at the study's epochs.
+BUDGET_MODELS = (("full", None), ("full_he", None), ("lora", 8), ("default", 8), ("he", 8),
+                 ("he", 64))
 #: Where the records go (from notebooks/).
 TUNED_DIR = f"{RESULTS_DIR}/tuned"
 
@@ -152,6 +156,8 @@ class TunedConfig(NotebookParams):
                                       check=positive)
     val_size: int | None = setting(None, "int|None", "validation images (None: the tuned "
                                    "protocols' 5,000)", check=positive)
+    budget_epochs: int | None = setting(30, "int|None", "the convergence check's epochs "
+                                        "(None: no check)", check=positive)
     workers: int = setting(1, "int", "CPU worker processes", check=positive)
     device: str = setting("auto", "str", "auto, cpu, cuda, ...")
     results_dir: str = setting(TUNED_DIR, "str", "one record per run; recorded runs are "
@@ -169,7 +175,7 @@ class TunedConfig(NotebookParams):
             for name, value in (("ranks", self.ranks[:SMOKE["max_ranks"]]), ("epochs", 1),
                                 ("train_subset", SMOKE["train_subset"]),
                                 ("test_subset", SMOKE["test_subset"]), ("seeds", 2),
-                                ("close_seeds", 3), ("max_extend", 1),
+                                ("close_seeds", 3), ("max_extend", 1), ("budget_epochs", 2),
                                 ("results_dir", smoke_dir(self.results_dir)),
                                 ("img_dir", smoke_dir(self.img_dir))):
                 object.__setattr__(self, name, value)
@@ -194,6 +200,20 @@ class TunedConfig(NotebookParams):
         for init in self.inits:
             method, name = method_for_init(init)
             runs += [RunConfig(self.task, method, r, name, protocol=p) for r in self.ranks]
+        return runs
+
+    def budget_models(self, optimizer: str) -> list[RunConfig]:
+        """The convergence check's models at ``budget_epochs`` (seed 0, nominal lr)."""
+        if not self.budget_epochs:
+            return []
+        p = replace(self.protocol(optimizer), epochs=self.budget_epochs)
+        runs = []
+        for name, rank in BUDGET_MODELS:
+            if rank is None and name in self.dense:
+                runs.append(RunConfig(self.task, name, protocol=p))
+            elif rank is not None and name in self.inits and rank in self.ranks:
+                method, init = method_for_init(name)
+                runs.append(RunConfig(self.task, method, rank, init, protocol=p))
         return runs
 
     def control_models(self, optimizer: str) -> list[RunConfig]:
@@ -241,9 +261,13 @@ def _train(runs: list[RunConfig], cfg: TunedConfig, what: str, progress: bool) -
                     progress=progress, workers=cfg.workers)
 
 
-def search(models: list[RunConfig], cfg: TunedConfig, progress: bool = True) -> dict:
-    """Step 1 for ``models``: train the grid, extend it at the edges; return the choices."""
-    grids = {model_key(m): (m, set(GRIDS[m.optimizer])) for m in models}
+def search(models: list[RunConfig], cfg: TunedConfig, progress: bool = True,
+           start: dict | None = None) -> dict:
+    """Step 1 for ``models``: train the grid (``start[key]``: a model's own starting rates;
+    default its optimizer's grid), extend it at the edges; return the choices."""
+    start = start or {}
+    begin = {model_key(m): tuple(start.get(model_key(m), GRIDS[m.optimizer])) for m in models}
+    grids = {model_key(m): (m, set(begin[model_key(m)])) for m in models}
     for round_ in range(1, 2 * cfg.max_extend + 2):
         _train([m.replace(lr=lr) for m, lrs in grids.values() for lr in sorted(lrs)], cfg,
                f"learning-rate search, round {round_}", progress)
@@ -251,12 +275,12 @@ def search(models: list[RunConfig], cfg: TunedConfig, progress: bool = True) -> 
         grown = False
         for key, (m, lrs) in grids.items():
             c = chosen[key]
-            start = [ladder_index(x) for x in GRIDS[m.optimizer]]
+            rungs = [ladder_index(x) for x in begin[key]]
             if c.edge is None:
                 continue
             step = -1 if c.edge == "low" else 1
             nxt = ladder_index(c.lr) + step
-            if abs(nxt - (min(start) if step < 0 else max(start))) <= cfg.max_extend:
+            if abs(nxt - (min(rungs) if step < 0 else max(rungs))) <= cfg.max_extend:
                 lrs.add(ladder_lr(nxt))
                 grown = True
         if not grown:
@@ -268,11 +292,20 @@ def seed_runs(models: list[RunConfig], picked: dict, seeds) -> list[RunConfig]:
     return [m.replace(lr=picked[model_key(m)].lr, seed=s) for m in models for s in seeds]
 
 
+def split_budget(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the study's rows, the convergence check's): the study's epochs are those of most rows."""
+    if table.empty:
+        return table, table
+    main = table.epochs == table.epochs.mode().iloc[0]
+    return table[main], table[~main]
+
+
 def close_models(table: pd.DataFrame, points: float) -> set[str]:
     """Keys of the models the prose compares that lie within ``points`` of each other: each
     factorized model against each dense baseline of its optimizer, and the inits at one rank
     (each against that rank's best)."""
     close = set()
+    table = split_budget(table)[0]
     for _, part in table.groupby("optimizer"):
         dense = part[part["rank"].isna()]
         fact = part[part["rank"].notna()]
@@ -320,8 +353,10 @@ def tuned_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_tuning(cfg: TunedConfig, progress: bool = True) -> pd.DataFrame:
-    """All steps, for the comparison's models first, then the controls; resumes from the
-    records in ``cfg.results_dir``. Returns :func:`tuned_table` of the records."""
+    """All steps, for the comparison's models first, then the controls, the close calls'
+    extra seeds and the convergence check (:data:`BUDGET_MODELS` retuned at
+    ``budget_epochs`` around their choice); resumes from the records in ``cfg.results_dir``.
+    Returns :func:`tuned_table` of the records."""
     from .tasks import TASKS
     TASKS[cfg.task].prepare(cfg.data_root)
     for group, models_of in (("models", cfg.models), ("controls", cfg.control_models)):
@@ -340,4 +375,16 @@ def run_tuning(cfg: TunedConfig, progress: bool = True) -> pd.DataFrame:
         picked = choices(_keyed(_records(cfg)))
         _train(seed_runs(extra, picked, range(cfg.seeds, cfg.close_seeds)), cfg,
                f"close calls: {len(extra)} models to {cfg.close_seeds} seeds", progress)
+    long = [m for opt in cfg.optimizers for m in cfg.budget_models(opt)]
+    if long:  # the convergence check: retuned around the study's choice
+        picked = choices(_keyed(_records(cfg)))
+        start = {}
+        for m in long:
+            short = picked.get(model_key(m.replace(epochs=cfg.protocol(m.optimizer).epochs)))
+            if short is not None:
+                k = ladder_index(short.lr)
+                start[model_key(m)] = (ladder_lr(k - 1), short.lr, ladder_lr(k + 1))
+        chosen = search(long, cfg, progress, start)
+        _train(seed_runs(long, chosen, range(1, cfg.seeds)), cfg,
+               f"convergence check at {cfg.budget_epochs} epochs: seeds", progress)
     return tuned_table(_records(cfg))

@@ -25,3 +25,22 @@ def test_bench_sweep_smoke(tmp_path):
         got["small_ranks_3_seeds_s"] / got["small_ranks_1_seed_s"])
     assert 0 < got["matmul_at_step_shapes_s"] and 0 < got["rest_of_step_s"]
     assert "speed-up over one at a time" in proc.stdout and "matrix products" in proc.stdout
+
+
+def test_bench_optimizers_smoke(tmp_path):
+    """Part 5: per tuned optimizer, the engine (written-out step) against one model at a time
+    and against itself on autograd, in one run."""
+    out = tmp_path / "opt.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_sweep.py"), "--smoke", "--epochs", "1",
+         "--optimizers-only", "--device", "cpu", "--data-root", os.environ["LOWRANK_DATA"],
+         "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(out.read_text())["optimizers"]
+    assert set(got) == {"sgd", "adamw"}
+    assert got["sgd"]["step_mode"] == "fused momentum"
+    assert got["adamw"]["step_mode"] == "written backward + AdamW"
+    for res in got.values():
+        assert res["speedup"] == pytest.approx(res["one_at_a_time_s"] / res["engine_s"])
+        assert res["written_over_autograd"] == pytest.approx(
+            res["engine_autograd_s"] / res["engine_s"])

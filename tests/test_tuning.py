@@ -12,9 +12,9 @@ from lowrank_helpers import MLP, RunConfig, build_model, count_parameters
 from lowrank_helpers.cli import main as cli_main
 from lowrank_helpers.results import load_records
 from lowrank_helpers.stats import welch
-from lowrank_helpers.tuned_report import tuned_answer, versus_dense
+from lowrank_helpers.tuned_report import budget_check, tuned_answer, versus_dense
 from lowrank_helpers.tuning import (GRIDS, TunedConfig, ladder_index, ladder_lr, model_key,
-                                    run_tuning, tuned_table)
+                                    run_tuning, split_budget, tuned_table)
 
 
 def test_ladder_round_trip_and_refusal():
@@ -83,15 +83,23 @@ def tuned(tmp_path_factory):
     cfg = TunedConfig(ranks=(2,), inits=("lora", "he"), dense=("full",), controls=False,
                       seeds=2, close_seeds=3, max_extend=1, epochs=1, train_subset=512,
                       test_subset=256, results_dir=str(tmp_path_factory.mktemp("tuned")),
-                      data_root=os.environ["LOWRANK_DATA"], optimizers=("adamw",))
+                      data_root=os.environ["LOWRANK_DATA"], optimizers=("adamw",),
+                      budget_epochs=2)
     return cfg, run_tuning(cfg, progress=False)
 
 
 def test_search_seeds_and_resume(tuned, capsys):
     cfg, table = tuned
     runs = load_records(cfg.results_dir)
-    assert len(table) == 3  # full, lora r=2, he r=2
-    for row in table.itertuples():
+    study, long = split_budget(table)
+    assert len(study) == 3 and (study.epochs == 1).all()  # full, lora r=2, he r=2
+    # the convergence check: the dense model retuned at 2 epochs around its 1-epoch choice
+    assert list(long.method) == ["full"] and (long.epochs == 2).all()
+    k = ladder_index(study[study.method == "full"].lr.iloc[0])
+    assert {ladder_lr(k - 1), ladder_lr(k), ladder_lr(k + 1)} <= \
+        {float(x) for x in long.tried.iloc[0].split()}
+    assert len(budget_check(table)) == 1
+    for row in study.itertuples():
         part = runs[[model_key(RunConfig.from_dict(_cfg(p))) == row.key for p in runs.path]]
         tried = sorted(part[part.seed == 0].lr)
         assert tried == [float(x) for x in row.tried.split()]
@@ -115,6 +123,7 @@ def test_search_seeds_and_resume(tuned, capsys):
 
 def test_prose_comes_with_intervals(tuned):
     _, table = tuned
+    table = split_budget(table)[0]
     vs = versus_dense(table)
     dense = table[table["rank"].isna()].iloc[0]
     for row in vs.itertuples():
@@ -141,5 +150,7 @@ def test_cli_tune_smoke_and_bad_input(tmp_path, capsys):
                    "--data-root", os.environ["LOWRANK_DATA"]])
     assert rc == 0
     runs = load_records(tmp_path / "tuned" / "smoke")
-    assert set(runs.method) == {"full", "lora"} and (runs.epochs == 1).all()
-    assert len(tuned_table(runs)) == 2
+    assert set(runs.method) == {"full", "lora"} and set(runs.epochs) == {1, 2}
+    study, long = split_budget(tuned_table(runs))
+    assert len(study) == 2 and (study.epochs == 1).all()
+    assert list(long.method) == ["full"]  # smoke's convergence check: 2 epochs
