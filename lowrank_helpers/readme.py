@@ -40,8 +40,9 @@ def render_block(kind: str, results_dir) -> str:
     if kind in ("tuned", "tuned-tables"):
         from .tuned_report import tuned_answer, tuned_tables_markdown
         from .tuning import tuned_table
-        table = tuned_table(load_records(results_dir))
-        return tuned_answer(table) if kind == "tuned" else tuned_tables_markdown(table)
+        runs = load_records(results_dir)
+        table = tuned_table(runs)
+        return tuned_answer(table, runs) if kind == "tuned" else tuned_tables_markdown(table)
     if kind == "inits":  # several directories, joined
         return init_answer(pd.concat([reference_records(d) for d in str(results_dir).split(":")],
                                      ignore_index=True))

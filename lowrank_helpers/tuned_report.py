@@ -16,6 +16,9 @@ from .stats import welch
 from .tuning import TUNED_PROTOCOLS, split_budget
 
 OPTIMIZER_LABELS = {"sgd": "SGD with momentum", "adamw": "AdamW"}
+#: A model matches dense when Welch's interval for (model − dense) reaches zero *and* lies
+#: above −MATCH_MARGIN: not detectably worse, and detectably no more than half a point worse.
+MATCH_MARGIN = 0.005
 
 
 def _pts(x: float) -> str:
@@ -43,7 +46,7 @@ def best_dense(table: pd.DataFrame, optimizer: str) -> pd.Series | None:
 def versus_dense(table: pd.DataFrame) -> pd.DataFrame:
     """Each factorized model of the comparison against its optimizer's better dense baseline:
     the difference in final test accuracy (points) with Welch's 95 % interval; ``matches``:
-    the interval reaches zero or above (not detectably worse)."""
+    the interval reaches zero and its lower end lies above −:data:`MATCH_MARGIN`."""
     rows = []
     for opt, part in _main(table).groupby("optimizer", sort=False):
         ref = best_dense(table, opt)
@@ -56,7 +59,8 @@ def versus_dense(table: pd.DataFrame) -> pd.DataFrame:
                          "mean": row.mean_test, "std": row.std_test, "seeds": row.seeds,
                          "dense": ref.model, "diff": d.diff if d else math.nan,
                          "low": d.low if d else math.nan, "high": d.high if d else math.nan,
-                         "p": d.p if d else math.nan, "matches": bool(d and d.high >= 0)})
+                         "p": d.p if d else math.nan,
+                         "matches": bool(d and d.high >= 0 and d.low > -MATCH_MARGIN)})
     return pd.DataFrame(rows)
 
 
@@ -79,23 +83,22 @@ def smallest_matching(vs: pd.DataFrame) -> pd.DataFrame:
 
 
 def init_effect(table: pd.DataFrame, values: str = "test_values") -> pd.DataFrame:
-    """Per optimizer and rank: the best and the worst init by mean (``values``: final or
-    epoch-1 test accuracy), the spread, and Welch's interval for best − worst."""
+    """Per optimizer and rank: the best init by mean (``values``: final or epoch-1 test
+    accuracy), the spread to the worst, and which of the other inits lie detectably below the
+    best (Welch's 95 % interval for best − other above zero) and which do not."""
     rows = []
     col = "mean_test" if values == "test_values" else "epoch1_test"
     for (opt, rank), part in _main(table).groupby(["optimizer", "rank"], sort=False):
         if len(part) < 2:
             continue
         best, worst = part.loc[part[col].idxmax()], part.loc[part[col].idxmin()]
-        d = _diff(best, worst, values)
-        second = part.drop(index=best.name)
-        second = second.loc[second[col].idxmax()]
-        d2 = _diff(best, second, values)
-        rows.append({"optimizer": opt, "rank": int(rank), "best": best.init,
-                     "worst": worst.init, "spread": best[col] - worst[col],
-                     "low": d.low if d else math.nan, "high": d.high if d else math.nan,
-                     "real": bool(d and d.real), "second": second.init,
-                     "best_vs_second_real": bool(d2 and d2.real)})
+        below, tied = [], []
+        for _, other in part.drop(index=best.name).iterrows():
+            d = _diff(best, other, values)
+            (below if d and d.real else tied).append(other.init)
+        rows.append({"optimizer": opt, "rank": int(rank), "best": best.init, "worst": worst.init,
+                     "best_mean": best[col], "spread": best[col] - worst[col],
+                     "below": below, "tied": tied, "others": len(part) - 1})
     return pd.DataFrame(rows)
 
 
@@ -171,23 +174,34 @@ def _ranks(ranks) -> str:
     return ", ".join(map(str, ranks)) if ranks else "none"
 
 
-def tuned_answer(table: pd.DataFrame) -> str:
+def tuned_answer(table: pd.DataFrame, runs: pd.DataFrame | None = None) -> str:
     """The README's and the notebook's answers to the fair comparison's three questions, with
-    the numbers, from the records' table."""
+    the numbers, from the records' table (``runs``: the records themselves, for the count of
+    runs and the training time)."""
     if table.empty:
         return "*No tuned records yet: run `lowrank-study tune`.*"
     table, long = split_budget(table)
     out = []
     seeds = table.seeds
     epochs = sorted(set(table.epochs))
+    cost = ""
+    if runs is not None and len(runs):
+        from .report import training_minutes
+        runs = runs.drop_duplicates("run_id")
+        devices = ", ".join(sorted(set(runs.device.dropna())))
+        cost = (f" {len(runs)} runs in all (searches, seeds, controls, the convergence check), "
+                f"{training_minutes(runs):.0f} minutes of training on {devices}, summed over "
+                f"the stacks of models trained together (each stack on one core).")
     out.append(f"*{len(table)} tuned models ({seeds.min()}–{seeds.max()} seeds each at the "
                f"chosen rate), {', '.join(map(str, epochs))} epochs; differences are in "
-               "points of final test accuracy, mean over seeds, with Welch's 95 % interval.*")
+               "points of final test accuracy, mean over seeds, with Welch's 95 % interval."
+               + cost + "*")
     out.append("")
     vs = versus_dense(table)
     first = smallest_matching(vs) if len(vs) else pd.DataFrame()
-    out.append("**At equal tuning, the smallest rank that matches dense** (not detectably "
-               "worse than the better dense baseline):")
+    out.append("**At equal tuning, the smallest rank that matches dense**: Welch's interval "
+               "for (model − the better dense baseline) reaches zero and lies above "
+               f"−{100 * MATCH_MARGIN:.1f} points:")
     for opt in TUNED_PROTOCOLS:
         ref = best_dense(table, opt)
         if ref is None or first.empty:
@@ -220,19 +234,14 @@ def tuned_answer(table: pd.DataFrame) -> str:
             part = eff[eff.optimizer == opt] if len(eff) else eff
             if part.empty:
                 continue
-            real = part[part.real]
-            tie = part[~part.real]
-            text = (f"- {OPTIMIZER_LABELS[opt]}, {when}: best − worst init is real at ranks "
-                    f"{_ranks(real['rank'])}")
-            if len(real):
-                big = real.loc[real.spread.idxmax()]
-                text += (f" (largest at r={big['rank']}: {big.best} over {big.worst}, "
-                         f"{_pts(big.spread)}, CI {_pts(big.low)} to {_pts(big.high)})")
-            text += (f"; not distinguishable at ranks {_ranks(tie['rank'])}" if len(tie) else "")
-            ranks_sep = part[part.best_vs_second_real]
-            text += (f". The best init is detectably above the second best at ranks "
-                     f"{_ranks(ranks_sep['rank'])}." if len(part) else ".")
-            out.append(text)
+            per_rank = "; ".join(
+                f"r={r['rank']}: {len(r.below)} of {r.others} below {r.best} "
+                f"(spread {100 * r.spread:.1f})" for _, r in part.iterrows())
+            ties = [f"r={r['rank']}: {', '.join(r.tied)}" for _, r in part.iterrows() if r.tied]
+            out.append(f"- {OPTIMIZER_LABELS[opt]}, {when}, inits detectably below the best: "
+                       f"{per_rank}."
+                       + (f" Not distinguishable from the best: {'; '.join(ties)}." if ties
+                          else ""))
     fit = lr_theory_fit(table)
     if len(fit):
         out.append("- Which theory predicts the chosen SGD rates? Over "
@@ -262,7 +271,6 @@ def tuned_answer(table: pd.DataFrame) -> str:
                                for r in part.sort_values(["init", "rank", "c"]).itertuples())
                    + f". Real at {int(part.real.sum())} of {len(part)}.")
     edges = table[table.edge.notna()]
-    late = table.late_val_gain.abs().max()
     check = budget_check(pd.concat([table, long]))
     out.append("")
     if len(check):
@@ -271,14 +279,25 @@ def tuned_answer(table: pd.DataFrame) -> str:
                    + "; ".join(f"{r.model} ({r.optimizer}) {_pts(r['diff'])} (CI {_pts(r.low)} "
                                f"to {_pts(r.high)})" for _, r in check.iterrows())
                    + f". Real at {int(check.real.sum())} of {len(check)}.")
-    out.append(f"*Convergence: over the last quarter of training the validation accuracy of "
-               f"the chosen settings moved by at most {100 * late:.2f} points (mean over "
-               f"seeds); mean final train loss {table.train_loss.min():.3f}–"
-               f"{table.train_loss.max():.3f}. "
-               + (f"{len(edges)} choices lie at the edge of their extended grid: "
-                  + ", ".join(f"{r.model} ({r.optimizer}, lr {r.lr:g})"
-                              for r in edges.itertuples()) + "."
-                  if len(edges) else "Every chosen rate lies inside its grid.") + "*")
+    settled = table.late_val_gain.abs() < 0.005
+    moving = table[~settled].sort_values("late_val_gain", ascending=False)
+    unstable = table[table.diverged > 0]
+    out.append("")
+    shown = ", ".join(f"{r.model} ({r.optimizer}, {100 * r.late_val_gain:+.1f})"
+                      for r in moving.head(8).itertuples())
+    more = f" and {len(moving) - 8} more" if len(moving) > 8 else ""
+    out.append(
+        f"*Convergence: for {int(settled.sum())} of {len(table)} chosen settings the validation "
+        f"accuracy moved by less than 0.5 points over the last quarter of training (mean over "
+        f"seeds; median {100 * table.late_val_gain.median():+.2f})"
+        + (f"; still moving: {shown}{more}" if len(moving) else "")
+        + f". Median final train loss {table.train_loss.median():.3f}. "
+        + ("Seeds that diverged at the chosen rate: " + ", ".join(
+            f"{r.model} ({r.optimizer}, {r.diverged} of {r.seeds})"
+            for r in unstable.itertuples()) + ". " if len(unstable) else "")
+        + (f"{len(edges)} choices lie at the edge of their extended grid: "
+           + ", ".join(f"{r.model} ({r.optimizer}, lr {r.lr:g})" for r in edges.itertuples())
+           + "." if len(edges) else "Every chosen rate lies inside its grid.") + "*")
     return "\n".join(out)
 
 

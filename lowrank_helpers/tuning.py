@@ -18,6 +18,7 @@ rates.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 
@@ -27,7 +28,7 @@ from .config import RESULTS_DIR, SMOKE, NotebookParams, smoke_dir
 from .methods import METHODS, method_for_init
 from .models import RANKS
 from .protocol import Protocol, RunConfig
-from .results import load_records, replicates
+from .results import has_record, load_records, replicates
 from .settings import all_of, check_settings, distinct, each, positive, setting
 
 #: The tuned protocols: what each optimizer trains under (lr is each model's own).
@@ -79,39 +80,58 @@ def model_key(run: RunConfig) -> str:
 
 
 def _score(row) -> tuple:
-    """A search run's standing: final validation accuracy, then lower validation loss;
-    a diverged run (no finite metric) last."""
+    """A search run's standing: final validation accuracy, then lower validation loss, then
+    the lower rate (so that where every rate diverges or stays at chance, the lowest is
+    chosen and the grid extends downwards); a diverged run (no finite metric) last."""
     acc = row.final_val_accuracy
     if row.diverged_epoch is not None and not pd.isna(row.diverged_epoch) or pd.isna(acc):
-        return (-math.inf, -math.inf)
+        return (-math.inf, -math.inf, -row.lr)
     loss = row.history[-1].get("val_loss", math.inf) if row.history else math.inf
-    return (acc, -loss)
+    return (acc, -loss if math.isfinite(loss) else -math.inf, -row.lr)
 
 
 @dataclass(frozen=True)
 class Choice:
-    """One model's search, read from its seed-0 records."""
+    """One model's search, read from its records."""
     key: str
     lr: float           # the chosen rate
     tried: tuple        # every rate searched, ascending
     val_accuracy: float
     edge: str | None    # "low"/"high": the choice is at the grid's edge (not extended further)
+    unstable: tuple = ()  # rates left out because a seed diverged there
 
 
-def choose(search: pd.DataFrame) -> Choice:
-    """The rate with the best final validation accuracy among one model's seed-0 records."""
-    rows = list(search.itertuples())
-    best = max(rows, key=_score)
+def _diverged(row) -> bool:
+    return (row.diverged_epoch is not None and not pd.isna(row.diverged_epoch)) or \
+        not math.isfinite(row.final_train_loss if row.final_train_loss is not None
+                          else math.nan)
+
+
+def choose(runs: pd.DataFrame) -> Choice:
+    """The rate with the best final validation accuracy among one model's seed-0 records,
+    leaving out every rate at which some seed diverged (a rate that only seed 0 survives is
+    not a setting to report); where every rate is out, the lowest, so that the grid extends
+    downwards."""
+    rows = [r for r in runs.itertuples() if r.seed == 0]
+    unstable = tuple(sorted({r.lr for r in runs.itertuples() if _diverged(r)}))
+    stable = [r for r in rows if r.lr not in unstable]
+    best = max(stable, key=_score) if stable else min(rows, key=lambda r: r.lr)
     tried = tuple(sorted(r.lr for r in rows))
     edge = "low" if best.lr == tried[0] else "high" if best.lr == tried[-1] else None
     return Choice(model_key(RunConfig.from_dict(_config(best))), best.lr, tried,
-                  best.final_val_accuracy, edge)
+                  best.final_val_accuracy, edge, unstable)
 
 
 def _config(row) -> dict:
+    """A record's stored config (the run exactly as trained), read once per file."""
+    return _config_at(row.path)
+
+
+@functools.lru_cache(maxsize=None)
+def _config_at(path: str) -> dict:
     import json
     from pathlib import Path
-    return json.loads(Path(row.path).read_text())["config"]
+    return json.loads(Path(path).read_text())["config"]
 
 
 def _check_optimizers(name, values):
@@ -248,9 +268,9 @@ def _keyed(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def choices(runs: pd.DataFrame) -> dict[str, Choice]:
-    """Each model's current choice, from the seed-0 records of ``runs`` (keyed)."""
-    search = runs[runs.seed == 0]
-    return {key: choose(part) for key, part in search.groupby("key", sort=False)}
+    """Each model's current choice, from the records of ``runs`` (keyed): :func:`choose`."""
+    return {key: choose(part) for key, part in runs.groupby("key", sort=False)
+            if (part.seed == 0).any()}
 
 
 def _train(runs: list[RunConfig], cfg: TunedConfig, what: str, progress: bool) -> None:
@@ -341,6 +361,7 @@ def tuned_table(runs: pd.DataFrame) -> pd.DataFrame:
                      "rank": first["rank"], "init": first.init, "rescale": first.rescale,
                      "model": first.model, "params": first.params, "lr": c.lr,
                      "tried": " ".join(f"{x:g}" for x in c.tried), "edge": c.edge,
+                     "unstable": " ".join(f"{x:g}" for x in c.unstable),
                      "seeds": len(part), "mean_test": acc.mean(),
                      "std_test": acc.std(ddof=1) if len(part) > 1 else math.nan,
                      "mean_val": part.final_val_accuracy.mean(),
@@ -352,29 +373,44 @@ def tuned_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: How often a model's choice may move (a seed diverged at it) before its seeds are left as
+#: they are.
+STABILITY_ROUNDS = 4
+
+
+def _stable_seeds(models, cfg, seeds, what, progress, start=None) -> None:
+    """Search ``models`` (resumes), train ``seeds`` at each choice, and again where a seed
+    diverged there and the choice moved, until every choice has its seeds."""
+    for _ in range(STABILITY_ROUNDS):
+        picked = search(models, cfg, progress, start)
+        todo = [r for r in seed_runs(models, picked, seeds)
+                if not has_record(r, cfg.results_dir)]
+        if not todo:
+            return
+        _train(todo, cfg, what, progress)
+
+
 def run_tuning(cfg: TunedConfig, progress: bool = True) -> pd.DataFrame:
     """All steps, for the comparison's models first, then the controls, the close calls'
-    extra seeds and the convergence check (:data:`BUDGET_MODELS` retuned at
+    extra seeds (a choice at which a seed diverges moves to the next best rate, whose seeds
+    are trained in turn) and the convergence check (:data:`BUDGET_MODELS` retuned at
     ``budget_epochs`` around their choice); resumes from the records in ``cfg.results_dir``.
     Returns :func:`tuned_table` of the records."""
     from .tasks import TASKS
     TASKS[cfg.task].prepare(cfg.data_root)
     for group, models_of in (("models", cfg.models), ("controls", cfg.control_models)):
         models = [m for opt in cfg.optimizers for m in models_of(opt)]
-        if not models:
-            continue
-        picked = search(models, cfg, progress)
-        _train(seed_runs(models, picked, range(1, cfg.seeds)), cfg,
-               f"{group}: seeds of the chosen rates", progress)
+        if models:
+            _stable_seeds(models, cfg, range(1, cfg.seeds), f"{group}: seeds of the chosen "
+                          "rates", progress)
     table = tuned_table(_records(cfg))
     close = close_models(table, cfg.close_points)
     every = {model_key(m): m for opt in cfg.optimizers
              for m in cfg.models(opt) + cfg.control_models(opt)}
     extra = [every[k] for k in close if k in every]
     if cfg.close_seeds > cfg.seeds and extra:
-        picked = choices(_keyed(_records(cfg)))
-        _train(seed_runs(extra, picked, range(cfg.seeds, cfg.close_seeds)), cfg,
-               f"close calls: {len(extra)} models to {cfg.close_seeds} seeds", progress)
+        _stable_seeds(extra, cfg, range(1, cfg.close_seeds),
+                      f"close calls: {len(extra)} models to {cfg.close_seeds} seeds", progress)
     long = [m for opt in cfg.optimizers for m in cfg.budget_models(opt)]
     if long:  # the convergence check: retuned around the study's choice
         picked = choices(_keyed(_records(cfg)))
@@ -384,7 +420,6 @@ def run_tuning(cfg: TunedConfig, progress: bool = True) -> pd.DataFrame:
             if short is not None:
                 k = ladder_index(short.lr)
                 start[model_key(m)] = (ladder_lr(k - 1), short.lr, ladder_lr(k + 1))
-        chosen = search(long, cfg, progress, start)
-        _train(seed_runs(long, chosen, range(1, cfg.seeds)), cfg,
-               f"convergence check at {cfg.budget_epochs} epochs: seeds", progress)
+        _stable_seeds(long, cfg, range(1, cfg.seeds), f"convergence check at "
+                      f"{cfg.budget_epochs} epochs: seeds", progress, start)
     return tuned_table(_records(cfg))

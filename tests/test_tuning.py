@@ -154,3 +154,21 @@ def test_cli_tune_smoke_and_bad_input(tmp_path, capsys):
     study, long = split_budget(tuned_table(runs))
     assert len(study) == 2 and (study.epochs == 1).all()
     assert list(long.method) == ["full"]  # smoke's convergence check: 2 epochs
+
+
+def test_score_prefers_the_lower_rate_when_nothing_learns():
+    """Where every rate diverges (or ties at chance), the lowest wins, so the grid extends
+    downwards; otherwise validation accuracy, then validation loss, decide."""
+    from types import SimpleNamespace as Row
+
+    from lowrank_helpers.tuning import _score
+    diverged = [Row(lr=lr, final_val_accuracy=float("nan"), diverged_epoch=1, history=[])
+                for lr in (0.01, 0.003, 0.03)]
+    assert max(diverged, key=_score).lr == 0.003
+    chance = [Row(lr=lr, final_val_accuracy=0.1, diverged_epoch=None,
+                  history=[{"val_loss": float("nan")}]) for lr in (0.1, 0.03)]
+    assert max(chance, key=_score).lr == 0.03
+    good = [Row(lr=0.1, final_val_accuracy=0.85, diverged_epoch=None, history=[{"val_loss": 0.5}]),
+            Row(lr=0.03, final_val_accuracy=0.85, diverged_epoch=None, history=[{"val_loss": 0.4}]),
+            Row(lr=0.01, final_val_accuracy=0.80, diverged_epoch=None, history=[{"val_loss": 0.3}])]
+    assert max(good, key=_score).lr == 0.03
