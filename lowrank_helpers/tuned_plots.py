@@ -33,6 +33,16 @@ def _dense_lines(ax, table, opt, x_span=None):
                    alpha=0.08)
 
 
+def _note_below(ax, low: float, ranks: bool = True) -> None:
+    """Say which plotted points lie below the axis (the notebook's tables list them)."""
+    below = [(x, y) for line in ax.get_lines() if line.get_marker() == "o"  # the data, not caps
+             for x, y in zip(*line.get_data()) if np.isfinite(y) and y < low]
+    if below:
+        text = (f"below the axis at r = {', '.join(map(str, sorted({int(round(x)) for x, _ in below})))}"
+                if ranks else f"{len(below)} points below the axis")
+        ax.text(0.02, 0.02, text, transform=ax.transAxes, fontsize=7, color="gray")
+
+
 def accuracy_vs_rank(table: pd.DataFrame, reference: pd.DataFrame | None = None,
                      ylim=(75, 92)) -> plt.Figure:
     """Final test accuracy against rank per init: the reference protocol (where its records
@@ -69,7 +79,9 @@ def accuracy_vs_rank(table: pd.DataFrame, reference: pd.DataFrame | None = None,
                          fontsize=10)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("rank r")
-        ax.set_ylim(*ylim)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+            _note_below(ax, ylim[0])
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("final test accuracy (%)")
     axes[0][-1].legend(fontsize=7, loc="lower right")
@@ -139,6 +151,7 @@ def accuracy_vs_params(table: pd.DataFrame) -> plt.Figure:
         ax.set_title(f"tuned {OPTIMIZER_LABELS[opt]}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.set_ylim(75, 92)
+        _note_below(ax, 75, ranks=False)
     axes[0][0].set_ylabel("final test accuracy (%)")
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.suptitle("Fashion-MNIST: accuracy against trainable parameters", fontsize=11)

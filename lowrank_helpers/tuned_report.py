@@ -102,42 +102,42 @@ def init_effect(table: pd.DataFrame, values: str = "test_values") -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+def _twin(main: pd.DataFrame, row) -> pd.Series | None:
+    """The comparison's model with ``row``'s optimizer, rank and init (None if absent)."""
+    twin = main[(main.optimizer == row.optimizer) & (main["rank"] == row["rank"])
+                & (main.init == row.init)]
+    return None if twin.empty else twin.iloc[0]
+
+
+def _interval(a, b) -> dict:
+    """mean(a) − mean(b) of final test accuracy with Welch's interval, as table columns."""
+    d = _diff(a, b)
+    return {"diff": d.diff if d else math.nan, "low": d.low if d else math.nan,
+            "high": d.high if d else math.nan, "real": bool(d and d.real)}
+
+
 def head_control(table: pd.DataFrame) -> pd.DataFrame:
     """Dense output layer against factorized output layer, same init, rank and optimizer."""
-    rows = []
-    heads = table[table.method.map(lambda m: METHODS[m].dense_output)]
-    main = _main(table)
-    for _, h in heads.iterrows():
-        twin = main[(main.optimizer == h.optimizer) & (main["rank"] == h["rank"])
-                    & (main.init == h.init)]
-        if twin.empty:
-            continue
-        t = twin.iloc[0]
-        d = _diff(h, t)
-        rows.append({"optimizer": h.optimizer, "init": h.init, "rank": int(h["rank"]),
-                     "dense_head": h.mean_test, "factorized_head": t.mean_test,
-                     "diff": d.diff if d else math.nan, "low": d.low if d else math.nan,
-                     "high": d.high if d else math.nan, "real": bool(d and d.real)})
+    main, rows = _main(table), []
+    for _, h in table[table.method.map(lambda m: METHODS[m].dense_output)].iterrows():
+        t = _twin(main, h)
+        if t is not None:
+            rows.append({"optimizer": h.optimizer, "init": h.init, "rank": int(h["rank"]),
+                         "dense_head": h.mean_test, "factorized_head": t.mean_test,
+                         **_interval(h, t)})
     return pd.DataFrame(rows)
 
 
 def rescale_control(table: pd.DataFrame) -> pd.DataFrame:
     """A → cA, B → B/c against c = 1 (same init, rank, optimizer), each at its own tuned
     learning rate."""
-    rows = []
-    main = _main(table)
+    main, rows = _main(table), []
     for _, row in table[table.rescale != 1].iterrows():
-        twin = main[(main.optimizer == row.optimizer) & (main["rank"] == row["rank"])
-                    & (main.init == row.init)]
-        if twin.empty:
-            continue
-        t = twin.iloc[0]
-        d = _diff(row, t)
-        rows.append({"optimizer": row.optimizer, "init": row.init, "rank": int(row["rank"]),
-                     "c": row.rescale, "lr": row.lr, "lr_c1": t.lr, "mean": row.mean_test,
-                     "mean_c1": t.mean_test, "diff": d.diff if d else math.nan,
-                     "low": d.low if d else math.nan, "high": d.high if d else math.nan,
-                     "real": bool(d and d.real)})
+        t = _twin(main, row)
+        if t is not None:
+            rows.append({"optimizer": row.optimizer, "init": row.init, "rank": int(row["rank"]),
+                         "c": row.rescale, "lr": row.lr, "lr_c1": t.lr, "mean": row.mean_test,
+                         "mean_c1": t.mean_test, **_interval(row, t)})
     return pd.DataFrame(rows)
 
 
@@ -314,13 +314,11 @@ def budget_check(table: pd.DataFrame) -> pd.DataFrame:
         if same.empty:
             continue
         t = same.iloc[0]
-        d = _diff(row, t)
         rows.append({"optimizer": row.optimizer, "model": row.model, "epochs": t.epochs,
                      "epochs_long": row.epochs, "lr": t.lr, "lr_long": row.lr,
                      "mean": t.mean_test, "mean_long": row.mean_test,
                      "train_loss": t.train_loss, "train_loss_long": row.train_loss,
-                     "diff": d.diff if d else math.nan, "low": d.low if d else math.nan,
-                     "high": d.high if d else math.nan, "real": bool(d and d.real)})
+                     **_interval(row, t)})
     return pd.DataFrame(rows)
 
 
@@ -370,6 +368,6 @@ def tuned_summary(table: pd.DataFrame) -> pd.DataFrame:
                    for m, s in zip(t.mean_test, t.std_test)]
     t["epoch 1 %"] = (100 * t.epoch1_test).round(1)
     t["late val gain"] = (100 * t.late_val_gain).round(2)
-    return t[["optimizer", "model", "epochs", "params", "lr", "tried", "edge", "seeds", "test %",
-              "epoch 1 %", "train_loss", "late val gain"]].rename(
+    return t[["optimizer", "model", "epochs", "params", "lr", "tried", "unstable", "edge",
+              "seeds", "test %", "epoch 1 %", "train_loss", "late val gain"]].rename(
         columns={"train_loss": "train loss"})

@@ -98,22 +98,29 @@ class Choice:
     tried: tuple        # every rate searched, ascending
     val_accuracy: float
     edge: str | None    # "low"/"high": the choice is at the grid's edge (not extended further)
-    unstable: tuple = ()  # rates left out because a seed diverged there
+    unstable: tuple = ()  # rates left out because a seed failed there (diverged, or chance)
 
 
-def _diverged(row) -> bool:
-    return (row.diverged_epoch is not None and not pd.isna(row.diverged_epoch)) or \
-        not math.isfinite(row.final_train_loss if row.final_train_loss is not None
-                          else math.nan)
+def _failed(row) -> bool:
+    """The run diverged (a loss became NaN or inf) or ended near chance on the validation
+    split (below twice chance, 1/classes)."""
+    from .tasks import TASKS
+    if (row.diverged_epoch is not None and not pd.isna(row.diverged_epoch)) or \
+            not math.isfinite(row.final_train_loss if row.final_train_loss is not None
+                              else math.nan):
+        return True
+    classes = getattr(TASKS.get(row.task), "classes", None)
+    acc = row.final_val_accuracy
+    return bool(classes) and acc is not None and not pd.isna(acc) and acc < 2 / classes
 
 
 def choose(runs: pd.DataFrame) -> Choice:
     """The rate with the best final validation accuracy among one model's seed-0 records,
-    leaving out every rate at which some seed diverged (a rate that only seed 0 survives is
-    not a setting to report); where every rate is out, the lowest, so that the grid extends
-    downwards."""
+    leaving out every rate at which some seed failed (:func:`_failed`: a rate that only seed
+    0 survives is not a setting to report); where every rate is out, the lowest, so that the
+    grid extends downwards."""
     rows = [r for r in runs.itertuples() if r.seed == 0]
-    unstable = tuple(sorted({r.lr for r in runs.itertuples() if _diverged(r)}))
+    unstable = tuple(sorted({r.lr for r in runs.itertuples() if _failed(r)}))
     stable = [r for r in rows if r.lr not in unstable]
     best = max(stable, key=_score) if stable else min(rows, key=lambda r: r.lr)
     tried = tuple(sorted(r.lr for r in rows))
@@ -148,6 +155,14 @@ def _check_inits(name, values):
         raise ValueError(f"{name}: unknown init(s) {unknown}; valid: {', '.join(sorted(INITS))}")
 
 
+def _check_dense(name, values):
+    dense = [m for m, spec in METHODS.items() if not spec.factorized]
+    unknown = [v for v in values if v not in dense]
+    if unknown:
+        raise ValueError(f"{name}: {unknown} are not dense methods; dense methods: "
+                         f"{', '.join(dense)}")
+
+
 @dataclass(frozen=True)
 class TunedConfig(NotebookParams):
     """The tuned study (the parameters of notebooks/tuned.ipynb and of ``lowrank-study
@@ -159,7 +174,8 @@ class TunedConfig(NotebookParams):
                            check=all_of(each(positive), distinct))
     inits: tuple = setting(TUNED_INITS, "list[str]", "factorized inits compared",
                            check=all_of(_check_inits, distinct))
-    dense: tuple = setting(DENSE, "list[str]", "dense baselines", check=distinct)
+    dense: tuple = setting(DENSE, "list[str]", "dense baselines",
+                           check=all_of(_check_dense, distinct))
     controls: bool = setting(True, "bool", "also the dense-head and rescaling controls")
     seeds: int = setting(3, "int", "seeds of each chosen setting", check=positive)
     close_seeds: int = setting(5, "int", "seeds where two compared models are close",
