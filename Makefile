@@ -38,7 +38,7 @@ test: setup
 # (The panels draw into Image widgets: papermill hangs on cells that fill an Output widget,
 # jupyter/nbclient#312.)
 notebooks: setup
-	cd notebooks && for nb in theory study summary explorer; do \
+	cd notebooks && for nb in tuned theory study summary explorer; do \
 	  ../$(BIN)/papermill $$nb.ipynb $$nb.ipynb -k python3 --cwd . || exit 1; done
 
 lab: setup

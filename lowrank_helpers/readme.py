@@ -5,8 +5,9 @@ README. Kinds: ``table`` (:func:`~lowrank_helpers.report.comparison_table`) and 
 of the reference-protocol records in a results directory; ``agreement`` of two directories
 ``other:reference`` (:func:`~lowrank_helpers.report.agreement`); ``inits`` of several
 directories ``a:b:...`` compared by init (:func:`~lowrank_helpers.report.init_answer`);
-``tuned`` and ``tuned-tables`` of the tuned comparison's records
-(:func:`~lowrank_helpers.tuned_report.tuned_answer`, ``tuned_tables_markdown``).
+``tuned``, ``tuned-tables`` and ``tuned-headline`` of the tuned comparison's records
+(:func:`~lowrank_helpers.tuned_report.tuned_answer`, ``tuned_tables_markdown``,
+``tuned_headline``).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from .report import agreement, comparison_table, discussion, init_answer
 from .results import is_reference, load_records
 
 README_BLOCK = re.compile(
-    r"(<!-- generated: (table|discussion|agreement|inits|tuned|tuned-tables) (\S+) -->\n)(.*?)"
+    r"(<!-- generated: (table|discussion|agreement|inits|tuned|tuned-tables|tuned-headline) (\S+) -->\n)(.*?)"
     r"(<!-- end -->)", re.S)
 
 
@@ -37,12 +38,14 @@ def render_block(kind: str, results_dir) -> str:
     if kind == "agreement":
         other, reference = str(results_dir).rsplit(":", 1)
         return agreement(reference_records(reference), reference_records(other))
-    if kind in ("tuned", "tuned-tables"):
-        from .tuned_report import tuned_answer, tuned_tables_markdown
+    if kind.startswith("tuned"):
+        from .tuned_report import tuned_answer, tuned_headline, tuned_tables_markdown
         from .tuning import tuned_table
         runs = load_records(results_dir)
         table = tuned_table(runs)
-        return tuned_answer(table, runs) if kind == "tuned" else tuned_tables_markdown(table)
+        return {"tuned": lambda: tuned_answer(table, runs),
+                "tuned-tables": lambda: tuned_tables_markdown(table),
+                "tuned-headline": lambda: tuned_headline(table)}[kind]()
     if kind == "inits":  # several directories, joined
         return init_answer(pd.concat([reference_records(d) for d in str(results_dir).split(":")],
                                      ignore_index=True))
