@@ -30,7 +30,7 @@ def _main(table: pd.DataFrame) -> pd.DataFrame:
     output layer."""
     table = split_budget(table)[0]
     fact = table[table["rank"].notna()]
-    return fact[(fact.rescale == 1) & ~fact.method.map(lambda m: METHODS[m].dense_output)]
+    return fact[(fact.rescale == 1) & ~fact.method.map(lambda m: METHODS[m].dense_output).astype(bool)]
 
 
 def _diff(a: pd.Series, b: pd.Series, values: str = "test_values"):
@@ -331,7 +331,7 @@ def tuned_headline(table: pd.DataFrame) -> str:
     full answer, :func:`tuned_answer`, gives every comparison behind them)."""
     if table.empty:
         return "*No tuned records yet: run `lowrank-study tune`.*"
-    table = split_budget(table)[0]
+    full, table = table, split_budget(table)[0]
     out = []
     vs = versus_dense(table)
     for opt in TUNED_PROTOCOLS:
@@ -365,6 +365,28 @@ def tuned_headline(table: pd.DataFrame) -> str:
         text += (f"; {real} of {total} (init, rank, optimizer) comparisons with the best init "
                  "are detectably below it.")
         out.append(text)
+    check = budget_check(full)
+    if len(check):
+        main_l, long = split_budget(full)
+        dense_rows = check.model.isin(set(long[long["rank"].isna()].model))
+        _span = lambda c: (f"{_pts(c['diff'].min())} to {_pts(c['diff'].max())}"  # noqa: E731
+                           if len(c) else "none")
+        gaps = []
+        for opt in TUNED_PROTOCOLS:
+            ref = long[(long.optimizer == opt) & long["rank"].isna()]
+            if ref.empty:
+                continue
+            ref = ref.loc[ref.mean_test.idxmax()]
+            for r in long[(long.optimizer == opt) & long["rank"].notna()].itertuples():
+                d = _diff(pd.Series(r._asdict()), ref)
+                if d:
+                    gaps.append(d.real and d.diff < 0)
+        out.append(f"- **Not converged at {int(check.epochs.iloc[0])} epochs**: retuned at "
+                   f"{int(check.epochs_long.iloc[0])}, {int(check.real.sum())} of {len(check)} "
+                   f"checked models gain detectably (dense {_span(check[dense_rows])}, "
+                   f"factorized {_span(check[~dense_rows])} points); at "
+                   f"{int(check.epochs_long.iloc[0])} epochs {sum(gaps)} of {len(gaps)} "
+                   "checked factorized models are detectably below the better dense baseline.")
     head = head_control(table)
     if len(head):
         at = lambda rs: head[head["rank"].isin(rs)]  # noqa: E731
