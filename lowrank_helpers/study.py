@@ -8,7 +8,7 @@ from .config import StudyConfig, SummaryConfig, TheoryConfig, smoke_protocol
 from .data import Data
 from .devices import resolve_device
 from .engine import train_many
-from .methods import METHODS, method_for_init
+from .methods import METHODS, ORIGINAL_METHODS, method_for_init
 from .planning import stackable
 from .protocol import Protocol, RunConfig
 from .results import check_writable, has_record, load_records, make_record, save_record
@@ -121,8 +121,8 @@ def init_study_records(results_dirs, inits, smoke: bool = False) -> pd.DataFrame
     protocol = smoke_protocol(Protocol()) if smoke else Protocol()
     dirs = list(results_dirs)
     if smoke:  # the reference run (its methods with their own inits), then one study per init
-        own = {m.own_init for m in METHODS.values() if m.factorized}
-        studies = [(None, list(METHODS), dirs[0])]
+        own = {METHODS[m].own_init for m in ORIGINAL_METHODS if METHODS[m].factorized}
+        studies = [(None, list(ORIGINAL_METHODS), dirs[0])]
         studies += [(init, [method_for_init(init)[0]], dirs[-1]) for init in inits
                     if init not in own]
         for init, methods, target in studies:

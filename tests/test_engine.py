@@ -113,8 +113,8 @@ STEP_MODELS = {
 RULES = {  # a written-out rule and the torch.optim optimizer it must match
     "sgd": (lambda bufs, opt: SGDRule(0.02, 0.01), lambda ps: None,
             lambda ps: torch.optim.SGD(ps, lr=0.02, weight_decay=0.01)),
-    "momentum": (lambda bufs, opt: MomentumRule(bufs, 0.02, 0.9, 0.01), lambda ps: None,
-                 lambda ps: torch.optim.SGD(ps, lr=0.02, momentum=0.9, weight_decay=0.01)),
+    "momentum": (lambda bufs, opt: MomentumRule(bufs, 0.002, 0.9, 0.01), lambda ps: None,
+                 lambda ps: torch.optim.SGD(ps, lr=0.002, momentum=0.9, weight_decay=0.01)),
     "adamw": (lambda bufs, opt: GradRule(),
               lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01),
               lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01)),
@@ -221,9 +221,9 @@ def test_a_diverging_model_does_not_disturb_the_others(data):
 
 
 def test_mixed_families_are_split_or_refused():
-    with pytest.raises(ValueError, match="one family and one widths.*plan_stacks"):
+    with pytest.raises(ValueError, match="one kind of layer at each depth and one widths.*plan_stacks"):
         StackedMLP([MLP("full"), MLP("lora", 4)])
-    with pytest.raises(ValueError, match="one family and one widths"):
+    with pytest.raises(ValueError, match="one kind of layer at each depth and one widths"):
         StackedMLP([MLP("lora", 4), MLP("lora", 4, widths=(784, 64, 10))])
     runs = [RunConfig(method="full"), RunConfig(method="lora", rank=4),
             RunConfig(method="ae", rank=16), RunConfig(method="lora", rank=64),
