@@ -13,7 +13,7 @@ from dataclasses import MISSING, field, fields
 from numbers import Integral, Real
 from typing import Any, Callable, Iterable
 
-KINDS = ("str", "int", "float", "bool", "str|None", "int|None", "list[int]", "list[str]")
+KINDS = ("str", "int", "float", "bool", "str|None", "int|None", "list[int]", "list[float]", "list[str]")
 
 
 def setting(default, kind: str, help: str, *, choices: Callable[[], Iterable] | tuple = (),

@@ -1,0 +1,228 @@
+"""The language-model study: which runs, in which order, trained in stacks, with resume.
+
+The study (``notebooks/shakespeare_char.ipynb``, ``lowrank-study lm``) runs in phases, each
+skipping the runs that already have a record, so a stopped sweep loses nothing:
+
+1. ``anchor``: the dense model at nanoGPT's CPU configuration, trained on the whole training
+   split at nanoGPT's lr, ``anchor_seeds`` seeds: the check against nanoGPT's own loss.
+2. ``search``: seed 0 of every model at every rate of ``lrs``, trained without the tuning slice
+   and scored on it: the dense model, and all six projections factorized at ``ranks`` with
+   ``inits``.
+3. ``seeds``: seeds 1… at each model's chosen rate.
+4. ``narrow``: dense models narrowed to the parameter count of the factorized ones at
+   ``narrow_ranks`` (search, then seeds): "low rank" against "fewer parameters".
+5. ``partial``: attention only and MLP only, at ``partial_rank`` (search, then seeds).
+6. ``inits``: the other inits at ``partial_rank`` (search, then seeds).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .charlm import LMShape, lm_parameters, spectra
+from .config import NotebookParams, _not_empty, smoke_dir
+from .layers import INITS
+from .lm_training import LMProtocol, LMRun, lm_record, train_lms
+from .results import read_record, save_record
+from .settings import all_of, check_settings, distinct, each, positive, setting
+from .text import CORPORA, load_corpus
+
+PHASES = ("anchor", "search", "seeds", "narrow", "partial", "inits")
+#: What ``smoke=True`` shrinks the study to (CI, tests): a text every Python has, a tiny model.
+LM_SMOKE = {"corpus": "python_stdlib", "n_layer": 1, "n_head": 2, "d_model": 16,
+            "block_size": 16, "batch_size": 4, "iters": 12, "ranks": (2, 4), "seeds": 2,
+            "lrs": (1e-3, 1e-2), "tune_chars": 4000, "eval_every": 6, "eval_windows": 8,
+            "anchor_seeds": 2, "narrow_ranks": (2,), "partial_rank": 2, "sample_chars": 40,
+            "extra_inits": ("he",)}
+
+
+def _inits(name, values):
+    for v in values:
+        if v not in INITS:
+            raise ValueError(f"unknown init {v!r} in {name}; valid inits: {', '.join(INITS)}")
+
+
+@dataclass(frozen=True)
+class LMStudyConfig(NotebookParams):
+    """The language-model study's notebook parameters (and ``lowrank-study lm``'s flags)."""
+    corpus: str = setting("tinyshakespeare", "str", "the text", choices=lambda: tuple(CORPORA))
+    n_layer: int = setting(4, "int", "transformer blocks", check=positive)
+    n_head: int = setting(4, "int", "attention heads", check=positive)
+    d_model: int = setting(128, "int", "width of the residual stream", check=positive)
+    block_size: int = setting(64, "int", "context length in characters", check=positive)
+    batch_size: int = setting(12, "int", "sequences per step", check=positive)
+    iters: int = setting(2000, "int", "optimizer steps per run", check=positive)
+    ranks: tuple = setting((4, 8, 16, 32, 64), "list[int]", "ranks of the factorized models",
+                           check=all_of(_not_empty, distinct, each(positive)))
+    inits: tuple = setting(("lora", "default"), "list[str]", "inits at every rank",
+                           check=all_of(_not_empty, distinct, _inits))
+    extra_inits: tuple = setting(("matched", "he", "spectral", "spectral_he"), "list[str]",
+                                 "the other inits, at partial_rank only",
+                                 check=all_of(distinct, _inits))
+    lrs: tuple = setting((1e-3, 3e-3, 1e-2), "list[float]", "peak learning rates searched",
+                         check=all_of(_not_empty, distinct, each(positive)))
+    seeds: int = setting(3, "int", "seeds per model at its chosen rate", check=positive)
+    anchor_seeds: int = setting(3, "int", "seeds of the nanoGPT anchor", check=positive)
+    tune_chars: int = setting(100_000, "int", "tuning slice cut from the training split",
+                              check=positive)
+    narrow_ranks: tuple = setting((4, 16, 64), "list[int]", "ranks whose parameter count a "
+                                  "narrower dense model matches", check=all_of(distinct,
+                                                                             each(positive)))
+    partial_rank: int = setting(16, "int", "rank of the attention-only, MLP-only and other-"
+                                "init models", check=positive)
+    eval_every: int = setting(250, "int", "steps between evaluations", check=positive)
+    eval_windows: int = setting(100, "int", "windows per split in an evaluation during "
+                                "training", check=positive)
+    sample_chars: int = setting(300, "int", "characters sampled from each trained model",
+                                check=positive)
+    phases: tuple = setting(PHASES, "list[str]", "which phases to run", choices=PHASES)
+    smoke: bool = setting(False, "bool", "tiny sizes on a small text (CI)")
+    results_dir: str = setting("../results/shakespeare_char", "str", "where records go")
+    img_dir: str = setting("../img", "str", "where figures go")
+    data_root: str | None = setting(None, "str|None", "data root (default $LOWRANK_DATA or "
+                                    "~/.cache/lowrank_helpers/data)")
+
+    def __post_init__(self):
+        if self.smoke:
+            for k, v in LM_SMOKE.items():
+                object.__setattr__(self, k, v)
+            object.__setattr__(self, "results_dir", smoke_dir(self.results_dir))
+            object.__setattr__(self, "img_dir", smoke_dir(self.img_dir))
+        check_settings(self)
+        LMShape(self.n_layer, self.n_head, self.d_model, self.block_size)  # checks the shape
+
+    def shape(self, vocab_size: int, d_model: int | None = None) -> LMShape:
+        return LMShape(self.n_layer, self.n_head, d_model or self.d_model, self.block_size,
+                       vocab_size)
+
+    def protocol(self, lr: float, tune: bool = True) -> LMProtocol:
+        """The study's protocol at peak rate ``lr`` (min_lr = lr/10, nanoGPT's rule of thumb);
+        ``tune=False``: trained on the whole training split (the anchor)."""
+        return LMProtocol(iters=self.iters, batch_size=self.batch_size, lr=lr, min_lr=lr / 10,
+                          tune_chars=self.tune_chars if tune else 0, eval_every=self.eval_every,
+                          eval_windows=self.eval_windows)
+
+
+def narrow_width(target: int, shape: LMShape) -> int:
+    """The d_model (a multiple of n_head) whose dense model's parameter count is closest to
+    ``target``."""
+    best = min(range(shape.n_head, shape.d_model + 1, shape.n_head),
+               key=lambda d: abs(lm_parameters(LMShape(shape.n_layer, shape.n_head, d,
+                                                       shape.block_size,
+                                                       shape.vocab_size))["total"] - target))
+    return best
+
+
+def _models(cfg: LMStudyConfig, vocab: int, phase: str) -> list[LMRun]:
+    """Seed-0 runs at the first rate of every model of ``phase`` (lr is set by the search)."""
+    shape, proto = cfg.shape(vocab), cfg.protocol(cfg.lrs[0])
+    base = LMRun(cfg.corpus, shape, protocol=proto)
+    if phase in ("search", "seeds"):
+        return [base] + [base.replace(factorize="both", rank=r, init=i)
+                         for r in cfg.ranks for i in cfg.inits]
+    if phase == "narrow":
+        out = []
+        for r in cfg.narrow_ranks:
+            target = lm_parameters(shape, "both", r)["total"]
+            out.append(base.replace(shape=cfg.shape(vocab, narrow_width(target, shape))))
+        return out
+    if phase == "partial":
+        return [base.replace(factorize=f, rank=cfg.partial_rank, init=cfg.inits[0])
+                for f in ("attn", "mlp")]
+    if phase == "inits":
+        return [base.replace(factorize="both", rank=cfg.partial_rank, init=i)
+                for i in cfg.extra_inits if i not in cfg.inits]
+    raise ValueError(phase)
+
+
+def record_file(run: LMRun, results_dir) -> Path:
+    return Path(results_dir) / f"{run.name}-{run.run_id}.json"
+
+
+def load_lm_records(results_dir) -> pd.DataFrame:
+    """One row per record: the config flat (shape fields, protocol fields), the final losses,
+    parameters and cost."""
+    rows = []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        rec = read_record(path)
+        if rec.get("schema") != "lm-1":
+            continue
+        run = LMRun.from_dict(rec["config"])
+        c = rec["config"]
+        rows.append({**{k: v for k, v in c.items() if k != "protocol"}, **c["protocol"],
+                     **rec["final"], "parameters": rec["parameters"]["total"],
+                     "diverged_iter": rec["diverged_iter"], **rec["cost"],
+                     "run_id": rec["run_id"], "model_key": run.model_key,
+                     "group_id": run.group_id, "label": run.label, "path": str(path)})
+    return pd.DataFrame(rows)
+
+
+def choose_lr(rows: pd.DataFrame) -> float | None:
+    """The rate with the lowest final tuning-slice loss of seed 0 (diverged runs excluded;
+    ties go to the lower rate); None if every rate failed."""
+    ok = rows[(rows.seed == 0) & rows.diverged_iter.isna() & rows.tune_loss.notna()]
+    if ok.empty:
+        return None
+    ok = ok.sort_values(["tune_loss", "lr"])
+    return float(ok.lr.iloc[0])
+
+
+def _train(runs: list[LMRun], cfg: LMStudyConfig, splits, bar) -> None:
+    """Train the runs without a record, stack by stack, writing each record when done."""
+    todo = [r for r in runs if not record_file(r, cfg.results_dir).exists()]
+    stacks = defaultdict(list)
+    for r in todo:
+        stacks[r.stack_key].append(r)
+    for group in stacks.values():
+        if bar is not None:
+            bar.set_postfix_str(f"{group[0].label} ×{len(group)}")
+        results = train_lms(group, splits, progress=(lambda n: bar.update(n * len(group)))
+                            if bar is not None else None, sample_chars=cfg.sample_chars)
+        for run, res in zip(group, results):
+            rec = lm_record(run, res)
+            if run.factorize == "none":
+                rec["analysis"] = {"singular_values": spectra(res.model)}
+            save_record(rec, cfg.results_dir)
+
+
+def _search_and_seeds(models, cfg, splits, bar, seeds=True) -> None:
+    _train([m.replace(lr=lr, min_lr=lr / 10) for m in models for lr in cfg.lrs], cfg, splits,
+           bar)
+    if not seeds:
+        return
+    runs = load_lm_records(cfg.results_dir)
+    todo = []
+    for m in models:
+        rows = runs[runs.model_key == m.model_key] if len(runs) else runs
+        lr = choose_lr(rows) if len(rows) else None
+        if lr is not None:
+            todo += [m.replace(lr=lr, min_lr=lr / 10, seed=s) for s in range(1, cfg.seeds)]
+    _train(todo, cfg, splits, bar)
+
+
+def run_lm_study(cfg: LMStudyConfig, progress: bool = True) -> pd.DataFrame:
+    """Run the phases of ``cfg.phases`` in order (see the module doc) and return the records."""
+    from tqdm.auto import tqdm
+    splits = load_corpus(cfg.corpus, cfg.data_root, tune_chars=cfg.tune_chars)
+    full = load_corpus(cfg.corpus, cfg.data_root, tune_chars=0)
+    Path(cfg.results_dir).mkdir(parents=True, exist_ok=True)
+    bar = tqdm(desc="LM study (model-steps)", unit="step", disable=not progress)
+    try:
+        for phase in cfg.phases:
+            if phase == "anchor":
+                run = LMRun(cfg.corpus, cfg.shape(full.vocab_size),
+                            protocol=cfg.protocol(1e-3, tune=False))
+                _train([run.replace(seed=s) for s in range(cfg.anchor_seeds)], cfg, full, bar)
+            elif phase == "search":
+                _search_and_seeds(_models(cfg, splits.vocab_size, "search"), cfg, splits, bar,
+                                  seeds=False)
+            else:
+                _search_and_seeds(_models(cfg, splits.vocab_size, phase), cfg, splits, bar)
+    finally:
+        bar.close()
+    return load_lm_records(cfg.results_dir)
