@@ -38,16 +38,18 @@ test: setup
 # (The panels draw into Image widgets: papermill hangs on cells that fill an Output widget,
 # jupyter/nbclient#312.)
 notebooks: setup
-	cd notebooks && for nb in tuned theory study summary explorer; do \
+	cd notebooks && for nb in shakespeare_char tuned theory study summary explorer; do \
 	  ../$(BIN)/papermill $$nb.ipynb $$nb.ipynb -k python3 --cwd . || exit 1; done
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
 
 # The sweep one model at a time vs stacked vs its FLOP bound, three seeds vs one, and one epoch
-# against the original's DataLoader pipeline (about 3 minutes on a 2-core CPU).
+# against the original's DataLoader pipeline (about 3 minutes on a 2-core CPU); then the
+# character LM one model at a time against many at once (about 2 minutes).
 bench: setup
 	$(BIN)/python benchmarks/bench_sweep.py
+	$(BIN)/python benchmarks/bench_lm.py
 
 table: setup
 	$(BIN)/lowrank-study table

@@ -12,13 +12,22 @@ plots (study figures). The fair comparison: tuning (learning rates chosen on a v
 split, seeds, controls), stats (Welch intervals), tuned_report (its tables and prose),
 tuned_plots (its figures). Theory: theory (signal and gradients at init, predicted and
 measured), theory_plots. Panels: explorer (records), init_panel (an init and a rank). cli.
+The language-model study: text (character corpora, split as nanoGPT splits them), charlm
+(nanoGPT's transformer with dense or B·A projections), lm_training (its protocol, a run, many
+runs at once through torch.func), lm_study (the phases, with resume), lm_report (tables,
+computed prose), lm_plots (figures), teacher (the teacher–student control).
 """
 from . import theory
 from .config import (SMOKE, ExplorerConfig, StudyConfig, SummaryConfig, TheoryConfig)
 from .data import DATASETS, Data, DataNotFoundError, load_data
 from .devices import resolve_device
 from .engine import train_group, train_many
+from .charlm import CharTransformer, LMShape
 from .layers import INITS, LowRankLinear, register_init
+from .lm_plots import lm_figures
+from .lm_report import anchor_summary, lm_answer, lm_table, lm_tables_markdown
+from .lm_study import LMStudyConfig, load_lm_records, run_lm_study
+from .lm_training import LMProtocol, LMRun, train_lm_eager, train_lms
 from .methods import METHODS, Method, method_for_init, model_label, register_method
 from .models import MLP, count_parameters, parameter_counts, parameter_table
 from .planning import plan_stacks
@@ -31,6 +40,7 @@ from .results import (ResultsDirError, epochs_frame, load_records, make_record, 
 from .stacked import StackedMLP
 from .study import (init_study_records, run_one, run_records, run_study, spectra_records,
                     summary_records)
+from .teacher import TeacherConfig, best_students, teacher_results
 from .tasks import TASKS, Task, build_model, register_task
 from .training import TrainResult, evaluate, train
 from .tuned_plots import tuned_figures
@@ -54,4 +64,8 @@ __all__ = [
     "summary_records", "TASKS", "Task", "build_model", "register_task",
     "TrainResult", "evaluate", "train", "tuned_figures", "tuned_answer", "tuned_summary",
     "TUNED_PROTOCOLS", "TunedConfig", "run_tuning", "tuned_table",
+    "CharTransformer", "LMShape", "lm_figures", "anchor_summary", "lm_answer", "lm_table",
+    "lm_tables_markdown", "LMStudyConfig", "load_lm_records", "run_lm_study", "LMProtocol",
+    "LMRun", "train_lm_eager", "train_lms", "TeacherConfig", "best_students",
+    "teacher_results",
 ]

@@ -84,11 +84,16 @@ class Block(nn.Module):
         self.shape_names = tuple(shape.projections())
         for name, (d_in, d_out) in shape.projections().items():
             setattr(self, name, _linear(name, d_in, d_out, shape, factorize, rank, init))
+        self.dense_qkv = not {"q", "k", "v"} & set(FACTORIZE[factorize])
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         n, t, d = x.shape                                  # (N, T, D)
         heads = lambda y: y.view(n, t, self.n_head, d // self.n_head).transpose(1, 2)
-        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))  # (N, H, T, D/H)
+        if self.dense_qkv:  # one (N·T, D) x (D, 3D) product instead of three: faster on CPU
+            w = torch.cat([self.q.weight, self.k.weight, self.v.weight])      # (3D, D)
+            q, k, v = (heads(y) for y in F.linear(x, w).split(d, dim=-1))   # (N, H, T, D/H)
+        else:
+            q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
         if self.fused_attention:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:  # the same softmax(QKᵀ/√d + causal mask)·V in plain ops, which vmap batches

@@ -11,6 +11,8 @@ The flags of the study and of its training protocol are generated from their dec
     lowrank-study readme                  # regenerate README's result blocks from the records
     lowrank-study tune --workers 2        # the tuned comparison into results/tuned, then its
                                           # notebook (lowrank-study tune --help)
+    lowrank-study lm                      # the language-model study into
+                                          # results/shakespeare_char, then its notebook
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from .settings import choices_of, default_of, settings_of
 from .tasks import TASKS
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ("run", "table", "readme", "tune")
+COMMANDS = ("run", "table", "readme", "tune", "lm")
 
 
 @dataclass
@@ -305,71 +307,111 @@ def study_config(args) -> StudyConfig:
         "smoke": args.smoke})
 
 
-_TUNE_OWN = ("results_dir", "data_root", "img_dir", "reference_dirs", "smoke")
+#: Settings the notebook commands set themselves (paths resolved here, smoke's own folders).
+_NOTEBOOK_OWN = ("results_dir", "data_root", "img_dir", "reference_dirs", "smoke")
+
+
+@dataclass(frozen=True)
+class NotebookCommand:
+    """A study that trains what its records lack, then runs its notebook for the tables and
+    figures: ``lowrank-study tune``, ``lowrank-study lm``."""
+    name: str
+    description: str
+    config: str          # "module:Class" of its NotebookParams config
+    train: str           # "module:function" that trains from the config
+    results: str         # default results directory, relative to the working directory
+    notebook: str        # file name in notebooks/
+    smoke_help: str
+
+    def _load(self, spec):
+        import importlib
+        module, attr = spec.split(":")
+        return getattr(importlib.import_module(f"lowrank_helpers.{module}"), attr)
+
+    def parser(self) -> argparse.ArgumentParser:
+        p = argparse.ArgumentParser(prog=f"lowrank-study {self.name}",
+                                    description=self.description)
+        _add_settings(p.add_argument_group(f"the {self.name} study"), self._load(self.config),
+                      skip=_NOTEBOOK_OWN)
+        p.add_argument("--results-dir", default=None, help=f"run records (default: "
+                       f"{self.results}; with --smoke: {self.results}/smoke)")
+        p.add_argument("--runs-dir", default="runs", help="the executed notebook (default: runs)")
+        p.add_argument("--img-dir", default="img", help="figures (default: img)")
+        p.add_argument("--data-root", default=None, help="data directory")
+        p.add_argument("--notebook", default=None, help=f"default: notebooks/{self.notebook}")
+        p.add_argument("--no-notebook", action="store_true", help="train only")
+        p.add_argument("--smoke", action="store_true", help=self.smoke_help)
+        return p
+
+    def __call__(self, argv) -> int:
+        cls, p = self._load(self.config), self.parser()
+        args = p.parse_args(argv)
+        given = {f.name: getattr(args, f.name) for f in settings_of(cls)
+                 if f.metadata["flag"] and f.name not in _NOTEBOOK_OWN
+                 and getattr(args, f.name, None) is not None}
+        params = {**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()},
+                  "results_dir": str(Path(args.results_dir or self.results).resolve()),
+                  "img_dir": str(Path(args.img_dir).resolve()), "smoke": args.smoke,
+                  "data_root": str(Path(args.data_root).resolve()) if args.data_root else None}
+        if "reference_dirs" in cls.parameter_names():
+            params["reference_dirs"] = [str(Path(d).resolve())
+                                        for d in ("results", "results/inits")]
+        try:
+            cfg = cls.from_params(params)
+        except (ValueError, TypeError) as exc:
+            p.error(str(exc))
+        try:
+            self._load(self.train)(cfg)
+        except (ResultsDirError, DataNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: finished runs are kept in {cfg.results_dir}; run the same "
+                  "command again to resume", file=sys.stderr)
+            return 130
+        if args.no_notebook:
+            return 0
+        notebook = _find_notebook(args.notebook, self.notebook)
+        runs_dir = Path(smoke_dir(args.runs_dir) if args.smoke else args.runs_dir)
+        nb_params = {**cfg.to_dict(), "smoke": False}  # its sizes and folders as trained here
+        rc, output = Runner(None).papermill(notebook, runs_dir / self.notebook, nb_params)
+        if rc != 0:
+            print(f"notebook FAILED (exit {rc}):\n{output[-3000:]}", file=sys.stderr)
+            return 1
+        print(f"figures written to {nb_params['img_dir']}/; notebook: "
+              f"{runs_dir / self.notebook}")
+        return 0
+
+
+NOTEBOOK_COMMANDS = {c.name: c for c in (
+    NotebookCommand("tune", "The fair comparison: every model's learning rate tuned on a "
+                    "validation split under SGD with momentum and under AdamW, then seeds "
+                    "(resumes from the records), then notebooks/tuned.ipynb for the tables and "
+                    "figures.", "tuning:TunedConfig", "tuning:run_tuning", "results/tuned",
+                    "tuned.ipynb", "tiny data, 2 ranks, 1 epoch"),
+    NotebookCommand("lm", "The language-model study: nanoGPT's character transformer on "
+                    "tiny-shakespeare, dense against factorized projections, each model's "
+                    "rate tuned on a slice of the training split, then seeds and controls "
+                    "(resumes from the records), then notebooks/shakespeare_char.ipynb.",
+                    "lm_study:LMStudyConfig", "lm_study:run_lm_study",
+                    "results/shakespeare_char", "shakespeare_char.ipynb",
+                    "a tiny model on Python source text, a few steps"),
+)}
 
 
 def build_tune_parser() -> argparse.ArgumentParser:
-    from .tuning import TunedConfig
-    p = argparse.ArgumentParser(
-        prog="lowrank-study tune", description="The fair comparison: every model's learning "
-        "rate tuned on a validation split under SGD with momentum and under AdamW, then seeds "
-        "(resumes from the records), then notebooks/tuned.ipynb for the tables and figures.")
-    _add_settings(p.add_argument_group("the tuned study"), TunedConfig, skip=_TUNE_OWN)
-    p.add_argument("--results-dir", default=None, help="run records (default: results/tuned; "
-                   "with --smoke: results/tuned/smoke)")
-    p.add_argument("--runs-dir", default="runs", help="the executed notebook (default: runs)")
-    p.add_argument("--img-dir", default="img", help="figures (default: img)")
-    p.add_argument("--data-root", default=None, help="data directory")
-    p.add_argument("--notebook", default=None, help="default: notebooks/tuned.ipynb")
-    p.add_argument("--no-notebook", action="store_true", help="train only")
-    p.add_argument("--smoke", action="store_true", help="tiny data, 2 ranks, 1 epoch")
-    return p
+    return NOTEBOOK_COMMANDS["tune"].parser()
 
 
 def tune(argv) -> int:
     """``lowrank-study tune``: train what the tuned study lacks, then run its notebook."""
-    from .tuning import TunedConfig, run_tuning
-    p = build_tune_parser()
-    args = p.parse_args(argv)
-    given = {f.name: getattr(args, f.name) for f in settings_of(TunedConfig)
-             if f.metadata["flag"] and f.name not in _TUNE_OWN
-             and getattr(args, f.name, None) is not None}
-    results = Path(args.results_dir or "results/tuned").resolve()
-    reference = [str(Path(d).resolve()) for d in ("results", "results/inits")]
-    try:
-        cfg = TunedConfig.from_params({
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()},
-            "results_dir": str(results), "img_dir": str(Path(args.img_dir).resolve()),
-            "reference_dirs": reference, "smoke": args.smoke,
-            "data_root": str(Path(args.data_root).resolve()) if args.data_root else None})
-    except (ValueError, TypeError) as exc:
-        p.error(str(exc))
-    try:
-        run_tuning(cfg)
-    except (ResultsDirError, DataNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished runs are kept in {cfg.results_dir}; run the same "
-              "command again to resume", file=sys.stderr)
-        return 130
-    if args.no_notebook:
-        return 0
-    notebook = _find_notebook(args.notebook, "tuned.ipynb")
-    runs_dir = Path(smoke_dir(args.runs_dir) if args.smoke else args.runs_dir)
-    params = {**cfg.to_dict(), "smoke": False}  # its sizes and folders as trained here
-    rc, output = Runner(None).papermill(notebook, runs_dir / "tuned.ipynb", params)
-    if rc != 0:
-        print(f"notebook FAILED (exit {rc}):\n{output[-3000:]}", file=sys.stderr)
-        return 1
-    print(f"figures written to {params['img_dir']}/; notebook: {runs_dir / 'tuned.ipynb'}")
-    return 0
+    return NOTEBOOK_COMMANDS["tune"](argv)
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["tune"]:
-        return tune(argv[1:])
+    if argv[:1] and argv[0] in NOTEBOOK_COMMANDS:
+        return NOTEBOOK_COMMANDS[argv[0]](argv[1:])
     args = parse_args(argv)
     args.results_dir = args.results_dir or "results"
     args.runs_dir = args.runs_dir or "runs"

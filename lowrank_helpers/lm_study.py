@@ -157,6 +157,7 @@ def load_lm_records(results_dir) -> pd.DataFrame:
         rows.append({**{k: v for k, v in c.items() if k != "protocol"}, **c["protocol"],
                      **rec["final"], "parameters": rec["parameters"]["total"],
                      "diverged_iter": rec["diverged_iter"], **rec["cost"],
+                     "torch_threads": rec.get("torch_threads"),
                      "run_id": rec["run_id"], "model_key": run.model_key,
                      "group_id": run.group_id, "label": run.label, "path": str(path)})
     return pd.DataFrame(rows)

@@ -7,7 +7,9 @@ of the reference-protocol records in a results directory; ``agreement`` of two d
 directories ``a:b:...`` compared by init (:func:`~lowrank_helpers.report.init_answer`);
 ``tuned``, ``tuned-tables`` and ``tuned-headline`` of the tuned comparison's records
 (:func:`~lowrank_helpers.tuned_report.tuned_answer`, ``tuned_tables_markdown``,
-``tuned_headline``).
+``tuned_headline``); ``lm`` and ``lm-table`` of the language-model study's records
+(:func:`~lowrank_helpers.lm_report.lm_answer`, ``lm_tables_markdown``) and ``lm-speed`` of its
+benchmark's JSON (:func:`~lowrank_helpers.lm_report.lm_speed`).
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from .report import agreement, comparison_table, discussion, init_answer
 from .results import is_reference, load_records
 
 README_BLOCK = re.compile(
-    r"(<!-- generated: (table|discussion|agreement|inits|tuned|tuned-tables|tuned-headline) (\S+) -->\n)(.*?)"
+    r"(<!-- generated: (table|discussion|agreement|inits|tuned|tuned-tables|tuned-headline|lm|"
+    r"lm-table|lm-speed) (\S+) -->\n)(.*?)"
     r"(<!-- end -->)", re.S)
 
 
@@ -38,6 +41,13 @@ def render_block(kind: str, results_dir) -> str:
     if kind == "agreement":
         other, reference = str(results_dir).rsplit(":", 1)
         return agreement(reference_records(reference), reference_records(other))
+    if kind.startswith("lm"):
+        from .lm_report import lm_answer, lm_speed, lm_table, lm_tables_markdown
+        from .lm_study import load_lm_records
+        if kind == "lm-speed":
+            return lm_speed(results_dir)
+        runs = load_lm_records(results_dir)
+        return lm_answer(runs) if kind == "lm" else lm_tables_markdown(lm_table(runs))
     if kind.startswith("tuned"):
         from .tuned_report import tuned_answer, tuned_headline, tuned_tables_markdown
         from .tuning import tuned_table

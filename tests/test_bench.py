@@ -44,3 +44,22 @@ def test_bench_optimizers_smoke(tmp_path):
         assert res["speedup"] == pytest.approx(res["one_at_a_time_s"] / res["engine_s"])
         assert res["written_over_autograd"] == pytest.approx(
             res["engine_autograd_s"] / res["engine_s"])
+
+
+def test_bench_lm_smoke(tmp_path):
+    """The LM benchmark: one model at a time against many at once, tokens per second."""
+    out = tmp_path / "lm.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_lm.py"), "--smoke", "--steps", "3",
+         "--repeats", "1", "--models", "2", "--data-root", str(tmp_path / "data"),
+         "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(out.read_text())
+    for name in ("dense", "both r=4"):
+        g = got[name]
+        assert g["speedup"] == pytest.approx(g["one_at_a_time_s"] / g["together_s"])
+        assert g["tokens_per_s_one"] == pytest.approx(
+            2 * 3 * got["tokens_per_step"] / g["one_at_a_time_s"])
+    assert got["dense_one_over_nanogpt"] == pytest.approx(
+        got["dense"]["tokens_per_s_one"] / got["nanogpt_reference_tokens_per_s"])
+    assert "speed-up over one at a time" in proc.stdout

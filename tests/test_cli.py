@@ -124,7 +124,7 @@ def test_ill_typed_notebook_parameter_fails_clearly(tmp_path, name, value, messa
     (["--ranks", "4", "8", "4"], "ranks lists 4 more than once"),
     (["--methods", "full", "ae", "--init", "he"], "init 'he' applies to method(s) lora, densehead only"),
     (["--figures-dir", "DIR"], "unrecognized arguments: --figures-dir DIR"),
-    (["tabel"], "unknown command 'tabel' (choose from run, table, readme, tune)"),
+    (["tabel"], "unknown command 'tabel' (choose from run, table, readme, tune, lm)"),
 ])
 def test_bad_command_line(tmp_path, args, message):
     """Refused in one line before any job starts (nothing written)."""

@@ -1,0 +1,134 @@
+"""The language-model study's figures: functions of the records, returning figures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .lm_report import dense_row, lm_table, study_runs
+from .methods import init_color, rank_color
+
+
+def loss_vs_rank(table: pd.DataFrame, ax=None):
+    """Held-out loss (mean ± std over seeds) of the fully factorized models against rank,
+    one line per init, with the dense model as a band."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 4))
+    dense = dense_row(table)
+    ax.axhspan(dense.val_loss - dense.val_std, dense.val_loss + dense.val_std, color="0.85")
+    ax.axhline(dense.val_loss, color="black", lw=1, label=f"{dense.label} ({dense.seeds} seeds)")
+    both = table[table.factorize == "both"]
+    for init, g in both.groupby("init"):
+        g = g.sort_values("rank")
+        ax.errorbar(g["rank"], g.val_loss, yerr=g.val_std.fillna(0), marker="o", capsize=3,
+                    color=init_color(init), label=f"B·A, {init} init")
+    for (fz, init), g in table[table.factorize.isin(["attn", "mlp"])].groupby(["factorize",
+                                                                                "init"]):
+        ax.errorbar(g["rank"], g.val_loss, yerr=g.val_std.fillna(0), marker="s" if fz == "attn"
+                    else "^", ls="none", capsize=3, color=init_color(init),
+                    label=f"{fz} only, {init} init")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("rank r")
+    ax.set_ylabel("held-out loss (nats/char)")
+    ax.set_title("Factorized projections against rank (each at its tuned lr)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def loss_vs_params(table: pd.DataFrame, ax=None):
+    """Held-out loss against parameter count: factorized models, and dense models of several
+    widths (the equal-parameter control)."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 4))
+    dense = table[table.factorize == "none"].sort_values("parameters")
+    ax.errorbar(dense.parameters, dense.val_loss, yerr=dense.val_std.fillna(0), color="black",
+                marker="D", capsize=3, label="dense, d_model " +
+                ", ".join(str(d) for d in dense.d_model))
+    for init, g in table[table.factorize == "both"].groupby("init"):
+        g = g.sort_values("parameters")
+        ax.errorbar(g.parameters, g.val_loss, yerr=g.val_std.fillna(0), marker="o", capsize=3,
+                    color=init_color(init), label=f"B·A (d_model 128), {init} init")
+        for _, r in g.iterrows():
+            ax.annotate(f"r={r['rank']:.0f}", (r.parameters, r.val_loss), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("held-out loss (nats/char)")
+    ax.set_title("Low rank or fewer parameters?")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def loss_curves(runs: pd.DataFrame, table: pd.DataFrame, init: str, ax=None):
+    """Held-out loss during training (on the evaluation windows), seed mean, for the dense
+    model and the fully factorized models of ``init``, each at its chosen rate."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 4))
+    pick = table[(table.factorize == "none") & (table.d_model == dense_row(table).d_model)
+                 | (table.factorize == "both") & (table.init == init)]
+    for _, row in pick.iterrows():
+        hist = [json.loads(Path(p).read_text())["history"]
+                for p in runs[runs.run_id.isin(row.run_ids)].path]
+        its = [h["iter"] for h in hist[0]]
+        mean = np.mean([[h["val_loss"] for h in hh] for hh in hist], axis=0)
+        ax.plot(its, mean, color=rank_color(row["rank"]), label=row.label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out loss (nats/char)")
+    ax.set_title(f"Training curves ({init} init; dense in black)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def teacher_figure(best: pd.DataFrame, singular_values: dict[str, list[float]] | None = None):
+    """Left: student loss against rank (best rate) for each teacher spectrum, with the
+    Eckart–Young floor. Right: the share of each trained dense LM matrix's energy (Σσ²)
+    beyond rank r, mean over blocks per projection: what rank the trained model uses."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    for k, (spectrum, g) in enumerate(best.groupby("spectrum")):
+        fl = g.groupby("rank").floor.first()
+        ax.plot(fl.index, fl.values + 1e-6, color="black", ls=":", lw=1,
+                label="Eckart–Young floor" if k == 0 else None)
+        for init, gi in g.groupby("init"):
+            ax.plot(gi["rank"], gi.loss + 1e-6, marker="o", ms=3, color=init_color(init),
+                    label=init if k == 0 else None)
+        ax.annotate(spectrum, (fl.index[0], fl.values[0] + 1e-6), fontsize=8,
+                    xytext=(4, -10), textcoords="offset points")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("student rank r")
+    ax.set_ylabel("loss ‖W − BA‖²/d (+1e-6)")
+    ax.set_title("Linear teachers: students reach the floor?")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    if singular_values:
+        by = {}
+        for name, s in singular_values.items():
+            s = np.asarray(s) ** 2
+            tail = 1 - np.cumsum(s) / s.sum()
+            by.setdefault(name.split(".", 1)[1], []).append(tail)
+        for name, tails in by.items():
+            t = np.mean(tails, axis=0)
+            ax.plot(np.arange(1, len(t) + 1), t, label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("rank r")
+        ax.set_ylabel("energy beyond rank r")
+        ax.set_title("Trained dense LM (d=128): spectrum of each projection")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def lm_figures(runs: pd.DataFrame, init: str = "lora", best_teacher: pd.DataFrame | None = None,
+               singular_values=None) -> dict[str, plt.Figure]:
+    """The LM study's figures by file name (``save_figures`` writes them); ``init``: the
+    factorized models whose training curves are drawn. Closed: display them one by one."""
+    table = lm_table(runs)
+    figs = {"shakespeare_loss_vs_rank.png": loss_vs_rank(table),
+            "shakespeare_loss_vs_params.png": loss_vs_params(table),
+            "shakespeare_curves.png": loss_curves(study_runs(runs), table, init)}
+    if best_teacher is not None:
+        figs["shakespeare_teacher_student.png"] = teacher_figure(best_teacher, singular_values)
+    for fig in figs.values():
+        plt.close(fig)
+    return figs

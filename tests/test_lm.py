@@ -1,0 +1,294 @@
+"""The character LM: corpus loading and splitting, the model, training many at once against
+one at a time, the study's phases and resume, the teacher–student control."""
+import hashlib
+import io
+import math
+import urllib.error
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lowrank_helpers as lh
+from lowrank_helpers import text
+from lowrank_helpers.charlm import FACTORIZE, lm_parameters, lm_training_flops
+from lowrank_helpers.data import DataNotFoundError
+from lowrank_helpers.layers import LowRankLinear
+from lowrank_helpers.lm_study import choose_lr, narrow_width
+from lowrank_helpers.lm_training import StackedAdamW, get_batch, windows
+from lowrank_helpers.teacher import floor, teacher
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40
+
+
+@pytest.fixture
+def fake_corpus(tmp_path, monkeypatch):
+    """A corpus 'fake' with a canonical URL and md5, for the loader's paths."""
+    data = TEXT.encode()
+    source = text.CorpusSource("fake", "input.txt", "https://example.invalid/input.txt",
+                               hashlib.md5(data).hexdigest(), "fake text")
+    monkeypatch.setitem(text.CORPORA, "fake", source)
+    return tmp_path, data
+
+
+def test_split_is_nanogpts(fake_corpus):
+    splits = text.split_text(TEXT, tune_chars=100)
+    n = int(len(TEXT) * 0.9)
+    assert splits.chars == "".join(sorted(set(TEXT)))
+    assert splits.decode(splits.train) + splits.decode(splits.tune) == TEXT[:n]
+    assert splits.decode(splits.val) == TEXT[n:] and len(splits.tune) == 100
+    assert splits.decode(splits.encode("hear me")) == "hear me"
+    with pytest.raises(ValueError, match="not in the corpus's vocabulary"):
+        splits.encode("Z")
+    with pytest.raises(ValueError, match="tune_chars must be in"):
+        text.split_text(TEXT, tune_chars=len(TEXT))
+
+
+def test_corpus_found_in_the_data_root(fake_corpus):
+    root, data = fake_corpus
+    (root / "fake").mkdir()
+    (root / "fake" / "input.txt").write_bytes(data)
+    assert text.load_corpus("fake", root).vocab_size == len(set(TEXT))
+
+
+def test_corpus_with_the_wrong_md5_is_refused_and_kept(fake_corpus):
+    root, data = fake_corpus
+    (root / "fake").mkdir()
+    path = root / "fake" / "input.txt"
+    path.write_bytes(data + b"x")
+    with pytest.raises(ValueError, match="has md5 .* expected"):
+        text.corpus_path("fake", root)
+    assert path.exists()
+
+
+def test_corpus_downloaded_and_checked(fake_corpus, monkeypatch):
+    root, data = fake_corpus
+    monkeypatch.setattr(text.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(data))
+    assert text.corpus_path("fake", root).read_bytes() == data
+    (root / "fake" / "input.txt").unlink()
+    monkeypatch.setattr(text.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"bad"))
+    with pytest.raises(ValueError, match="nothing was saved"):
+        text.corpus_path("fake", root)
+    assert not (root / "fake" / "input.txt").exists()
+
+
+def test_corpus_without_network_says_where_to_put_it(fake_corpus, monkeypatch):
+    root, _ = fake_corpus
+
+    def offline(url, timeout):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(text.urllib.request, "urlopen", offline)
+    with pytest.raises(DataNotFoundError, match="copy input.txt .* there by hand"):
+        text.corpus_path("fake", root)
+    with pytest.raises(DataNotFoundError, match="put input.txt"):
+        text.corpus_path("fake", root, download=False)
+    with pytest.raises(ValueError, match="unknown corpus 'nope'; valid corpora"):
+        text.corpus_path("nope", root)
+
+
+def test_smoke_corpus_is_python_source(tmp_path):
+    splits = text.load_corpus("python_stdlib", tmp_path)
+    assert "def " in splits.decode(splits.train[:5000])
+
+
+def test_nanogpt_cpu_model_has_its_parameter_count():
+    model = lh.CharTransformer(lh.LMShape())
+    counts = lm_parameters(lh.LMShape())
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    assert round(counts["nanogpt"] / 1e6, 2) == 0.80        # nanoGPT prints "0.80M"
+
+
+@pytest.mark.parametrize("factorize", list(FACTORIZE))
+def test_factorized_projections_and_counts(factorize):
+    shape = lh.LMShape(2, 2, 16, 8, 11)
+    model = lh.CharTransformer(shape, factorize, 3, "he")
+    for block in model.blocks:
+        for name in shape.projections():
+            layer = getattr(block, name)
+            assert isinstance(layer, LowRankLinear) == (name in FACTORIZE[factorize])
+            assert layer.bias is None
+    assert lm_parameters(shape, factorize, 3)["total"] == \
+        sum(p.numel() for p in model.parameters())
+    assert lm_training_flops(shape, factorize, 3) > 0
+
+
+def test_attention_is_causal_and_both_kernels_agree():
+    torch.manual_seed(0)
+    shape = lh.LMShape(2, 2, 16, 8, 11)
+    model = lh.CharTransformer(shape).double()
+    x = torch.randint(0, 11, (3, 8))
+    y = x.clone()
+    y[:, 5:] = (y[:, 5:] + 1) % 11
+    with torch.no_grad():
+        a, b = model(x), model(y)
+        assert torch.allclose(a[:, :5], b[:, :5]) and not torch.allclose(a[:, 5:], b[:, 5:])
+        for block in model.blocks:
+            block.fused_attention = False
+        assert torch.allclose(model(x), a, atol=1e-12)
+    with pytest.raises(ValueError, match="longer than the context"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_bad_shapes_and_runs_are_refused():
+    with pytest.raises(ValueError, match="multiple of n_head"):
+        lh.LMShape(n_head=3, d_model=128)
+    with pytest.raises(ValueError, match="unknown factorize"):
+        lh.LMRun(factorize="all", rank=4)
+    with pytest.raises(ValueError, match="takes no rank"):
+        lh.LMRun(rank=4)
+    with pytest.raises(ValueError, match="rank must be an integer"):
+        lh.LMRun(factorize="both", rank=0)
+    with pytest.raises(ValueError, match="min_lr"):
+        lh.LMProtocol(lr=1e-4, min_lr=1e-3)
+
+
+def test_run_ids():
+    run = lh.LMRun(factorize="mlp", rank=8, init="he")
+    assert lh.LMRun.from_dict(run.to_dict()) == run
+    assert run.replace(seed=1).run_id != run.run_id
+    assert run.replace(seed=1).group_id == run.group_id
+    assert run.replace(lr=3e-3, min_lr=3e-4).model_key == run.model_key
+    assert run.replace(lr=3e-3).stack_key == run.stack_key
+    assert run.replace(rank=4).stack_key != run.stack_key
+    assert run.to_dict()["n_layer"] == 4 and run.to_dict()["block_size"] == 64
+
+
+def test_lr_schedule_is_nanogpts():
+    p = lh.LMProtocol(iters=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100)
+    assert p.lr_at(0) == pytest.approx(1e-3 / 101)
+    assert p.lr_at(100) == pytest.approx(1e-3)
+    assert p.lr_at(1050) == pytest.approx(1e-4 + 0.5 * 9e-4)   # half-way down the cosine
+    assert p.lr_at(2000) == pytest.approx(1e-4)
+
+
+def _tiny(seed=0, lr=1e-2, **kw):
+    shape = lh.LMShape(2, 2, 16, 8, len(set(TEXT)))
+    proto = lh.LMProtocol(iters=6, batch_size=3, lr=lr, min_lr=lr / 10, warmup_steps=2,
+                          grad_clip=0.05, tune_chars=200, eval_every=3, eval_windows=4)
+    return lh.LMRun("python_stdlib", shape, seed=seed, protocol=proto, **kw)
+
+
+@pytest.mark.parametrize("kw", [{}, {"factorize": "both", "rank": 3, "init": "lora"}])
+def test_training_together_is_training_alone(kw):
+    """Models of one stack, with their own seeds, inits and rates, end where each would end
+    trained alone with torch.optim.AdamW and clip_grad_norm_ (float64; clipping binds)."""
+    splits = text.split_text(TEXT, tune_chars=200)
+    runs = [_tiny(0, 1e-2, **kw), _tiny(1, 3e-3, **kw)]
+    if kw:
+        runs[1] = runs[1].replace(init="default")
+    results = lh.train_lms(runs, splits, dtype=torch.float64, sample_chars=5)
+    for run, res in zip(runs, results):
+        model, losses = lh.train_lm_eager(run, splits, dtype=torch.float64)
+        for (name, p), q in zip(model.named_parameters(), res.model.parameters()):
+            assert torch.allclose(p, q, atol=1e-10), name
+        assert [h["iter"] for h in res.history] == [3, 6]
+        assert res.final["val_bits"] == pytest.approx(res.final["val_loss"] / math.log(2))
+        assert len(res.final["sample"]) == 5
+        x, y = windows(splits.val, 8)
+        with torch.no_grad():
+            direct = F.cross_entropy(model(x).reshape(-1, splits.vocab_size), y.reshape(-1))
+        assert res.final["val_loss"] == pytest.approx(direct.item(), abs=1e-9)
+
+
+def test_stacked_adamw_is_torchs():
+    torch.manual_seed(0)
+    w = torch.randn(2, 3, 4, dtype=torch.float64)
+    proto = lh.LMProtocol(weight_decay=0.1)
+    stacked = w.clone().requires_grad_()
+    opt = StackedAdamW([stacked], [True], proto)
+    refs = [w[i].clone().requires_grad_() for i in range(2)]
+    lrs = [1e-2, 1e-3]
+    torch_opts = [torch.optim.AdamW([r], lr=lr, betas=(0.9, 0.99), weight_decay=0.1)
+                  for r, lr in zip(refs, lrs)]
+    for _ in range(3):
+        g = torch.randn(2, 3, 4, dtype=torch.float64)
+        stacked.grad = g.clone()
+        opt.step(torch.tensor(lrs, dtype=torch.float64))
+        for i, (r, o) in enumerate(zip(refs, torch_opts)):
+            r.grad = g[i].clone()
+            o.step()
+    assert torch.allclose(stacked.detach(), torch.stack([r.detach() for r in refs]),
+                          atol=1e-14)
+
+
+def test_a_stack_must_share_its_shapes_and_vocabulary():
+    splits = text.split_text(TEXT, tune_chars=200)
+    with pytest.raises(ValueError, match="must share corpus, shape"):
+        lh.train_lms([_tiny(), _tiny(factorize="both", rank=2)], splits)
+    other = text.split_text(TEXT + "Z", tune_chars=200)
+    with pytest.raises(ValueError, match="vocab_size"):
+        lh.train_lms([_tiny()], other)
+
+
+def test_windows_cover_the_split_once():
+    data = torch.arange(100)
+    x, y = windows(data, 8)
+    assert x.shape == (12, 8) and torch.equal(y, x + 1) and x[0, 0] == 0
+    assert windows(data, 8, 3)[0].shape == (3, 8)
+    gen = torch.Generator().manual_seed(0)
+    xb, yb = get_batch(data, 8, 5, gen)
+    assert xb.shape == (5, 8) and torch.equal(yb, xb + 1)
+
+
+def test_choose_lr_skips_diverged_runs():
+    import pandas as pd
+    rows = pd.DataFrame({"seed": [0, 0, 0, 1], "lr": [1e-3, 3e-3, 1e-2, 1e-2],
+                         "tune_loss": [2.0, 1.9, 1.5, 1.4],
+                         "diverged_iter": [None, None, 7, None]})
+    assert choose_lr(rows) == 3e-3
+    assert choose_lr(rows.assign(diverged_iter=1)) is None
+
+
+def test_narrow_width_matches_parameters():
+    shape = lh.LMShape()
+    target = lm_parameters(shape, "both", 16)["total"]
+    d = narrow_width(target, shape)
+    assert d % shape.n_head == 0 and d < shape.d_model
+    got = lm_parameters(lh.LMShape(d_model=d), "none")["total"]
+    for other in (d - 4, d + 4):
+        assert abs(got - target) <= abs(lm_parameters(lh.LMShape(d_model=other))["total"]
+                                        - target)
+
+
+def test_smoke_study_writes_records_and_resumes(tmp_path):
+    cfg = lh.LMStudyConfig(smoke=True, results_dir=str(tmp_path / "r"),
+                           img_dir=str(tmp_path / "img"), data_root=str(tmp_path / "data"))
+    runs = lh.run_lm_study(cfg, progress=False)
+    table = lh.lm_table(runs)
+    dense = table[(table.factorize == "none") & (table.d_model == cfg.d_model)].iloc[0]
+    assert dense.seeds == cfg.seeds and set(dense.lrs_tried) == set(cfg.lrs)
+    assert set(table[table.factorize == "both"]["rank"]) == set(cfg.ranks)
+    assert len(lh.lm_report.anchor_runs(runs)) == cfg.anchor_seeds
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").glob("*.json")}
+    again = lh.run_lm_study(cfg, progress=False)
+    assert len(again) == len(runs)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "r").glob("*.json")} == stamps
+    rec = lh.read_record(runs.path.iloc[0])
+    assert {"n_layer", "n_head", "d_model", "block_size"} <= set(rec["config"])
+    assert "Equal steps" in lh.lm_answer(runs) and "| model |" in lh.lm_tables_markdown(table)
+    figs = lh.lm_figures(runs, init=cfg.inits[0])
+    assert set(figs) >= {"shakespeare_loss_vs_rank.png", "shakespeare_loss_vs_params.png"}
+
+
+def test_lm_command_smoke(tmp_path):
+    from lowrank_helpers.cli import main
+    rc = main(["lm", "--smoke", "--no-notebook", "--results-dir", str(tmp_path / "r"),
+               "--data-root", str(tmp_path / "data"), "--phases", "anchor"])
+    assert rc == 0 and len(list((tmp_path / "r" / "smoke").glob("*.json"))) == 2
+    with pytest.raises(SystemExit):
+        main(["lm", "--phases", "everything"])
+
+
+def test_teacher_has_its_spectrum_and_students_respect_the_floor():
+    w, s = teacher("power", 16)
+    assert torch.allclose(torch.linalg.svdvals(w), s, atol=1e-10)
+    assert (w ** 2).sum().item() == pytest.approx(16)
+    u, sv, vh = torch.linalg.svd(w)
+    w4 = u[:, :4] @ torch.diag(sv[:4]) @ vh[:4]
+    assert floor(s, 4) == pytest.approx(((w - w4) ** 2).sum().item() / 16)
+    df = lh.teacher.run_teacher_student(lh.TeacherConfig(d=16, ranks=(2, 16), steps=300,
+                                                         inits=("he",), lrs=(1e-2,)),
+                                        progress=False)
+    assert (df.loss >= df.floor - 1e-9).all()              # Eckart–Young: nothing beats it
+    full = df[df["rank"] == 16]
+    assert (full.loss < 0.05).all()                        # full rank learns the teacher
