@@ -26,6 +26,7 @@ import torch
 
 from .charlm import LMShape, lm_parameters, spectra
 from .config import NotebookParams, _not_empty, smoke_dir
+from .devices import check_device, resolve_device
 from .layers import INITS
 from .lm_training import LMProtocol, LMRun, lm_record, train_lms
 from .results import read_record, save_record
@@ -80,6 +81,8 @@ class LMStudyConfig(NotebookParams):
                                 "training", check=positive)
     sample_chars: int = setting(300, "int", "characters sampled from each trained model",
                                 check=positive)
+    device: str = setting("auto", "str", "cuda, mps or cpu; auto: the first available",
+                          check=lambda name, v: check_device(v))
     phases: tuple = setting(PHASES, "list[str]", "which phases to run", choices=PHASES)
     smoke: bool = setting(False, "bool", "tiny sizes on a small text (CI)")
     results_dir: str = setting("../results/shakespeare_char", "str", "where records go")
@@ -183,7 +186,8 @@ def _train(runs: list[LMRun], cfg: LMStudyConfig, splits, bar) -> None:
         if bar is not None:
             bar.set_postfix_str(f"{group[0].label} ×{len(group)}")
         results = train_lms(group, splits, progress=(lambda n: bar.update(n * len(group)))
-                            if bar is not None else None, sample_chars=cfg.sample_chars)
+                            if bar is not None else None, sample_chars=cfg.sample_chars,
+                            device=resolve_device(cfg.device))
         for run, res in zip(group, results):
             rec = lm_record(run, res)
             if run.factorize == "none":

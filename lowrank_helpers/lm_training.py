@@ -16,8 +16,6 @@ at a time: the reference the batched one is tested and benchmarked against.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -28,15 +26,12 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from .charlm import FACTORIZE, CharTransformer, LMShape, lm_parameters, lm_training_flops
 from .layers import check_init, check_rank
-from .settings import check_settings, non_negative, positive, setting, settings_of
+from .devices import as_device, device_name
+from .protocol import _hash
+from .settings import check_settings, fraction, non_negative, positive, setting, settings_of
 from .text import CORPORA, Splits
 
 LN2 = math.log(2.0)
-
-
-def _fraction(name, value):
-    if not 0 <= value < 1:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -50,8 +45,8 @@ class LMProtocol:
     min_lr: float = setting(1e-4, "float", "learning rate at the end of the cosine decay",
                             check=non_negative)
     warmup_steps: int = setting(100, "int", "steps of linear warm-up", check=non_negative)
-    beta1: float = setting(0.9, "float", "AdamW β1", check=_fraction)
-    beta2: float = setting(0.99, "float", "AdamW β2", check=_fraction)
+    beta1: float = setting(0.9, "float", "AdamW β1", check=fraction)
+    beta2: float = setting(0.99, "float", "AdamW β2", check=fraction)
     weight_decay: float = setting(0.1, "float", "decoupled weight decay of the matrices and "
                                   "embeddings (not of the LayerNorms)", check=non_negative)
     grad_clip: float = setting(1.0, "float", "clip each model's gradient norm to this (0: off)",
@@ -78,10 +73,6 @@ class LMProtocol:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _hash(d: dict) -> str:
-    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
 @dataclass(frozen=True)
@@ -235,7 +226,7 @@ class StackedAdamW:
         b1, b2 = self.p.beta1, self.p.beta2
         c1, c2 = 1 - b1 ** self.t, math.sqrt(1 - b2 ** self.t)
         for q, m, v, decays in zip(self.params, self.m, self.v, self.decays):
-            lr = lrs.view(-1, *[1] * (q.dim() - 1)).to(q.dtype)
+            lr = lrs.view(-1, *[1] * (q.dim() - 1)).to(q.device, q.dtype)
             if decays and self.p.weight_decay:
                 q.mul_(1 - lr * self.p.weight_decay)
             m.lerp_(q.grad, 1 - b1)
@@ -252,7 +243,8 @@ class LMResult:
     diverged_iter: int | None = None
     seconds: float = 0.0
     stack_size: int = 1
-    model: CharTransformer | None = None
+    model: CharTransformer | None = None   # trained, on the CPU
+    device: str = "cpu"
 
 
 class _Stack:
@@ -308,30 +300,34 @@ def _sample(model: CharTransformer, splits: Splits, chars: int, seed: int) -> st
 
 
 def train_lms(runs: list[LMRun], splits: Splits, progress=None, sample_chars: int = 0,
-              dtype=torch.float32) -> list[LMResult]:
+              dtype=torch.float32, device="cpu") -> list[LMResult]:
     """Train ``runs`` together (one stack, :func:`check_stack`) on ``splits``; evaluate every
     ``eval_every`` steps on ``eval_windows`` windows of the tuning slice (if any) and the
-    held-out split, and at the end on all of both. ``progress(n)`` is called after each step."""
+    held-out split, and at the end on all of both. ``progress(n)`` is called after each step.
+    Windows are drawn on the CPU (the same on every device), the models train on ``device``."""
+    device = as_device(device)
     check_stack(runs)
     proto, shape = runs[0].protocol, runs[0].shape
     if shape.vocab_size != splits.vocab_size:
         raise ValueError(f"the model's vocab_size is {shape.vocab_size}, the corpus "
                          f"{splits.corpus!r} has {splits.vocab_size} characters")
-    models = [r.build().to(dtype) for r in runs]
+    models = [r.build().to(device=device, dtype=dtype) for r in runs]
     stack = _Stack(models)
     opt = StackedAdamW(stack.tensors(), decay_mask((n, p) for n, p in models[0].named_parameters()
                                                    if n in stack.params), proto)
     gens = [batch_generator(r.seed) for r in runs]
-    evals = {"val": windows(splits.val, shape.block_size, proto.eval_windows)}
+    on = lambda xy: tuple(t.to(device) for t in xy)
+    evals = {"val": on(windows(splits.val, shape.block_size, proto.eval_windows))}
     if len(splits.tune):
-        evals["tune"] = windows(splits.tune, shape.block_size, proto.eval_windows)
+        evals["tune"] = on(windows(splits.tune, shape.block_size, proto.eval_windows))
     results = [LMResult(stack_size=len(runs)) for _ in runs]
     seen = torch.zeros(len(runs), dtype=torch.float64)
     start, since = time.perf_counter(), 0
     for it in range(proto.iters):
         xs, ys = zip(*(get_batch(splits.train, shape.block_size, proto.batch_size, g)
                        for g in gens))
-        losses = stack.loss(stack.params, stack.buffers, torch.stack(xs), torch.stack(ys))
+        losses = stack.loss(stack.params, stack.buffers, torch.stack(xs).to(device),
+                            torch.stack(ys).to(device))
         losses.sum().backward()
         if proto.grad_clip:
             opt.clip(proto.grad_clip)
@@ -354,15 +350,16 @@ def train_lms(runs: list[LMRun], splits: Splits, progress=None, sample_chars: in
         if progress is not None:
             progress(1)
     seconds = time.perf_counter() - start
-    finals = {"val": stack.evaluate(*windows(splits.val, shape.block_size))}
+    finals = {"val": stack.evaluate(*on(windows(splits.val, shape.block_size)))}
     if len(splits.tune):
-        finals["tune"] = stack.evaluate(*windows(splits.tune, shape.block_size))
+        finals["tune"] = stack.evaluate(*on(windows(splits.tune, shape.block_size)))
     stack.unstack(models)
+    models = [m.cpu() for m in models]
     for i, res in enumerate(results):
         for k, v in finals.items():
             res.final[f"{k}_loss"] = float(v[i])
             res.final[f"{k}_bits"] = float(v[i]) / LN2
-        res.seconds, res.model = seconds, models[i]
+        res.seconds, res.model, res.device = seconds, models[i], device_name(device)
         if sample_chars:
             res.final["sample"] = _sample(models[i], splits, sample_chars, runs[i].seed)
     return results
@@ -414,7 +411,7 @@ def lm_record(run: LMRun, result: LMResult) -> dict:
                  "tokens": tokens, "seconds": result.seconds, "stack_size": result.stack_size,
                  "tokens_per_second": tokens * result.stack_size / result.seconds
                  if result.seconds else None},
-        "device": "cpu", "torch_threads": torch.get_num_threads(),
+        "device": result.device, "torch_threads": torch.get_num_threads(),
         "versions": {"lowrank_helpers": __version__, "torch": torch.__version__,
                      "python": platform.python_version()},
         "git_commit": git_commit(),

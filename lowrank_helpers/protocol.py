@@ -20,7 +20,7 @@ from typing import Any
 
 from .layers import check_rank
 from .methods import METHODS, check_init_for, model_label
-from .settings import (check_settings, non_negative, positive, setting, settings_of)
+from .settings import (check_settings, fraction, non_negative, positive, setting, settings_of)
 from .tasks import TASKS
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -28,11 +28,6 @@ SCHEDULES = ("constant", "cosine")
 #: The record schema this code writes. Schema 1 (the reference run's records) stored the run
 #: flat, with ``dataset`` for the task; :meth:`RunConfig.from_dict` reads both.
 SCHEMA = 2
-
-
-def _momentum(name, value):
-    if not 0 <= value < 1:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -44,7 +39,7 @@ class Protocol:
     batch_size: int = setting(64, "int", "samples per step", check=positive)
     optimizer: str = setting("sgd", "str", "optimizer", choices=OPTIMIZERS)
     lr: float = setting(1e-3, "float", "learning rate (peak of the schedule)", check=positive)
-    momentum: float = setting(0.0, "float", "SGD momentum (sgd only)", check=_momentum)
+    momentum: float = setting(0.0, "float", "SGD momentum (sgd only)", check=fraction)
     weight_decay: float = setting(0.0, "float", "weight decay (decoupled for adamw)",
                                   check=non_negative)
     schedule: str = setting("constant", "str", "learning-rate schedule after the warm-up: "

@@ -125,6 +125,12 @@ def non_negative(name: str, value) -> None:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
+def fraction(name: str, value) -> None:
+    """In [0, 1): a momentum, an Adam β."""
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
 def distinct(name: str, values) -> None:
     repeated = sorted({v for v in values if list(values).count(v) > 1}, key=str)
     if repeated:

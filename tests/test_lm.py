@@ -292,3 +292,14 @@ def test_teacher_has_its_spectrum_and_students_respect_the_floor():
     assert (df.loss >= df.floor - 1e-9).all()              # Eckart–Young: nothing beats it
     full = df[df["rank"] == 16]
     assert (full.loss < 0.05).all()                        # full rank learns the teacher
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_the_gpu_is_training_on_the_cpu():
+    splits = text.split_text(TEXT, tune_chars=200)
+    runs = [_tiny(0), _tiny(1, 3e-3)]
+    cpu = lh.train_lms(runs, splits, dtype=torch.float64)
+    gpu = lh.train_lms(runs, splits, dtype=torch.float64, device="cuda")
+    for a, b in zip(cpu, gpu):
+        assert b.device != "cpu"
+        assert b.final["val_loss"] == pytest.approx(a.final["val_loss"], abs=1e-8)
