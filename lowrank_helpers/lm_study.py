@@ -12,7 +12,8 @@ skipping the runs that already have a record, so a stopped sweep loses nothing:
 4. ``narrow``: dense models narrowed to the parameter count of the factorized ones at
    ``narrow_ranks`` (search, then seeds): "low rank" against "fewer parameters".
 5. ``partial``: attention only and MLP only, at ``partial_rank`` (search, then seeds).
-6. ``inits``: the other inits at ``partial_rank`` (search, then seeds).
+6. ``inits``: the other inits at ``partial_rank`` (search, then ``extra_init_seeds`` seeds:
+   by default the search's seed 0 only, for the CPU budget).
 """
 from __future__ import annotations
 
@@ -68,10 +69,12 @@ class LMStudyConfig(NotebookParams):
     lrs: tuple = setting((1e-3, 3e-3, 1e-2), "list[float]", "peak learning rates searched",
                          check=all_of(_not_empty, distinct, each(positive)))
     seeds: int = setting(3, "int", "seeds per model at its chosen rate", check=positive)
+    extra_init_seeds: int = setting(1, "int", "seeds of the extra_inits models (1: the search "
+                                    "only)", check=positive)
     anchor_seeds: int = setting(3, "int", "seeds of the nanoGPT anchor", check=positive)
     tune_chars: int = setting(100_000, "int", "tuning slice cut from the training split",
                               check=positive)
-    narrow_ranks: tuple = setting((4, 16, 64), "list[int]", "ranks whose parameter count a "
+    narrow_ranks: tuple = setting((4, 16), "list[int]", "ranks whose parameter count a "
                                   "narrower dense model matches", check=all_of(distinct,
                                                                              each(positive)))
     partial_rank: int = setting(16, "int", "rank of the attention-only, MLP-only and other-"
@@ -195,10 +198,11 @@ def _train(runs: list[LMRun], cfg: LMStudyConfig, splits, bar) -> None:
             save_record(rec, cfg.results_dir)
 
 
-def _search_and_seeds(models, cfg, splits, bar, seeds=True) -> None:
+def _search_and_seeds(models, cfg, splits, bar, seeds: int) -> None:
+    """Seed 0 of ``models`` at every rate, then seeds 1…``seeds``-1 at each one's chosen rate."""
     _train([m.replace(lr=lr, min_lr=lr / 10) for m in models for lr in cfg.lrs], cfg, splits,
            bar)
-    if not seeds:
+    if seeds < 2:
         return
     runs = load_lm_records(cfg.results_dir)
     todo = []
@@ -206,7 +210,7 @@ def _search_and_seeds(models, cfg, splits, bar, seeds=True) -> None:
         rows = runs[runs.model_key == m.model_key] if len(runs) else runs
         lr = choose_lr(rows) if len(rows) else None
         if lr is not None:
-            todo += [m.replace(lr=lr, min_lr=lr / 10, seed=s) for s in range(1, cfg.seeds)]
+            todo += [m.replace(lr=lr, min_lr=lr / 10, seed=s) for s in range(1, seeds)]
     _train(todo, cfg, splits, bar)
 
 
@@ -223,11 +227,10 @@ def run_lm_study(cfg: LMStudyConfig, progress: bool = True) -> pd.DataFrame:
                 run = LMRun(cfg.corpus, cfg.shape(full.vocab_size),
                             protocol=cfg.protocol(1e-3, tune=False))
                 _train([run.replace(seed=s) for s in range(cfg.anchor_seeds)], cfg, full, bar)
-            elif phase == "search":
-                _search_and_seeds(_models(cfg, splits.vocab_size, "search"), cfg, splits, bar,
-                                  seeds=False)
             else:
-                _search_and_seeds(_models(cfg, splits.vocab_size, phase), cfg, splits, bar)
+                seeds = {"search": 1, "inits": cfg.extra_init_seeds}.get(phase, cfg.seeds)
+                _search_and_seeds(_models(cfg, splits.vocab_size, phase), cfg, splits, bar,
+                                  seeds)
     finally:
         bar.close()
     return load_lm_records(cfg.results_dir)
