@@ -5,8 +5,9 @@ skipping the runs that already have a record, so a stopped sweep loses nothing:
 
 1. ``anchor``: the dense model at nanoGPT's CPU configuration, trained on the whole training
    split at nanoGPT's lr, ``anchor_seeds`` seeds: the check against nanoGPT's own loss.
-2. ``search``: seed 0 of every model at every rate of ``lrs``, trained without the tuning slice
-   and scored on it: the dense model, and all six projections factorized at ``ranks`` with
+2. ``search``: seed 0 of every model at every rate of ``lrs`` (and one rung beyond an edge
+   where the choice sits there, up to ``max_extend``), trained without the tuning slice and
+   scored on it: the dense model, and all six projections factorized at ``ranks`` with
    ``inits``.
 3. ``seeds``: seeds 1… at each model's chosen rate.
 4. ``narrow``: dense models narrowed to the parameter count of the factorized ones at
@@ -31,8 +32,9 @@ from .devices import check_device, resolve_device
 from .layers import INITS
 from .lm_training import LMProtocol, LMRun, lm_record, train_lms
 from .results import read_record, save_record
-from .settings import all_of, check_settings, distinct, each, positive, setting
+from .settings import all_of, check_settings, distinct, each, non_negative, positive, setting
 from .text import CORPORA, load_corpus
+from .tuning import ladder_index, ladder_lr
 
 PHASES = ("anchor", "search", "seeds", "narrow", "partial", "inits")
 #: What ``smoke=True`` shrinks the study to (CI, tests): a text every Python has, a tiny model.
@@ -68,6 +70,8 @@ class LMStudyConfig(NotebookParams):
                                  check=all_of(distinct, _inits))
     lrs: tuple = setting((1e-3, 3e-3, 1e-2), "list[float]", "peak learning rates searched",
                          check=all_of(_not_empty, distinct, each(positive)))
+    max_extend: int = setting(1, "int", "rungs added beyond an edge of the rate grid at "
+                              "most, while the choice sits at that edge", check=non_negative)
     seeds: int = setting(3, "int", "seeds per model at its chosen rate", check=positive)
     extra_init_seeds: int = setting(1, "int", "seeds of the extra_inits models (1: the search "
                                     "only)", check=positive)
@@ -198,16 +202,43 @@ def _train(runs: list[LMRun], cfg: LMStudyConfig, splits, bar) -> None:
             save_record(rec, cfg.results_dir)
 
 
+def extension(rows: pd.DataFrame, cfg: "LMStudyConfig") -> float | None:
+    """The next rung of the 1–3–10 ladder beyond a choice that sits at the edge of the rates
+    tried (a failed rate beyond it counts as tried), while fewer than ``max_extend`` rungs lie
+    beyond the grid on that side; else None."""
+    lr = choose_lr(rows)
+    if lr is None:
+        return None
+    tried = sorted(rows[rows.seed == 0].lr.unique())
+    i = ladder_index(lr)
+    if lr == tried[-1] and i - ladder_index(max(cfg.lrs)) < cfg.max_extend:
+        return ladder_lr(i + 1)
+    if lr == tried[0] and ladder_index(min(cfg.lrs)) - i < cfg.max_extend:
+        return ladder_lr(i - 1)
+    return None
+
+
+def _rows(runs: pd.DataFrame, model: LMRun) -> pd.DataFrame:
+    return runs[runs.model_key == model.model_key] if len(runs) else runs
+
+
 def _search_and_seeds(models, cfg, splits, bar, seeds: int) -> None:
-    """Seed 0 of ``models`` at every rate, then seeds 1…``seeds``-1 at each one's chosen rate."""
+    """Seed 0 of ``models`` at every rate of the grid, and beyond an edge where the choice
+    sits there (:func:`extension`); then seeds 1…``seeds``-1 at each one's chosen rate."""
     _train([m.replace(lr=lr, min_lr=lr / 10) for m in models for lr in cfg.lrs], cfg, splits,
            bar)
+    while True:
+        runs = load_lm_records(cfg.results_dir)
+        more = [(m, extension(_rows(runs, m), cfg)) for m in models if len(_rows(runs, m))]
+        more = [m.replace(lr=lr, min_lr=lr / 10) for m, lr in more if lr is not None]
+        if not more:
+            break
+        _train(more, cfg, splits, bar)
     if seeds < 2:
         return
-    runs = load_lm_records(cfg.results_dir)
     todo = []
     for m in models:
-        rows = runs[runs.model_key == m.model_key] if len(runs) else runs
+        rows = _rows(runs, m)
         lr = choose_lr(rows) if len(rows) else None
         if lr is not None:
             todo += [m.replace(lr=lr, min_lr=lr / 10, seed=s) for s in range(1, seeds)]
