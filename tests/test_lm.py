@@ -303,3 +303,20 @@ def test_training_on_the_gpu_is_training_on_the_cpu():
     for a, b in zip(cpu, gpu):
         assert b.device != "cpu"
         assert b.final["val_loss"] == pytest.approx(a.final["val_loss"], abs=1e-8)
+
+
+def test_a_choice_at_an_edge_extends_the_grid_by_one_rung():
+    import pandas as pd
+    from lowrank_helpers.lm_study import extension
+    cfg = lh.LMStudyConfig(lrs=(1e-3, 3e-3, 1e-2), max_extend=1)
+
+    def rows(lrs, losses, diverged=None):
+        return pd.DataFrame({"seed": 0, "lr": lrs, "tune_loss": losses,
+                             "diverged_iter": diverged or [None] * len(lrs)})
+    grid = [1e-3, 3e-3, 1e-2]
+    assert extension(rows(grid, [2.0, 1.9, 1.8]), cfg) == 3e-2
+    assert extension(rows(grid, [1.7, 1.9, 2.0]), cfg) == 3e-4
+    assert extension(rows(grid, [2.0, 1.7, 1.8]), cfg) is None
+    assert extension(rows(grid + [3e-2], [2.0, 1.9, 1.8, 1.7]), cfg) is None   # max_extend
+    assert extension(rows(grid + [3e-2], [2.0, 1.9, 1.8, 9.9], [None, None, None, 5]),
+                     cfg) is None                                   # the rung beyond failed
