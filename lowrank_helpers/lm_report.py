@@ -142,13 +142,44 @@ def sweep_seconds(runs: pd.DataFrame) -> float:
     return float((runs.seconds / runs.stack_size).sum())
 
 
-def lm_answer(runs: pd.DataFrame) -> str:
-    """The README's answer, in sentences, from the records."""
+def energy_beyond(runs: pd.DataFrame, ranks) -> dict[int, float]:
+    """Mean over the trained anchor models' block matrices (all seeds) of the share of each
+    matrix's energy Σσ² that lies beyond rank r: how much rank the dense model uses."""
+    import json
+    from pathlib import Path
+    import numpy as np
+    shares = {r: [] for r in ranks}
+    for path in anchor_runs(runs).path:
+        rec = json.loads(Path(path).read_text())
+        for sv in rec.get("analysis", {}).get("singular_values", {}).values():
+            e = np.asarray(sv) ** 2
+            for r in ranks:
+                shares[r].append(float(e[r:].sum() / e.sum()))
+    return {r: float(np.mean(v)) for r, v in shares.items() if v}
+
+
+def teacher_line(students: pd.DataFrame) -> str:
+    """The teacher–student answer: how far above the Eckart–Young floor the best students
+    end (a share of the teacher's energy, which is 1)."""
+    from .teacher import best_students
+    best = best_students(students)
+    worst = best.loc[best.excess.idxmax()]
+    return (f"- **Teacher–student.** Against linear teachers (d = {int(best['rank'].max())}, "
+            f"spectra {', '.join(sorted(best.spectrum.unique()))}), the best student of every "
+            f"rank and init ends within {worst.excess:.4f} of the teacher's energy above the "
+            f"Eckart–Young floor (largest: {worst.spectrum}, {worst.init} init, "
+            f"r={int(worst['rank'])}; {len(best)} students), so the loss against rank follows "
+            "the spectrum: the factorization and the optimizer find what a rank allows.")
+
+
+def lm_answer(runs: pd.DataFrame, students: pd.DataFrame | None = None) -> str:
+    """The README's answer, in sentences, from the records (and the teacher–student
+    students, if given)."""
     table = lm_table(runs)
     anc = anchor_summary(runs)
     dense = dense_row(table)
     comp = lm_comparisons(table)
-    both = comp[comp.model.str.startswith("both")].copy()
+    both = comp[comp.model.str.startswith("both") & comp.vs_dense.notna()]
     lines = [f"- **Anchor.** The dense model at nanoGPT's CPU configuration, trained on the "
              f"whole training split at lr 1e-3, ends at held-out loss {anc['val_loss']:.3f} ± "
              f"{anc['val_std']:.3f} nats ({anc['val_bits']:.3f} bits/char, {anc['seeds']} "
@@ -157,29 +188,50 @@ def lm_answer(runs: pd.DataFrame) -> str:
     lines.append(f"- **Dense, tuned.** At its chosen rate {dense.lr:g} (trained without the "
                  f"tuning slice) the dense model gets {dense.val_loss:.3f} ± "
                  f"{dense.val_std:.3f} nats ({dense.seeds} seeds).")
-    better = [r for _, r in both.iterrows() if r.vs_dense is not None and r.vs_dense.high < 0]
-    match = [r for _, r in both.iterrows() if r.vs_dense is not None and not r.vs_dense.real]
-    worse = [r for _, r in both.iterrows() if r.vs_dense is not None and r.vs_dense.low > 0]
+    worse = sum(r.vs_dense.low > 0 for _, r in both.iterrows())
+    better = sum(r.vs_dense.high < 0 for _, r in both.iterrows())
     lines.append(f"- **Equal steps.** Of {len(both)} models with all six projections "
-                 f"factorized, {len(worse)} are detectably worse than dense, {len(match)} not "
-                 f"distinguishable and {len(better)} better (Welch 95 % intervals over seeds).")
+                 f"factorized (and 2 or more seeds), {worse} are detectably worse than dense, "
+                 f"{len(both) - worse - better} not distinguishable and {better} better "
+                 "(Welch 95 % intervals over seeds).")
     for _, r in both.iterrows():
-        if r.vs_dense is not None:
-            lines.append(f"  - {r.model}: {r.val_loss:.3f} nats, {_nats(r.vs_dense)} against "
-                         "dense" + ("" if r.vs_narrow is None else
-                                    f"; against {r.narrow} (same parameters) "
-                                    f"{_nats(r.vs_narrow)}"))
+        lines.append(f"  - {r.model}: {r.val_loss:.3f} nats, {_nats(r.vs_dense)} against "
+                     "dense" + ("" if r.vs_narrow is None else
+                                f"; against {r.narrow} (same parameters, "
+                                f"{r.narrow_loss:.3f}) {_nats(r.vs_narrow)}"))
     eq = comp[comp.vs_narrow.notna()]
     if len(eq):
         wins = sum(d.high < 0 for d in eq.vs_narrow)
         losses = sum(d.low > 0 for d in eq.vs_narrow)
         lines.append(f"- **Equal parameters.** Against a narrower dense model of the same "
-                     f"parameter count, {wins} of {len(eq)} factorized models are detectably "
-                     f"better, {losses} worse, {len(eq) - wins - losses} not distinguishable.")
-    part = comp[~comp.model.str.startswith("both")]
-    for _, r in part.iterrows():
+                     f"parameter count (within 10 %), {wins} of {len(eq)} factorized models "
+                     f"are detectably better, {losses} worse, {len(eq) - wins - losses} not "
+                     "distinguishable.")
+    init_rows = table[(table.factorize == "both") & (table.seeds >= 2)]
+    inits = sorted(init_rows["init"].unique())
+    if len(inits) == 2:
+        a, b = inits
+        parts = []
+        for rank, g in init_rows.groupby("rank"):
+            if len(g) == 2:
+                d = versus(g[g["init"] == a].iloc[0], g[g["init"] == b].iloc[0])
+                parts.append(f"r={int(rank)} {d.diff:+.3f} ({d.low:+.3f} to {d.high:+.3f})")
+        lines.append(f"- **Init** ({a} − {b}, nats, 95 % CI): " + "; ".join(parts) + ".")
+    for _, r in comp[~comp.model.str.startswith("both")].iterrows():
         lines.append(f"- **{r.model}**: {r.val_loss:.3f} nats, {_nats(r.vs_dense)} against "
                      "dense.")
+    single = table[(table.factorize != "none") & (table.seeds < 2)]
+    if len(single):
+        lines.append("- **Other inits, seed 0 only** (no interval): " + "; ".join(
+            f"{r.label} {r.val_loss:.3f} (lr {r.lr:g})" for _, r in single.iterrows()) + ".")
+    shares = energy_beyond(runs, (4, 16, 64))
+    if shares:
+        lines.append("- **What rank the dense model uses.** The trained anchor models' block "
+                     "matrices keep, on average, " + ", ".join(
+                         f"{100 * v:.0f} % of their energy beyond rank {r}"
+                         for r, v in shares.items()) + ".")
+    if students is not None and len(students):
+        lines.append(teacher_line(students))
     lines.append(f"- **Cost.** {len(runs)} runs of {int(runs.iters.max()):,} steps, "
                  f"{sweep_seconds(runs) / 60:.0f} minutes of training wall time on "
                  f"{int(runs.torch_threads.max())} CPU threads, models trained together in "

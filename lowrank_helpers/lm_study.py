@@ -36,6 +36,8 @@ from .settings import all_of, check_settings, distinct, each, non_negative, posi
 from .text import CORPORA, load_corpus
 from .tuning import ladder_index, ladder_lr
 
+#: Where the teacher–student students are stored, under the study's results directory.
+STUDENTS = "teacher_student/students.json"
 PHASES = ("anchor", "search", "seeds", "narrow", "partial", "inits")
 #: What ``smoke=True`` shrinks the study to (CI, tests): a text every Python has, a tiny model.
 LM_SMOKE = {"corpus": "python_stdlib", "n_layer": 1, "n_head": 2, "d_model": 16,

@@ -42,12 +42,16 @@ def render_block(kind: str, results_dir) -> str:
         other, reference = str(results_dir).rsplit(":", 1)
         return agreement(reference_records(reference), reference_records(other))
     if kind.startswith("lm"):
+        from .lm_study import STUDENTS
         from .lm_report import lm_answer, lm_speed, lm_table, lm_tables_markdown
         from .lm_study import load_lm_records
         if kind == "lm-speed":
             return lm_speed(results_dir)
         runs = load_lm_records(results_dir)
-        return lm_answer(runs) if kind == "lm" else lm_tables_markdown(lm_table(runs))
+        if kind == "lm-table":
+            return lm_tables_markdown(lm_table(runs))
+        from .teacher import stored_students
+        return lm_answer(runs, stored_students(Path(results_dir) / STUDENTS))
     if kind.startswith("tuned"):
         from .tuned_report import tuned_answer, tuned_headline, tuned_tables_markdown
         from .tuning import tuned_table

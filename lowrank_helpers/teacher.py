@@ -107,6 +107,14 @@ def best_students(df: pd.DataFrame) -> pd.DataFrame:
     return best.reset_index(drop=True)
 
 
+def stored_students(path) -> pd.DataFrame | None:
+    """The students stored at ``path`` by :func:`teacher_results`, or None if there are none."""
+    import json
+    from pathlib import Path
+    path = Path(path)
+    return pd.DataFrame(json.loads(path.read_text())["students"]) if path.exists() else None
+
+
 def teacher_results(path, cfg: TeacherConfig = TeacherConfig(), progress: bool = True
                     ) -> pd.DataFrame:
     """The students of ``cfg``: read from ``path`` (JSON, with the config it was run with) if
