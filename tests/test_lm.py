@@ -256,7 +256,7 @@ def test_smoke_study_writes_records_and_resumes(tmp_path):
     runs = lh.run_lm_study(cfg, progress=False)
     table = lh.lm_table(runs)
     dense = table[(table.factorize == "none") & (table.d_model == cfg.d_model)].iloc[0]
-    assert dense.seeds == cfg.seeds and set(dense.lrs_tried) == set(cfg.lrs)
+    assert dense.seeds == cfg.seeds and set(cfg.lrs) <= set(dense.lrs_tried)
     assert set(table[table.factorize == "both"]["rank"]) == set(cfg.ranks)
     assert len(lh.lm_report.anchor_runs(runs)) == cfg.anchor_seeds
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").glob("*.json")}
