@@ -164,9 +164,10 @@ def teacher_line(students: pd.DataFrame) -> str:
     from .teacher import best_students
     best = best_students(students)
     worst = best.loc[best.excess.idxmax()]
-    return (f"- **Teacher–student.** Against linear teachers (d = {int(best['rank'].max())}, "
-            f"spectra {', '.join(sorted(best.spectrum.unique()))}), the best student of every "
-            f"rank and init ends within {worst.excess:.4f} of the teacher's energy above the "
+    return (f"- **Teacher–student.** Against linear teachers (spectra "
+            f"{', '.join(sorted(best.spectrum.unique()))}; students of rank "
+            f"{int(best['rank'].min())}–{int(best['rank'].max())}), the best student of every "
+            f"rank and init ends within {worst.excess:.1e} of the teacher's energy above the "
             f"Eckart–Young floor (largest: {worst.spectrum}, {worst.init} init, "
             f"r={int(worst['rank'])}; {len(best)} students), so the loss against rank follows "
             "the spectrum: the factorization and the optimizer find what a rank allows.")

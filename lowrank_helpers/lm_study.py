@@ -18,13 +18,11 @@ skipping the runs that already have a record, so a stopped sweep loses nothing:
 """
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from .charlm import LMShape, lm_parameters, spectra
 from .config import NotebookParams, _not_empty, smoke_dir
@@ -33,7 +31,7 @@ from .layers import INITS
 from .lm_training import LMProtocol, LMRun, lm_record, train_lms
 from .results import read_record, save_record
 from .settings import all_of, check_settings, distinct, each, non_negative, positive, setting
-from .text import CORPORA, load_corpus
+from .text import CORPORA, corpus_path, split_text
 from .tuning import ladder_index, ladder_lr
 
 #: Where the teacher–student students are stored, under the study's results directory.
@@ -250,8 +248,9 @@ def _search_and_seeds(models, cfg, splits, bar, seeds: int) -> None:
 def run_lm_study(cfg: LMStudyConfig, progress: bool = True) -> pd.DataFrame:
     """Run the phases of ``cfg.phases`` in order (see the module doc) and return the records."""
     from tqdm.auto import tqdm
-    splits = load_corpus(cfg.corpus, cfg.data_root, tune_chars=cfg.tune_chars)
-    full = load_corpus(cfg.corpus, cfg.data_root, tune_chars=0)
+    text = corpus_path(cfg.corpus, cfg.data_root).read_text(encoding="utf-8")
+    splits = split_text(text, cfg.tune_chars, cfg.corpus)   # the study's runs
+    full = split_text(text, 0, cfg.corpus)                   # the anchor's
     Path(cfg.results_dir).mkdir(parents=True, exist_ok=True)
     bar = tqdm(desc="LM study (model-steps)", unit="step", disable=not progress)
     try:

@@ -174,9 +174,9 @@ def batch_generator(seed: int) -> torch.Generator:
 def get_batch(data: torch.Tensor, block: int, batch: int, gen: torch.Generator):
     """nanoGPT's ``get_batch``: ``batch`` random windows of ``block`` characters and their
     next-character targets, each (batch, block)."""
-    ix = torch.randint(len(data) - block, (batch,), generator=gen)
-    x = torch.stack([data[i:i + block] for i in ix.tolist()])
-    y = torch.stack([data[i + 1:i + 1 + block] for i in ix.tolist()])
+    ix = torch.randint(len(data) - block, (batch,), generator=gen).tolist()
+    x = torch.stack([data[i:i + block] for i in ix])
+    y = torch.stack([data[i + 1:i + 1 + block] for i in ix])
     return x, y
 
 
