@@ -17,59 +17,25 @@ The flags of the study and of its training protocol are generated from their dec
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
+import functools
 import hashlib
 import json
-import os
 import signal
-import subprocess
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
+from .batch import JobProgress, JobSpec, LocalRunner, plan_jobs, run_job
 from .config import StudyConfig, SummaryConfig, smoke_dir
 from .data import DataNotFoundError
-from .methods import METHODS
-from .planning import stack_rank
 from .protocol import REFERENCE, Protocol
-from .results import ResultsDirError, check_writable, has_record
+from .results import ResultsDirError, check_writable
 from .settings import choices_of, default_of, settings_of
 from .tasks import TASKS
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ("run", "table", "readme", "tune", "lm")
-
-
-@dataclass
-class Job:
-    name: str            # a dense method ("full"), or the ranks of a stack ("r001-r016")
-    config: StudyConfig  # the notebook's parameters for this job
-
-    def done(self) -> bool:
-        return all(has_record(run, self.config.results_dir) for run in self.config.runs())
-
-
-def plan_jobs(cfg: StudyConfig) -> list[Job]:
-    """One job per dense method and one per stack of factorized ranks (ranks up to 16
-    together, then one per power of two; all factorized methods and seeds in each), so that the
-    engine can stack each job's models."""
-    def job(name, methods, ranks):
-        takes = any(METHODS[m].takes_init() for m in methods)
-        return Job(name, dataclasses.replace(cfg, methods=tuple(methods), ranks=tuple(ranks),
-                                             init=cfg.init if takes else None))
-    jobs = [job(m, [m], []) for m in cfg.methods if not METHODS[m].factorized]
-    factorized = [m for m in cfg.methods if METHODS[m].factorized]
-    buckets: dict[int, list[int]] = {}
-    for r in cfg.ranks:
-        buckets.setdefault(stack_rank(r), []).append(r)
-    for ranks in buckets.values() if factorized else ():
-        name = f"r{ranks[0]:03d}" + (f"-r{ranks[-1]:03d}" if len(ranks) > 1 else "")
-        jobs.append(job(name, factorized, ranks))
-    return jobs
 
 
 def _find_notebook(path: str | None, name: str) -> Path:
@@ -83,61 +49,16 @@ def _find_notebook(path: str | None, name: str) -> Path:
                      f"pass its path")
 
 
-class Runner:
-    """Runs papermill jobs as subprocesses, so that Ctrl-C or a kill stops them all cleanly."""
-
-    def __init__(self, threads_per_job: int | None):
-        self.procs: set[subprocess.Popen] = set()
-        self.lock = threading.Lock()
-        self.stopped = False
-        self.env = dict(os.environ)
-        if threads_per_job:  # parallel jobs share the cores instead of oversubscribing them
-            self.env["OMP_NUM_THREADS"] = str(threads_per_job)
-
-    def papermill(self, notebook: Path, out: Path, params: dict) -> tuple[int, str]:
-        """Execute ``notebook`` into ``out``; it is named ``*.running.ipynb`` until done and
-        ``*.failed.ipynb`` if it fails. Returns papermill's exit code and output."""
-        out.parent.mkdir(parents=True, exist_ok=True)
-        params_file = out.with_suffix(".params.json")  # the job's exact parameters, kept
-        params_file.write_text(json.dumps(params, indent=1))
-        running = out.with_name(out.stem + ".running.ipynb")
-        cmd = [sys.executable, "-m", "papermill", str(notebook), str(running), "-f",
-               str(params_file), "--cwd", str(notebook.parent), "-k", "python3",
-               "--no-progress-bar", "--log-level", "ERROR"]
-        with self.lock:
-            if self.stopped:
-                return 130, "not started: the batch was interrupted"
-            # own session: a terminal's Ctrl-C reaches only us, and we pass it on once
-            proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
-            self.procs.add(proc)
-        output, _ = proc.communicate()
-        with self.lock:
-            self.procs.discard(proc)
-        if proc.returncode == 0:
-            running.replace(out)
-        elif self.stopped:
-            running.unlink(missing_ok=True)  # interrupted, not failed: rerunning redoes it
-        elif running.exists():
-            running.replace(out.with_name(out.stem + ".failed.ipynb"))
-        return proc.returncode, output
-
-    def stop_all(self, grace: float = 20.0) -> None:
-        """Interrupt every papermill job (papermill then shuts its kernel down); kill laggards."""
-        with self.lock:
-            self.stopped = True
-            procs = list(self.procs)
-        for proc in procs:
-            proc.send_signal(signal.SIGINT)
-        for proc in procs:
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def make_runner(args, results_dir):
+    """The local runner, or the Dask one for ``--scheduler`` (which connects on entering)."""
+    if args.scheduler is None:
+        return LocalRunner(args.jobs, args.job_timeout)
+    from .cluster import DaskRunner
+    return DaskRunner(args.scheduler, args.jobs, args.job_timeout, results_dir)
 
 
 def run_batch(cfg: StudyConfig, args) -> int:
@@ -148,53 +69,44 @@ def run_batch(cfg: StudyConfig, args) -> int:
                                                              "summary.ipynb")
     jobs = plan_jobs(cfg)
     todo = [j for j in jobs if not j.done()]
-    print(f"{len(jobs)} jobs ({len(cfg.runs())} runs): {len(jobs) - len(todo)} done already in "
-          f"{cfg.results_dir}, {len(todo)} to run, {args.jobs} at a time; executed notebooks "
-          f"go to {runs_dir}/", flush=True)
-    if todo:  # once, here: parallel jobs on a fresh machine must not race to prepare them
-        TASKS[cfg.task].prepare(cfg.data_root)
-    runner = Runner(max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
     tag = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:6]
+    specs = [JobSpec(job, study_nb, runs_dir / f"study-{cfg.task}-{job.name}-{tag}.ipynb",
+                     job.config.to_dict()) for job in todo]
     failed = []
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a kill stops like Ctrl-C
-    pool, futures = ThreadPoolExecutor(max_workers=args.jobs), {}
     try:
-        futures = {pool.submit(runner.papermill, study_nb,
-                               runs_dir / f"study-{cfg.task}-{job.name}-{tag}.ipynb",
-                               job.config.to_dict()): job for job in todo}
-        with tqdm(total=len(todo), desc="jobs", unit="job") as bar:
-            for fut in as_completed(futures):
-                job, (rc, output) = futures[fut], fut.result()
-                bar.update()
-                if rc != 0:
-                    failed.append(job.name)
-                    tqdm.write(f"job {job.name} FAILED (exit {rc}):\n{output[-3000:]}")
-                else:
-                    tqdm.write(f"job {job.name} done")
+        with make_runner(args, cfg.results_dir) as runner:
+            print(f"{len(jobs)} jobs ({len(cfg.runs())} runs): {len(jobs) - len(todo)} done "
+                  f"already in {cfg.results_dir}, {len(todo)} to run, {runner.describe()}; "
+                  f"executed notebooks go to {runs_dir}/", flush=True)
+            if todo:
+                runner.prepare(functools.partial(TASKS[cfg.task].prepare, cfg.data_root))
+            progress = JobProgress(len(specs))
+            with contextlib.closing(runner.run(specs, progress.update)) as outcomes:
+                for outcome in outcomes:
+                    progress.finish(outcome)
+                    if not outcome.ok:
+                        failed.append(outcome.name)
+            progress.close()
         if failed:
             print("summary skipped: some jobs failed", file=sys.stderr)
-        elif summary_nb is not None:
+        elif summary_nb is not None:  # the figures are drawn here, from the records here
             summary = SummaryConfig(task=cfg.task, results_dir=cfg.results_dir,
                                     img_dir=str(Path(args.img_dir).resolve()),
                                     hidden_sizes=cfg.hidden_sizes, smoke=cfg.smoke,
                                     protocol=cfg.protocol)
-            rc, output = runner.papermill(summary_nb, runs_dir / f"summary-{cfg.task}-{tag}.ipynb",
-                                          summary.to_dict())
-            if rc != 0:
+            outcome = run_job(summary_nb, runs_dir / f"summary-{cfg.task}-{tag}.ipynb",
+                              summary.to_dict(), name="summary")
+            if not outcome.ok:
                 failed.append("summary")
-                print(f"summary FAILED (exit {rc}):\n{output[-3000:]}", file=sys.stderr)
+                print(outcome.report().replace("job summary", "summary"), file=sys.stderr)
             else:
                 print(f"figures written to {args.img_dir}/")
     except KeyboardInterrupt:
-        for fut in futures:
-            fut.cancel()
-        runner.stop_all()
-        pool.shutdown(wait=True)
         print("\ninterrupted: finished runs are kept in "
               f"{cfg.results_dir}; run the same command again to resume", file=sys.stderr)
         return 130
     finally:
-        pool.shutdown(wait=False)
         signal.signal(signal.SIGTERM, previous)
     if failed:
         print(f"failed: {', '.join(failed)} (see the *.failed.ipynb notebooks in {runs_dir}/)",
@@ -266,7 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "if stale")
     _add_settings(p.add_argument_group("the study"), StudyConfig, skip=_OWN_FLAGS)
     _add_settings(p.add_argument_group("the training protocol"), Protocol)
-    p.add_argument("--jobs", type=int, default=1, help="papermill jobs in parallel (default 1)")
+    p.add_argument("--jobs", type=int, default=1, help="papermill jobs in parallel (default 1; "
+                   "with --scheduler local: the local cluster's worker processes)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run the jobs on the "
+                   "Dask scheduler at ADDRESS (tcp://host:8786), or on a local Dask cluster of "
+                   "--jobs workers (local); needs the cluster extra")
+    p.add_argument("--job-timeout", type=float, default=None, metavar="SECONDS",
+                   help="fail a job that runs longer than this (the others go on)")
     p.add_argument("--results-dir", default=None, help="run records (default: results; "
                    "with --smoke: results/smoke)")
     p.add_argument("--runs-dir", default=None, help="executed notebooks (default: runs; "
@@ -374,9 +292,9 @@ class NotebookCommand:
         notebook = _find_notebook(args.notebook, self.notebook)
         runs_dir = Path(smoke_dir(args.runs_dir) if args.smoke else args.runs_dir)
         nb_params = {**cfg.to_dict(), "smoke": False}  # its sizes and folders as trained here
-        rc, output = Runner(None).papermill(notebook, runs_dir / self.notebook, nb_params)
-        if rc != 0:
-            print(f"notebook FAILED (exit {rc}):\n{output[-3000:]}", file=sys.stderr)
+        outcome = run_job(notebook, runs_dir / self.notebook, nb_params, name=self.name)
+        if not outcome.ok:
+            print(outcome.report().replace(f"job {self.name}", "notebook"), file=sys.stderr)
             return 1
         print(f"figures written to {nb_params['img_dir']}/; notebook: "
               f"{runs_dir / self.notebook}")
@@ -425,13 +343,16 @@ def main(argv=None) -> int:
         return readme(args)
     if args.jobs < 1:
         raise SystemExit(f"error: --jobs must be >= 1, got {args.jobs}")
+    if args.job_timeout is not None and not args.job_timeout > 0:
+        raise SystemExit(f"error: --job-timeout must be > 0 seconds, got {args.job_timeout:g}")
     try:
         cfg = study_config(args)
     except (ValueError, TypeError) as exc:
         raise SystemExit(f"error: {exc}")
+    from .cluster import ClusterError
     try:
         return run_batch(cfg, args)
-    except (ResultsDirError, DataNotFoundError) as exc:  # one line, nothing started
+    except (ResultsDirError, DataNotFoundError, ClusterError) as exc:  # one line
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .batch import report_progress
 from .data import Data
 from .devices import as_device, device_name, peak_memory, reset_peak_memory
 from .models import MLP
@@ -143,6 +144,7 @@ def train_group(models: list[MLP], stacks: list[list[int]], data: Data, protocol
             best = max((h["test_accuracy"] for res in results for h in res.history[-1:]),
                        default=float("nan"))
             bar.set_postfix(models=sum(alive), best_acc=f"{best:.2%}")
+        report_progress(epoch, protocol.epochs)  # to a batch runner, if one started us
         if not any(alive):
             break
     bar.close()

@@ -109,6 +109,11 @@ def record_path(run: RunConfig, results_dir) -> Path:
     return Path(results_dir) / f"{run.name}-{run.run_id}.json"
 
 
+def record_file(record: dict) -> str:
+    """The file name of ``record`` (as :func:`record_path` names its run's)."""
+    return f"{record['name']}-{record['run_id']}.json"
+
+
 def check_writable(results_dir) -> Path:
     """Create ``results_dir`` if needed and check that a file can be written there."""
     path = Path(results_dir)
@@ -141,7 +146,7 @@ def save_record(record: dict, results_dir) -> Path:
     If that fails, the record is written to the system's temporary directory instead, so the
     computed run is not lost, and ResultsDirError names both places.
     """
-    path = Path(results_dir) / f"{record['name']}-{record['run_id']}.json"
+    path = Path(results_dir) / record_file(record)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(record, path)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .batch import report_progress
 from .data import Data
 from .devices import as_device, device_name, peak_memory, reset_peak_memory
 from .protocol import Protocol
@@ -146,6 +147,7 @@ def train(model: nn.Module, data: Data, protocol: Protocol | None = None, *, see
         val = evaluate(model, data.X_val, data.y_val) if len(data.y_val) else None
         result.history.append(epoch_record(epoch, test, train_loss, time.perf_counter() - t0, val))
         bar.set_postfix(test_acc=f"{test[0]:.2%}", loss=f"{train_loss:.3f}")
+        report_progress(epoch, protocol.epochs)  # to a batch runner, if one started us
         if not (math.isfinite(train_loss) and math.isfinite(test[1])):
             result.diverged_epoch = epoch
             break

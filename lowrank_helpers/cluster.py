@@ -1,0 +1,236 @@
+"""The batch on a Dask cluster: ``lowrank-study --scheduler tcp://host:8786`` (or ``local``).
+
+Each job is one Dask task. A worker needs the package (``pip install 'lowrank_helpers[cluster]'``)
+and finds or downloads the data itself; it needs no filesystem shared with the client. The
+client sends the notebook, the job's parameters and the records its runs already have; the
+worker runs the notebook in a temporary directory through :func:`~lowrank_helpers.batch.run_job`
+and sends back, as events on the scheduler, each record as soon as it is written and the epoch
+training has reached; at the end it returns the executed notebook. The client writes records
+and notebooks atomically into its own results and runs directories, each record once.
+
+Faults. A worker that dies mid-job: the scheduler runs the job again on another worker, up to
+its ``distributed.scheduler.allowed-failures`` times (3 by default), then the client reports
+the job failed by name. A retried job first takes the records its earlier tries sent, so what
+finished is neither trained nor written again. Ctrl-C, or the client's death, cancels the
+client's tasks; each job notices within a second and stops its notebook and kernel. A
+``LocalCluster``'s workers die with the client that started them.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import socket
+import tempfile
+import threading
+import traceback
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+from urllib.parse import urlparse
+
+from .batch import JobSpec, Outcome, run_job
+from .results import read_record, record_file, save_record
+
+#: Seconds to wait for a scheduler before saying it does not answer.
+CONNECT_TIMEOUT = 10
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot be used (Dask missing, scheduler unreachable, workers unfit)."""
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ClusterError("--scheduler needs Dask: pip install 'lowrank_helpers[cluster]' "
+                           "(dask and distributed)") from exc
+    return distributed
+
+
+def connect(address: str, jobs: int, timeout: float = CONNECT_TIMEOUT):
+    """A client of the scheduler at ``address``, or of a new ``LocalCluster`` of ``jobs``
+    single-threaded worker processes for ``"local"``; returns ``(client, cluster or None)``."""
+    distributed = _distributed()
+    if address == "local":
+        cluster = distributed.LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                                           host="127.0.0.1", dashboard_address=None,
+                                           memory_limit=0)  # as the local runner: no limit
+        return distributed.Client(cluster), cluster
+    if "://" not in address:
+        raise ClusterError(f"--scheduler {address!r} is not an address; give the scheduler's "
+                           "as tcp://HOST:PORT (dask scheduler prints it), or local")
+    try:
+        return distributed.Client(address, timeout=timeout), None
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ClusterError(f"no Dask scheduler answers at {address} within {timeout:g} s "
+                           f"({exc}); start one with 'dask scheduler' and workers with 'dask "
+                           f"worker {address}', or use --scheduler local") from exc
+
+
+def check_workers(client) -> list[str]:
+    """Every worker must have this package, at this version; returns warnings (a different
+    version), raises ClusterError naming the workers without it."""
+    mine = importlib.metadata.version("lowrank_helpers")
+    theirs = client.run(importlib.metadata.version, "lowrank_helpers", on_error="return")
+    missing = sorted(w for w, v in theirs.items() if isinstance(v, BaseException))
+    if missing:
+        raise ClusterError(f"worker(s) {', '.join(missing)} cannot import lowrank_helpers; "
+                           "install it on every worker: pip install 'lowrank_helpers[cluster]'")
+    return [f"worker {w} has lowrank_helpers {v}, this client {mine}"
+            for w, v in sorted(theirs.items()) if v != mine]
+
+
+def _write_bytes_atomic(data: bytes, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _threads_here(client, worker) -> int:
+    """This machine's cores shared among the Dask threads (task slots) on it."""
+    host = urlparse(worker.address).hostname
+    slots = sum(w["nthreads"] for addr, w in client.scheduler_info()["workers"].items()
+                if urlparse(addr).hostname == host)
+    return max(1, (os.cpu_count() or 1) // max(1, slots))
+
+
+def remote_job(name: str, notebook_name: str, notebook: bytes, params: dict, records: list,
+               timeout: float | None, topic: str, prepare: Callable[[], None] | None) -> dict:
+    """Run one job on a Dask worker (the task itself); see the module's docstring."""
+    from distributed import Lock, get_client, get_worker
+    worker, client = get_worker(), get_client()
+    key = worker.get_current_task()
+
+    def cancelled() -> bool:  # by Ctrl-C on the client, or because the client is gone
+        ts = worker.state.tasks.get(key)
+        return ts is None or ts.state not in ("executing", "long-running")
+
+    def send(kind: str, **msg) -> None:
+        worker.log_event(topic, {"kind": kind, "job": name, **msg})
+
+    earlier = [msg["record"] for _, msg in client.get_events(topic)
+               if msg.get("kind") == "record" and msg.get("job") == name]
+    if prepare is not None:  # once per machine at a time: jobs must not race on a download
+        with Lock(f"lowrank-prepare-{socket.gethostname()}"):
+            prepare()
+    threads = str(_threads_here(client, worker))
+    with tempfile.TemporaryDirectory(prefix=f"lowrank-{name}-") as tmp:
+        results, nb = Path(tmp) / "results", Path(tmp) / "notebooks" / notebook_name
+        for record in (*records, *earlier):
+            save_record(record, results)
+        given = set(results.rglob("*.json"))
+        nb.parent.mkdir()
+        nb.write_bytes(notebook)
+        outcome = run_job(
+            nb, Path(tmp) / "runs" / notebook_name, {**params, "results_dir": str(results)},
+            name=name, env={**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
+            timeout=timeout, on_progress=lambda info: send("progress", **info), watch=results,
+            on_record=lambda path: send("record", record=read_record(path)), stopped=cancelled)
+        return {"status": outcome.status, "rc": outcome.rc, "output": outcome.output,
+                "detail": outcome.detail, "worker": worker.address,
+                "notebook": outcome.notebook.read_bytes() if outcome.notebook else None,
+                "failed": outcome.notebook is not None and outcome.status != "done",
+                "records": [read_record(p) for p in sorted(set(results.rglob("*.json")) - given)]}
+
+
+class DaskRunner:
+    """Jobs on a Dask cluster (see the module's docstring); the client writes what they
+    return into ``results_dir`` and each job's runs directory."""
+
+    def __init__(self, address: str, jobs: int = 1, timeout: float | None = None,
+                 results_dir: str | os.PathLike = "results"):
+        self.address, self.jobs, self.timeout = address, jobs, timeout
+        self.results_dir = Path(results_dir)
+        self.topic = f"lowrank-batch-{uuid.uuid4().hex[:12]}"
+        self.lock = threading.Lock()
+        self.written = 0
+        self.client = self.cluster = None
+        self._prepare = None
+        self._on_progress: Callable[[str, dict], None] = lambda name, info: None
+
+    def __enter__(self):
+        self.client, self.cluster = connect(self.address, self.jobs)
+        try:
+            for warning in check_workers(self.client):
+                print(f"warning: {warning}", flush=True)
+            self.client.subscribe_topic(self.topic, self._event)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def describe(self) -> str:
+        workers = self.client.scheduler_info()["workers"]
+        where = "a local Dask cluster" if self.cluster is not None else \
+            f"the Dask cluster at {self.address}"
+        note = "" if workers else " (no worker yet: jobs wait for 'dask worker ADDRESS')"
+        return (f"on {where}: {len(workers)} workers, "
+                f"{sum(w['nthreads'] for w in workers.values())} jobs at a time{note}")
+
+    def prepare(self, task_prepare: Callable[[], None]) -> None:
+        self._prepare = task_prepare  # each worker's own data, prepared where it runs
+
+    def take(self, record: dict) -> None:
+        """Write ``record`` into the results directory unless it is already there."""
+        with self.lock:
+            if (self.results_dir / record_file(record)).exists():
+                return
+            save_record(record, self.results_dir)
+            self.written += 1
+
+    def _event(self, event) -> None:
+        _, msg = event
+        if msg.get("kind") == "record":
+            self.take(msg["record"])
+        elif msg.get("kind") == "progress":
+            self._on_progress(msg["job"], {"epoch": msg["epoch"], "epochs": msg["epochs"]})
+
+    def run(self, specs: list[JobSpec], on_progress: Callable[[str, dict], None]
+            ) -> Iterator[Outcome]:
+        distributed = _distributed()
+        self._on_progress = on_progress
+        futures = {}
+        for spec in specs:
+            spec.out.parent.mkdir(parents=True, exist_ok=True)
+            spec.out.with_suffix(".params.json").write_text(json.dumps(spec.params, indent=1))
+            futures[self.client.submit(
+                remote_job, spec.job.name, spec.notebook.name, spec.notebook.read_bytes(),
+                spec.params, spec.job.records(), self.timeout, self.topic, self._prepare,
+                key=f"lowrank-{spec.job.name}-{uuid.uuid4().hex[:8]}", pure=False)] = spec
+        try:
+            for fut in distributed.as_completed(futures):
+                yield self._outcome(futures[fut], fut)
+        finally:
+            self.client.cancel(list(futures))
+
+    def _outcome(self, spec: JobSpec, fut) -> Outcome:
+        name = spec.job.name
+        try:
+            res = fut.result()
+        except Exception as exc:  # the worker died too often (KilledWorker), or the task broke
+            return Outcome(name, "failed", 1, "".join(traceback.format_exception_only(exc)),
+                           None, f"{type(exc).__name__}: {exc}")
+        for record in res["records"]:  # any whose event was lost
+            self.take(record)
+        executed = None
+        if res["notebook"] is not None:
+            executed = spec.out.with_name(spec.out.stem + ".failed.ipynb") if res["failed"] \
+                else spec.out
+            _write_bytes_atomic(res["notebook"], executed)
+        detail = res["detail"] or (f"exit {res['rc']} on {res['worker']}"
+                                   if res["status"] != "done" else "")
+        return Outcome(name, res["status"], res["rc"], res["output"], executed, detail)
