@@ -251,6 +251,9 @@ class LocalRunner:
     def describe(self) -> str:
         return f"{self.jobs} at a time on this machine"
 
+    def summary(self) -> str:
+        return ""  # the notebooks write their records themselves
+
     def prepare(self, task_prepare: Callable[[], None]) -> None:
         task_prepare()  # once, here: parallel jobs must not race to download the data
 

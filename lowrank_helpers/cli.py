@@ -88,6 +88,8 @@ def run_batch(cfg: StudyConfig, args) -> int:
                     if not outcome.ok:
                         failed.append(outcome.name)
             progress.close()
+            if runner.summary():
+                print(runner.summary())
         if failed:
             print("summary skipped: some jobs failed", file=sys.stderr)
         elif summary_nb is not None:  # the figures are drawn here, from the records here

@@ -21,6 +21,7 @@ import importlib.metadata
 import json
 import os
 import socket
+import sys
 import tempfile
 import threading
 import traceback
@@ -30,10 +31,10 @@ from typing import Callable, Iterator
 from urllib.parse import urlparse
 
 from .batch import JobSpec, Outcome, run_job
-from .results import read_record, record_file, save_record
+from .results import ResultsDirError, read_record, record_file, save_record
 
 #: Seconds to wait for a scheduler before saying it does not answer.
-CONNECT_TIMEOUT = 10
+CONNECT_TIMEOUT = 5
 
 
 class ClusterError(RuntimeError):
@@ -61,12 +62,15 @@ def connect(address: str, jobs: int, timeout: float = CONNECT_TIMEOUT):
     if "://" not in address:
         raise ClusterError(f"--scheduler {address!r} is not an address; give the scheduler's "
                            "as tcp://HOST:PORT (dask scheduler prints it), or local")
+    url = urlparse(address)
     try:
+        if url.scheme in ("tcp", "tls") and url.hostname and url.port:  # refused: at once
+            socket.create_connection((url.hostname, url.port), timeout=timeout).close()
         return distributed.Client(address, timeout=timeout), None
     except (OSError, TimeoutError, ValueError) as exc:
-        raise ClusterError(f"no Dask scheduler answers at {address} within {timeout:g} s "
-                           f"({exc}); start one with 'dask scheduler' and workers with 'dask "
-                           f"worker {address}', or use --scheduler local") from exc
+        raise ClusterError(f"no Dask scheduler answers at {address} ({exc}); start one with "
+                           f"'dask scheduler' and workers with 'dask worker {address}', or use "
+                           "--scheduler local") from exc
 
 
 def check_workers(client) -> list[str]:
@@ -123,7 +127,10 @@ def remote_job(name: str, notebook_name: str, notebook: bytes, params: dict, rec
             prepare()
     threads = str(_threads_here(client, worker))
     with tempfile.TemporaryDirectory(prefix=f"lowrank-{name}-") as tmp:
-        results, nb = Path(tmp) / "results", Path(tmp) / "notebooks" / notebook_name
+        # named as the client's (".../smoke" stays "smoke"), so that the notebook reads and
+        # writes its records right here
+        results = Path(tmp) / Path(params["results_dir"]).name
+        nb = Path(tmp) / "notebooks" / notebook_name
         for record in (*records, *earlier):
             save_record(record, results)
         given = set(results.rglob("*.json"))
@@ -152,6 +159,7 @@ class DaskRunner:
         self.topic = f"lowrank-batch-{uuid.uuid4().hex[:12]}"
         self.lock = threading.Lock()
         self.written = 0
+        self.expected: dict[str, set[str]] = {}  # job -> the run ids it was sent to do
         self.client = self.cluster = None
         self._prepare = None
         self._on_progress: Callable[[str, dict], None] = lambda name, info: None
@@ -184,18 +192,31 @@ class DaskRunner:
     def prepare(self, task_prepare: Callable[[], None]) -> None:
         self._prepare = task_prepare  # each worker's own data, prepared where it runs
 
-    def take(self, record: dict) -> None:
-        """Write ``record`` into the results directory unless it is already there."""
+    def take(self, job: str, record: dict) -> None:
+        """Write ``record`` into the results directory unless it is already there, or is not
+        one of the runs ``job`` was sent to do (a worker configured otherwise)."""
         with self.lock:
+            if record.get("run_id") not in self.expected.get(job, ()):
+                print(f"warning: job {job} sent back a record of a run it was not given "
+                      f"({record.get('name')} {record.get('run_id')}); not written: check "
+                      "the workers' LOWRANK_* environment", file=sys.stderr, flush=True)
+                return
             if (self.results_dir / record_file(record)).exists():
                 return
-            save_record(record, self.results_dir)
+            try:
+                save_record(record, self.results_dir)
+            except ResultsDirError as exc:  # saved elsewhere, and said where
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+                return
             self.written += 1
+
+    def summary(self) -> str:
+        return f"{self.written} records written into {self.results_dir}"
 
     def _event(self, event) -> None:
         _, msg = event
         if msg.get("kind") == "record":
-            self.take(msg["record"])
+            self.take(msg["job"], msg["record"])
         elif msg.get("kind") == "progress":
             self._on_progress(msg["job"], {"epoch": msg["epoch"], "epochs": msg["epochs"]})
 
@@ -205,6 +226,7 @@ class DaskRunner:
         self._on_progress = on_progress
         futures = {}
         for spec in specs:
+            self.expected[spec.job.name] = {run.run_id for run in spec.job.config.runs()}
             spec.out.parent.mkdir(parents=True, exist_ok=True)
             spec.out.with_suffix(".params.json").write_text(json.dumps(spec.params, indent=1))
             futures[self.client.submit(
@@ -225,7 +247,7 @@ class DaskRunner:
             return Outcome(name, "failed", 1, "".join(traceback.format_exception_only(exc)),
                            None, f"{type(exc).__name__}: {exc}")
         for record in res["records"]:  # any whose event was lost
-            self.take(record)
+            self.take(name, record)
         executed = None
         if res["notebook"] is not None:
             executed = spec.out.with_name(spec.out.stem + ".failed.ipynb") if res["failed"] \

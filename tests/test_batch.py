@@ -1,0 +1,119 @@
+"""One job in its child process (lowrank_helpers.batch.run_job), on tiny notebooks: progress,
+records as they appear, a timeout, a stop, and no kernel left behind by any of them."""
+import json
+import os
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+from lowrank_helpers.batch import PROGRESS_ENV, report_progress, run_job
+
+pytestmark = pytest.mark.notebook
+
+
+def notebook(path: Path, *cells: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def kernel_pid_cell(marker: Path) -> str:
+    return f"import os, time\nopen(r'{marker}', 'w').write(str(os.getpid()))"
+
+
+def gone(pid: int, within: float = 15.0) -> bool:
+    deadline = time.time() + within
+    while time.time() < deadline:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_report_progress_writes_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.delenv(PROGRESS_ENV, raising=False)
+    report_progress(1, 2)  # no runner: nothing, no error
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setenv(PROGRESS_ENV, str(tmp_path / "p.json"))
+    report_progress(3, 10)
+    assert json.loads((tmp_path / "p.json").read_text()) == {"epoch": 3, "epochs": 10}
+    assert [p.name for p in tmp_path.iterdir()] == ["p.json"]  # no temporary file left
+
+
+def test_progress_and_records_reach_the_runner_while_the_job_runs(tmp_path):
+    watch = tmp_path / "results"
+    watch.mkdir()
+    (watch / "old.json").write_text("{}")  # there before: not reported
+    nb = notebook(tmp_path / "nb.ipynb",
+                  "import time\nfrom lowrank_helpers.batch import report_progress",
+                  "report_progress(1, 3); time.sleep(1.5)",
+                  f"open(r'{watch / 'new.json'}', 'w').write('{{}}')\n"
+                  "report_progress(2, 3); time.sleep(1.5)",
+                  "x = 41 + 1\nx")
+    seen, records = [], []
+    out = run_job(nb, tmp_path / "runs" / "nb.ipynb", {}, on_progress=seen.append,
+                  watch=watch, on_record=records.append, poll=0.2)
+    assert out.ok and out.rc == 0, out.output
+    assert {"epoch": 1, "epochs": 3} in seen and {"epoch": 2, "epochs": 3} in seen
+    assert records == [watch / "new.json"]
+    executed = out.notebook.read_text()
+    assert out.notebook == tmp_path / "runs" / "nb.ipynb" and "42" in executed
+    assert not list((tmp_path / "runs").glob("*.running.ipynb"))
+    assert not list((tmp_path / "runs").glob("*.progress.json"))
+    assert json.loads((tmp_path / "runs" / "nb.params.json").read_text()) == {}
+
+
+def test_a_failing_cell_fails_the_job_with_its_error(tmp_path):
+    nb = notebook(tmp_path / "nb.ipynb", "raise ValueError('no such rank: 0')")
+    out = run_job(nb, tmp_path / "runs" / "nb.ipynb", {})
+    assert out.status == "failed" and out.rc == 1
+    assert "no such rank: 0" in out.output
+    assert out.notebook.name == "nb.failed.ipynb" and out.notebook.exists()
+    assert "job nb FAILED (exit 1)" in out.report()
+
+
+def test_a_job_past_its_timeout_is_stopped_with_its_kernel(tmp_path):
+    marker = tmp_path / "kernel.pid"
+    nb = notebook(tmp_path / "nb.ipynb", kernel_pid_cell(marker), "time.sleep(600)")
+    start = time.time()
+    out = run_job(nb, tmp_path / "runs" / "nb.ipynb", {}, timeout=12, poll=0.2, grace=5)
+    assert out.status == "timeout" and out.detail == "timed out after 12 s"
+    assert time.time() - start < 60
+    assert gone(int(marker.read_text()))
+    assert out.notebook.name == "nb.failed.ipynb"  # what it had done is kept
+    assert "job nb FAILED (timed out after 12 s)" in out.report()
+
+
+def test_a_stopped_job_leaves_neither_kernel_nor_notebook(tmp_path):
+    marker = tmp_path / "kernel.pid"
+    nb = notebook(tmp_path / "nb.ipynb", kernel_pid_cell(marker), "time.sleep(600)")
+    out = run_job(nb, tmp_path / "runs" / "nb.ipynb", {}, poll=0.2, grace=5,
+                  stopped=lambda: marker.exists())
+    assert out.status == "interrupted"
+    assert gone(int(marker.read_text()))
+    assert not list((tmp_path / "runs").glob("*.ipynb"))  # rerunning redoes it
+
+
+def test_the_job_process_takes_its_kernel_down_when_its_runner_dies(tmp_path):
+    """The child reads the runner's pipe; when the runner is SIGKILLed, the pipe closes."""
+    import subprocess
+    import sys
+    marker = tmp_path / "kernel.pid"
+    nb = notebook(tmp_path / "nb.ipynb", kernel_pid_cell(marker), "time.sleep(600)")
+    runner = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from pathlib import Path; from lowrank_helpers.batch import run_job\n"
+        f"run_job(Path(r'{nb}'), Path(r'{tmp_path / 'runs' / 'nb.ipynb'}'), {{}})")])
+    deadline = time.time() + 120
+    while not (marker.exists() and marker.read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    pid = int(marker.read_text())
+    runner.kill()
+    runner.wait()
+    assert gone(pid)
