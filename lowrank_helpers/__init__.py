@@ -11,7 +11,8 @@ notebooks' parameters), report (tables, computed prose), readme (README's genera
 plots (study figures). The fair comparison: tuning (learning rates chosen on a validation
 split, seeds, controls), stats (Welch intervals), tuned_report (its tables and prose),
 tuned_plots (its figures). Theory: theory (signal and gradients at init, predicted and
-measured), theory_plots. Panels: explorer (records), init_panel (an init and a rank). cli.
+measured), theory_plots. Panels: explorer (records), init_panel (an init and a rank). Batches: batch (jobs, one job
+in a child process, the local runner), cluster (the same jobs on Dask), cli.
 The language-model study: text (character corpora, split as nanoGPT splits them), charlm
 (nanoGPT's transformer with dense or B·A projections), lm_training (its protocol, a run, many
 runs at once through torch.func), lm_study (the phases, with resume), lm_report (tables,

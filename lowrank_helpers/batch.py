@@ -38,6 +38,13 @@ PROGRESS_ENV = "LOWRANK_PROGRESS"
 OUTPUT_TAIL = 20_000
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a SLURM or container allocation, not the machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def report_progress(epoch: int, epochs: int) -> None:
     """Tell the batch runner that started this kernel, if one did, that training has finished
     ``epoch`` of ``epochs``: one small JSON file, replaced atomically; a no-op otherwise."""
@@ -239,7 +246,7 @@ class LocalRunner:
         self.jobs, self.timeout = jobs, timeout
         self.env = dict(os.environ)
         if jobs > 1:
-            self.env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+            self.env["OMP_NUM_THREADS"] = str(max(1, usable_cores() // jobs))
         self._stop = threading.Event()
 
     def __enter__(self):

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlparse
 
-from .batch import JobSpec, Outcome, run_job
+from .batch import JobSpec, Outcome, run_job, usable_cores
 from .results import ResultsDirError, read_record, record_file, save_record
 
 #: Seconds to wait for a scheduler before saying it does not answer.
@@ -103,7 +103,7 @@ def _threads_here(client, worker) -> int:
     host = urlparse(worker.address).hostname
     slots = sum(w["nthreads"] for addr, w in client.scheduler_info()["workers"].items()
                 if urlparse(addr).hostname == host)
-    return max(1, (os.cpu_count() or 1) // max(1, slots))
+    return max(1, usable_cores() // max(1, slots))
 
 
 def remote_job(name: str, notebook_name: str, notebook: bytes, params: dict, records: list,
