@@ -1,10 +1,9 @@
 """A batch: the study's runs cut into jobs, and one job (a papermill run of a notebook) run in a
 child process that can be timed out, stopped, and followed epoch by epoch.
 
-The child (:func:`job_main`) runs papermill's
-``execute_notebook`` and holds a pipe from whoever started it on its stdin: when that pipe closes
-(the runner exited, or was killed with SIGKILL), it kills its kernel and exits, so that no
-kernel trains on in the background. (The kernel also leaves when its parent dies: ipykernel
+The child (:func:`job_main`) runs papermill's ``execute_notebook`` and holds a pipe from whoever
+started it on its stdin: when that pipe closes (the runner exited, or was killed with SIGKILL),
+it kills its kernel and exits, so that no kernel trains on in the background. (The kernel also leaves when its parent dies: ipykernel
 polls ``JPY_PARENT_PID``.) Training reports its epoch through a small file named by
 ``$LOWRANK_PROGRESS`` (:func:`report_progress`), which the runner reads once a second.
 
@@ -297,6 +296,7 @@ class JobProgress:
         from tqdm.auto import tqdm
         self.bar = tqdm(total=total, desc="jobs", unit="job")
         self.running: dict[str, str] = {}
+        self.finished: set[str] = set()  # a late report of a finished job is not shown
         self.lock = threading.Lock()
 
     def _show(self) -> None:
@@ -304,11 +304,13 @@ class JobProgress:
 
     def update(self, name: str, info: dict) -> None:
         with self.lock:
-            self.running[name] = f"{name} epoch {info['epoch']}/{info['epochs']}"
-            self._show()
+            if name not in self.finished:
+                self.running[name] = f"{name} epoch {info['epoch']}/{info['epochs']}"
+                self._show()
 
     def finish(self, outcome: Outcome) -> None:
         with self.lock:
+            self.finished.add(outcome.name)
             self.running.pop(outcome.name, None)
             self._show()
             self.bar.update()

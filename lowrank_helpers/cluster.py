@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 from urllib.parse import urlparse
 
 from .batch import JobSpec, Outcome, run_job, usable_cores
-from .results import ResultsDirError, read_record, record_file, save_record
+from .results import ResultsDirError, read_record, record_file, save_record, write_atomic
 
 #: Seconds to wait for a scheduler before saying it does not answer.
 CONNECT_TIMEOUT = 5
@@ -84,18 +84,6 @@ def check_workers(client) -> list[str]:
                            "install it on every worker: pip install 'lowrank_helpers[cluster]'")
     return [f"worker {w} has lowrank_helpers {v}, this client {mine}"
             for w, v in sorted(theirs.items()) if v != mine]
-
-
-def _write_bytes_atomic(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _threads_here(client, worker) -> int:
@@ -252,7 +240,7 @@ class DaskRunner:
         if res["notebook"] is not None:
             executed = spec.out.with_name(spec.out.stem + ".failed.ipynb") if res["failed"] \
                 else spec.out
-            _write_bytes_atomic(res["notebook"], executed)
+            write_atomic(executed, res["notebook"])
         detail = res["detail"] or (f"exit {res['rc']} on {res['worker']}"
                                    if res["status"] != "done" else "")
         return Outcome(name, res["status"], res["rc"], res["output"], executed, detail)

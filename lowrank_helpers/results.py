@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import uuid
 import warnings
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -127,17 +128,25 @@ def check_writable(results_dir) -> Path:
     return path
 
 
-def _write_atomic(record: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: a reader sees the old
+    file or the whole new one. The file gets the usual permissions (the umask's)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, ensure_ascii=False)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+        os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _write_atomic(record: dict, path: Path) -> None:
+    write_atomic(path, json.dumps(record, indent=1, ensure_ascii=False).encode())
 
 
 def save_record(record: dict, results_dir) -> Path:

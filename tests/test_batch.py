@@ -1,7 +1,6 @@
 """One job in its child process (lowrank_helpers.batch.run_job), on tiny notebooks: progress,
 records as they appear, a timeout, a stop, and no kernel left behind by any of them."""
 import json
-import os
 import time
 from pathlib import Path
 

@@ -15,8 +15,6 @@ import nbformat
 import psutil
 import pytest
 
-from lowrank_helpers import load_records
-
 from .test_batch import gone
 
 pytest.importorskip("distributed", reason="the cluster extra: pip install -e '.[cluster]'")
@@ -112,33 +110,27 @@ def kernels(tmp_path, job=None, count=1, within=240) -> list[int]:
 
 
 def test_smoke_batch_on_both_clusters_writes_what_the_local_runner_writes(tmp_path, scheduler):
+    """The local runner; a LocalCluster; the hand-started scheduler, where the worker running
+    the full-rank job is killed after that job's record was sent back: it runs again, finds
+    its record and trains nothing. All three write the same records."""
     local = batch(tmp_path / "local", "--jobs", "2")
     assert local.returncode == 0, local.stdout + local.stderr
     expected = histories(tmp_path / "local" / "results" / "smoke")
     assert len(expected) == SMOKE_RUNS
 
-    for where, flag in (("dask-local", "local"), ("by-hand", scheduler)):
-        out = batch(tmp_path / where, "--jobs", "2", "--scheduler", flag)
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert f"{SMOKE_RUNS} records written into" in out.stdout
-        assert histories(tmp_path / where / "results" / "smoke") == expected, where
-        executed = sorted(p.name for p in (tmp_path / where / "runs" / "smoke").iterdir())
-        assert len([n for n in executed if n.endswith(".ipynb")]) == 2, executed
-        assert not [n for n in executed if "failed" in n or "running" in n]
-    assert "on the Dask cluster at tcp://127.0.0.1:" in out.stdout
+    out = batch(tmp_path / "dask-local", "--jobs", "2", "--scheduler", "local")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "on a local Dask cluster: 2 workers" in out.stdout
+    assert f"{SMOKE_RUNS} records written into" in out.stdout
+    assert histories(tmp_path / "dask-local" / "results" / "smoke") == expected
 
-    again = batch(tmp_path / "by-hand", "--scheduler", scheduler)  # resume: nothing to do
-    assert again.returncode == 0 and "0 to run" in again.stdout
-
-
-def test_a_job_whose_worker_is_killed_runs_again_and_every_record_lands(tmp_path, scheduler):
-    nb = study_with(tmp_path, "if job == 'full' and tries == 0:\n    time.sleep(600)")
-    proc = subprocess.Popen(batch_args(tmp_path, "--scheduler", scheduler, "--notebook",
-                                       str(nb)), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    [kernel] = kernels(tmp_path, "full")
-    results = tmp_path / "results" / "smoke"
-    deadline = time.time() + 60  # its record was sent back before the extra cell ran
+    hand = tmp_path / "by-hand"
+    nb = study_with(hand, "if job == 'full' and tries == 0:\n    time.sleep(600)")
+    proc = subprocess.Popen(batch_args(hand, "--scheduler", scheduler, "--notebook", str(nb)),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    [kernel] = kernels(hand, "full")
+    results = hand / "results" / "smoke"
+    deadline = time.time() + 60  # its record is sent back before the extra cell runs
     while not list(results.glob("fashion_mnist-full-*.json")) and time.time() < deadline:
         time.sleep(0.2)
     worker = psutil.Process(kernel).parent().parent()  # kernel <- job process <- worker
@@ -146,15 +138,20 @@ def test_a_job_whose_worker_is_killed_runs_again_and_every_record_lands(tmp_path
     worker.kill()
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, out + err
+    assert "on the Dask cluster at tcp://127.0.0.1:" in out
     assert "full epoch 2/2" in err  # its progress, sent from the worker
     assert gone(kernel)  # the killed worker's job took its kernel down
     assert f"{SMOKE_RUNS} records written into" in out  # each once
-    runs = load_records(results)
-    assert len(runs) == SMOKE_RUNS and (runs.epochs_done == 2).all()
-    assert len(list((tmp_path / "markers").glob("full-*"))) == 2  # it ran again
-    # and the second try found the first try's record: it trained nothing
-    rerun = next((tmp_path / "runs" / "smoke").glob("study-fashion_mnist-full-*.ipynb"))
-    assert "1 runs: 1 already recorded" in rerun.read_text()
+    assert histories(results) == expected
+    assert len(list((hand / "markers").glob("full-*"))) == 2  # it ran again ...
+    rerun = next((hand / "runs" / "smoke").glob("study-fashion_mnist-full-*.ipynb"))
+    assert "1 runs: 1 already recorded" in rerun.read_text()  # ... and trained nothing
+    executed = sorted(p.name for p in (hand / "runs" / "smoke").iterdir())
+    assert len([n for n in executed if n.endswith(".ipynb")]) == 2, executed
+    assert not [n for n in executed if "failed" in n or "running" in n]
+
+    again = batch(hand, "--scheduler", scheduler)  # resume: nothing to do
+    assert again.returncode == 0 and "0 to run" in again.stdout
 
 
 def tiny_notebook(tmp_path: Path, behaviour: str) -> Path:
@@ -166,8 +163,8 @@ def tiny_notebook(tmp_path: Path, behaviour: str) -> Path:
     params = nbformat.v4.new_code_cell("methods = []")
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(
-        "import os, time, psutil\nfrom lowrank_helpers.batch import report_progress\n"
-        "job = 'full' if 'full' in methods else 'stack'\n" + behaviour)]
+        "import os, time, psutil\njob = 'full' if 'full' in methods else 'stack'\n" +
+        behaviour)]
     path = tmp_path / "notebooks" / "tiny.ipynb"
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
@@ -177,28 +174,29 @@ def tiny_notebook(tmp_path: Path, behaviour: str) -> Path:
 @pytest.mark.parametrize("runner", [[], ["--scheduler", "local"]], ids=["local", "dask-local"])
 def test_a_job_past_the_timeout_fails_alone_and_progress_shows(tmp_path, runner):
     nb = tiny_notebook(tmp_path, "if job == 'full':\n"
+                       "    from lowrank_helpers.batch import report_progress\n"
                        "    report_progress(1, 2)\n    time.sleep(600)")
-    out = batch(tmp_path, "--jobs", "2", *runner, "--job-timeout", "25", "--notebook", str(nb))
+    out = batch(tmp_path, "--jobs", "2", *runner, "--job-timeout", "15", "--notebook", str(nb))
     text = out.stdout + out.stderr
     assert out.returncode == 1, text
-    assert "job full FAILED (timed out after 25 s)" in text
+    assert "job full FAILED (timed out after 15 s)" in text
     assert "job r001-r004 done" in text and "failed: full" in text
     assert "full epoch 1/2" in out.stderr  # the progress bar showed how far it had got
     assert list((tmp_path / "runs" / "smoke").glob("study-fashion_mnist-full-*.failed.ipynb"))
 
 
-def test_a_job_whose_worker_always_dies_is_reported_failed_by_name(tmp_path):
+def test_a_job_whose_worker_dies_more_often_than_allowed_is_reported_failed(tmp_path):
     nb = tiny_notebook(tmp_path, "if job == 'full':\n"
                        "    psutil.Process().parent().parent().kill()  # its worker\n"
                        "    time.sleep(600)")
-    env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"}
+    env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
     out = subprocess.run(batch_args(tmp_path, "--jobs", "2", "--scheduler", "local",
                                     "--notebook", str(nb)), cwd=ROOT, capture_output=True,
                          text=True, timeout=600, env=env)
     text = out.stdout + out.stderr
     assert out.returncode == 1, text
     assert "job full FAILED (KilledWorker: Attempted to run task" in text
-    assert "on 2 different workers" in text and "failed: full" in text
+    assert "on 1 different workers" in text and "failed: full" in text
     assert "job r001-r004 done" in text
 
 
@@ -220,8 +218,11 @@ def test_ctrl_c_cancels_the_jobs_on_the_cluster(tmp_path, scheduler):
         assert not any(client.processing().values())  # nothing left running
 
 
-@pytest.mark.parametrize("runner", [[], ["--scheduler", "local"]], ids=["local", "dask-local"])
-def test_a_killed_client_leaves_no_kernel(tmp_path, runner):
+@pytest.mark.parametrize("where", ["dask-local", "by-hand"])
+def test_a_killed_client_leaves_no_kernel(tmp_path, where, request):
+    """(The local runner's case: tests/test_batch.py, the job process whose runner dies.)"""
+    runner = ["--scheduler", "local" if where == "dask-local"
+              else request.getfixturevalue("scheduler")]
     nb = study_with(tmp_path, "time.sleep(600)", before_training=True)
     proc = subprocess.Popen(batch_args(tmp_path, "--jobs", "2", *runner, "--notebook",
                                        str(nb)), cwd=ROOT, stdout=subprocess.DEVNULL,

@@ -50,7 +50,13 @@ def assert_same_training(runs, data, config, stacks=None, dtype=torch.float32):
         for key in keys:
             got = torch.tensor([h[key] for h in res.history], dtype=torch.float64)
             want = torch.tensor([h[key] for h in ref.history], dtype=torch.float64)
-            torch.testing.assert_close(got, want, rtol=rtol, atol=atol,
+            tol = atol
+            if key.endswith("accuracy") and not sgd and dtype == torch.float32:
+                # accuracy moves in steps of one sample: AdamW's float32 noise may flip one
+                # borderline sample of the split
+                n = len(data.y_test if key.startswith("test") else data.y_val)
+                tol = max(atol, 1.5 / n)
+            torch.testing.assert_close(got, want, rtol=rtol, atol=tol,
                                        msg=lambda m: f"{run.label} seed {run.seed} {key}: {m}")
         if sgd or dtype == torch.float64:
             for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):

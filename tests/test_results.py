@@ -76,15 +76,14 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     path = save_record(fake_record(run, acc=0.1), tmp_path)
     before = path.read_text()
 
-    real_dump, calls = json.dump, []
+    real_fsync, calls = os.fsync, []
 
-    def dump_fails_once(obj, f, **kwargs):
+    def fsync_fails_once(fd):  # the temporary file is half written when the disk fills up
         calls.append(1)
         if len(calls) == 1:
-            f.write('{"partial": ')
             raise OSError("disk full")
-        return real_dump(obj, f, **kwargs)
-    monkeypatch.setattr(results_mod.json, "dump", dump_fails_once)
+        return real_fsync(fd)
+    monkeypatch.setattr(results_mod.os, "fsync", fsync_fails_once)
     with pytest.raises(ResultsDirError, match="could not write .*disk full.*saved to") as err:
         save_record(fake_record(run, acc=0.9), tmp_path)
     assert path.read_text() == before  # the old record is intact
