@@ -210,6 +210,7 @@ def run_job(notebook: Path, out: Path, params: dict, *, name: str | None = None,
             _kill_tree(proc, grace)
             break
     reader.join(timeout=5)
+    proc.stdin.close()  # the child's lifeline, no longer needed
     new_records()
     progress_file.unlink(missing_ok=True)
     rc = proc.returncode
