@@ -7,8 +7,8 @@ The flags of the study and of its training protocol are generated from their dec
     lowrank-study                         # the reference run: 17 models x 3 seeds, 100 epochs
     lowrank-study --smoke                 # quick end-to-end run into {results,img,runs}/smoke
     lowrank-study --ranks 4 8 --seeds 0 --jobs 2
-    lowrank-study --scheduler tcp://host:8786   # the jobs on a Dask cluster (README: "On
-                                          # several machines"); --scheduler local: this one
+    lowrank-study --scheduler local       # the jobs on a Dask cluster of --jobs workers here;
+                                          # --scheduler tcp://host:8786: on several machines
     lowrank-study table                   # the results table from the records
     lowrank-study readme                  # regenerate README's result blocks from the records
     lowrank-study tune --workers 2        # the tuned comparison into results/tuned, then its

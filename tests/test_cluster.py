@@ -246,10 +246,15 @@ def test_no_scheduler_at_the_address_fails_fast_and_clearly(tmp_path):
     assert "dask scheduler" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
-def test_a_bad_address_or_timeout_is_refused_in_one_line(tmp_path, capsys):
+def test_a_bad_address_or_timeout_or_no_dask_is_refused_in_one_line(tmp_path, capsys,
+                                                                    monkeypatch):
     from lowrank_helpers.cli import main
     assert main(["--smoke", "--scheduler", "myhost:8786", "--results-dir",
                  str(tmp_path)]) == 1
     assert "--scheduler 'myhost:8786' is not an address" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--job-timeout must be > 0 seconds, got 0"):
         main(["--smoke", "--job-timeout", "0", "--results-dir", str(tmp_path)])
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if the extra were not installed
+    assert main(["--smoke", "--scheduler", "local", "--results-dir", str(tmp_path)]) == 1
+    assert "--scheduler needs Dask: pip install 'lowrank_helpers[cluster]'" in \
+        capsys.readouterr().err
