@@ -106,25 +106,28 @@ class Outcome:
     def ok(self) -> bool:
         return self.status == "done"
 
-    def report(self, tail: int = 3000) -> str:
+    def report(self, tail: int = 3000, label: str | None = None) -> str:
         why = self.detail or f"exit {self.rc}"
-        return f"job {self.name} FAILED ({why}):\n{self.output[-tail:]}"
+        return f"{label or 'job ' + self.name} FAILED ({why}):\n{self.output[-tail:]}"
 
 
 def _kill_tree(proc: subprocess.Popen, grace: float) -> None:
     """SIGINT (papermill then shuts its kernel down), then after ``grace`` seconds SIGKILL to
     the child and everything it started."""
     import psutil
-    try:
-        tree = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        tree = []
+
+    def tree():
+        try:
+            return psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+    started = tree()
     try:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=grace)
     except (OSError, subprocess.TimeoutExpired):
         pass
-    for p in [*tree, proc]:
+    for p in [*started, *tree(), proc]:
         try:
             p.kill()
         except (OSError, psutil.Error):
@@ -132,14 +135,13 @@ def _kill_tree(proc: subprocess.Popen, grace: float) -> None:
     proc.wait()
 
 
-def _read_progress(path: Path, last: float) -> tuple[dict | None, float]:
+def _read_progress(path: Path, last: dict | None) -> dict | None:
+    """The progress file's content if it changed since ``last``, else None."""
     try:
-        mtime = path.stat().st_mtime
-        if mtime == last:
-            return None, last
-        return json.loads(path.read_text()), mtime
+        info = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None, last
+        return None
+    return None if info == last else info
 
 
 def run_job(notebook: Path, out: Path, params: dict, *, name: str | None = None,
@@ -180,39 +182,50 @@ def run_job(notebook: Path, out: Path, params: dict, *, name: str | None = None,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     tail: collections.deque[str] = collections.deque()
-    size = [0]
+    size, lock = [0], threading.Lock()
 
     def read_output():
         for line in proc.stdout:
-            tail.append(line)
-            size[0] += len(line)
-            while size[0] > OUTPUT_TAIL and len(tail) > 1:
-                size[0] -= len(tail.popleft())
+            with lock:
+                tail.append(line)
+                size[0] += len(line)
+                while size[0] > OUTPUT_TAIL and len(tail) > 1:
+                    size[0] -= len(tail.popleft())
 
     reader = threading.Thread(target=read_output, daemon=True)
     reader.start()
-    status, detail, start, last = None, "", time.monotonic(), 0.0
-    while proc.poll() is None:
-        try:
-            proc.wait(timeout=poll)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        info, last = _read_progress(progress_file, last)
-        if info is not None and on_progress is not None:
-            on_progress(info)
+    status, detail, start, last = None, "", time.monotonic(), None
+    try:
+        while proc.poll() is None:
+            try:
+                proc.wait(timeout=poll)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            info = _read_progress(progress_file, last)
+            if info is not None:
+                last = info
+                if on_progress is not None:
+                    on_progress(info)
+            new_records()
+            if stopped():
+                status = "interrupted"
+            elif timeout is not None and time.monotonic() - start > timeout:
+                status, detail = "timeout", f"timed out after {timeout:g} s"
+            if status is not None:
+                _kill_tree(proc, grace)
+                break
         new_records()
-        if stopped():
-            status = "interrupted"
-        elif timeout is not None and time.monotonic() - start > timeout:
-            status, detail = "timeout", f"timed out after {timeout:g} s"
-        if status is not None:
-            _kill_tree(proc, grace)
-            break
-    reader.join(timeout=5)
-    proc.stdin.close()  # the child's lifeline, no longer needed
-    new_records()
-    progress_file.unlink(missing_ok=True)
+    except BaseException:  # Ctrl-C where we run in the main thread, a callback that failed
+        _kill_tree(proc, grace)
+        running.unlink(missing_ok=True)
+        raise
+    finally:
+        proc.stdin.close()  # the child's lifeline, no longer needed
+        reader.join(timeout=5)  # (a kernel outliving papermill may hold the pipe a moment)
+        if not reader.is_alive():
+            proc.stdout.close()
+        progress_file.unlink(missing_ok=True)
     rc = proc.returncode
     if status is None:
         status = "done" if rc == 0 else "failed"
@@ -225,7 +238,9 @@ def run_job(notebook: Path, out: Path, params: dict, *, name: str | None = None,
     elif running.exists():
         executed = out.with_name(out.stem + ".failed.ipynb")
         running.replace(executed)
-    return Outcome(name, status, rc, "".join(tail), executed, detail)
+    with lock:
+        output = "".join(tail)
+    return Outcome(name, status, rc, output, executed, detail)
 
 
 @dataclass
@@ -290,8 +305,8 @@ class LocalRunner:
 
 
 class JobProgress:
-    """A tqdm bar of the jobs done; after it, the epoch each running job has reached
-    (``r001-r016 37/100``). Safe to update from any thread."""
+    """A tqdm bar of the jobs done; after it, the epoch each running job's current stack has
+    reached (``r001-r016 epoch 37/100``). Safe to update from any thread."""
 
     def __init__(self, total: int):
         from tqdm.auto import tqdm

@@ -66,6 +66,7 @@ def make_runner(args, results_dir):
 def run_batch(cfg: StudyConfig, args) -> int:
     runs_dir = Path(args.runs_dir)
     check_writable(cfg.results_dir)
+    check_writable(runs_dir, "executed notebooks", "--runs-dir")
     study_nb = _find_notebook(args.notebook, "study.ipynb")
     summary_nb = None if args.no_summary else _find_notebook(args.summary_notebook,
                                                              "summary.ipynb")
@@ -77,9 +78,11 @@ def run_batch(cfg: StudyConfig, args) -> int:
     failed = []
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a kill stops like Ctrl-C
     try:
-        with make_runner(args, cfg.results_dir) as runner:
+        # nothing to run: no cluster to reach, straight to the summary
+        with make_runner(args, cfg.results_dir) if todo else LocalRunner() as runner:
             print(f"{len(jobs)} jobs ({len(cfg.runs())} runs): {len(jobs) - len(todo)} done "
-                  f"already in {cfg.results_dir}, {len(todo)} to run, {runner.describe()}; "
+                  f"already in {cfg.results_dir}, {len(todo)} to run"
+                  f"{', ' + runner.describe() if todo else ''}; "
                   f"executed notebooks go to {runs_dir}/", flush=True)
             if todo:
                 runner.prepare(functools.partial(TASKS[cfg.task].prepare, cfg.data_root))
@@ -103,7 +106,7 @@ def run_batch(cfg: StudyConfig, args) -> int:
                               summary.to_dict(), name="summary")
             if not outcome.ok:
                 failed.append("summary")
-                print(outcome.report().replace("job summary", "summary"), file=sys.stderr)
+                print(outcome.report(label="summary"), file=sys.stderr)
             else:
                 print(f"figures written to {args.img_dir}/")
     except KeyboardInterrupt:
@@ -298,7 +301,7 @@ class NotebookCommand:
         nb_params = {**cfg.to_dict(), "smoke": False}  # its sizes and folders as trained here
         outcome = run_job(notebook, runs_dir / self.notebook, nb_params, name=self.name)
         if not outcome.ok:
-            print(outcome.report().replace(f"job {self.name}", "notebook"), file=sys.stderr)
+            print(outcome.report(label="notebook"), file=sys.stderr)
             return 1
         print(f"figures written to {nb_params['img_dir']}/; notebook: "
               f"{runs_dir / self.notebook}")

@@ -17,7 +17,6 @@ client's tasks; each job notices within a second and stops its notebook and kern
 """
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import socket
@@ -45,8 +44,8 @@ def _distributed():
     try:
         import distributed
     except ImportError as exc:
-        raise ClusterError("--scheduler needs Dask: pip install 'lowrank_helpers[cluster]' "
-                           "(dask and distributed)") from exc
+        raise ClusterError("--scheduler needs Dask: pip install -e '.[cluster]' in the "
+                           "repository (dask and distributed)") from exc
     return distributed
 
 
@@ -73,15 +72,21 @@ def connect(address: str, jobs: int, timeout: float = CONNECT_TIMEOUT):
                            "--scheduler local") from exc
 
 
+def _package_version() -> str:
+    import lowrank_helpers
+    return lowrank_helpers.__version__
+
+
 def check_workers(client) -> list[str]:
-    """Every worker must have this package, at this version; returns warnings (a different
-    version), raises ClusterError naming the workers without it."""
-    mine = importlib.metadata.version("lowrank_helpers")
-    theirs = client.run(importlib.metadata.version, "lowrank_helpers", on_error="return")
+    """Every worker must import this package; returns warnings (a different version), raises
+    ClusterError naming the workers that cannot."""
+    from . import __version__ as mine
+    theirs = client.run(_package_version, on_error="return")
     missing = sorted(w for w, v in theirs.items() if isinstance(v, BaseException))
     if missing:
         raise ClusterError(f"worker(s) {', '.join(missing)} cannot import lowrank_helpers; "
-                           "install it on every worker: pip install 'lowrank_helpers[cluster]'")
+                           "install it on every worker: pip install -e '.[cluster]' in a copy "
+                           "of the repository")
     return [f"worker {w} has lowrank_helpers {v}, this client {mine}"
             for w, v in sorted(theirs.items()) if v != mine]
 
@@ -89,8 +94,7 @@ def check_workers(client) -> list[str]:
 def _threads_here(client, worker) -> int:
     """This machine's cores shared among the Dask threads (task slots) on it."""
     host = urlparse(worker.address).hostname
-    slots = sum(w["nthreads"] for addr, w in client.scheduler_info()["workers"].items()
-                if urlparse(addr).hostname == host)
+    slots = sum(n for addr, n in client.nthreads().items() if urlparse(addr).hostname == host)
     return max(1, usable_cores() // max(1, slots))
 
 
@@ -105,11 +109,18 @@ def remote_job(name: str, notebook_name: str, notebook: bytes, params: dict, rec
         ts = worker.state.tasks.get(key)
         return ts is None or ts.state not in ("executing", "long-running")
 
-    def send(kind: str, **msg) -> None:
-        worker.log_event(topic, {"kind": kind, "job": name, **msg})
+    def send(kind: str, **msg) -> None:  # records on a topic of their own, per job, so
+        # that progress never pushes them out of the scheduler's bounded event log
+        worker.log_event(f"{topic}-records-{name}" if kind == "record" else topic,
+                         {"kind": kind, "job": name, **msg})
 
-    earlier = [msg["record"] for _, msg in client.get_events(topic)
-               if msg.get("kind") == "record" and msg.get("job") == name]
+    def record_written(path: Path) -> None:
+        try:
+            send("record", record=read_record(path))
+        except ValueError as exc:  # not a record: the client is told, the job goes on
+            send("warning", text=str(exc))
+
+    earlier = [msg["record"] for _, msg in client.get_events(f"{topic}-records-{name}")]
     if prepare is not None:  # once per machine at a time: jobs must not race on a download
         with Lock(f"lowrank-prepare-{socket.gethostname()}"):
             prepare()
@@ -117,23 +128,31 @@ def remote_job(name: str, notebook_name: str, notebook: bytes, params: dict, rec
     with tempfile.TemporaryDirectory(prefix=f"lowrank-{name}-") as tmp:
         # named as the client's (".../smoke" stays "smoke"), so that the notebook reads and
         # writes its records right here
-        results = Path(tmp) / Path(params["results_dir"]).name
-        nb = Path(tmp) / "notebooks" / notebook_name
+        results = Path(tmp) / "results" / Path(params["results_dir"]).name
+        nb = Path(tmp) / "notebook" / notebook_name
         for record in (*records, *earlier):
             save_record(record, results)
         given = set(results.rglob("*.json"))
         nb.parent.mkdir()
         nb.write_bytes(notebook)
         outcome = run_job(
-            nb, Path(tmp) / "runs" / notebook_name, {**params, "results_dir": str(results)},
+            nb, Path(tmp) / "executed" / notebook_name, {**params, "results_dir": str(results)},
             name=name, env={**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
             timeout=timeout, on_progress=lambda info: send("progress", **info), watch=results,
-            on_record=lambda path: send("record", record=read_record(path)), stopped=cancelled)
+            on_record=record_written, stopped=cancelled)
         return {"status": outcome.status, "rc": outcome.rc, "output": outcome.output,
                 "detail": outcome.detail, "worker": worker.address,
                 "notebook": outcome.notebook.read_bytes() if outcome.notebook else None,
                 "failed": outcome.notebook is not None and outcome.status != "done",
-                "records": [read_record(p) for p in sorted(set(results.rglob("*.json")) - given)]}
+                "records": [r for r in map(_record_or_none, sorted(set(results.rglob("*.json"))
+                                                                   - given)) if r]}
+
+
+def _record_or_none(path: Path) -> dict | None:
+    try:
+        return read_record(path)
+    except ValueError:
+        return None
 
 
 class DaskRunner:
@@ -148,6 +167,8 @@ class DaskRunner:
         self.lock = threading.Lock()
         self.written = 0
         self.expected: dict[str, set[str]] = {}  # job -> the run ids it was sent to do
+        self.refused: dict[str, int] = {}         # job -> records of other runs it sent
+        self.refused_ids: set[str] = set()
         self.client = self.cluster = None
         self._prepare = None
         self._on_progress: Callable[[str, dict], None] = lambda name, info: None
@@ -170,12 +191,11 @@ class DaskRunner:
             self.cluster.close()
 
     def describe(self) -> str:
-        workers = self.client.scheduler_info()["workers"]
+        workers = self.client.nthreads()
         where = "a local Dask cluster" if self.cluster is not None else \
             f"the Dask cluster at {self.address}"
         note = "" if workers else " (no worker yet: jobs wait for 'dask worker ADDRESS')"
-        return (f"on {where}: {len(workers)} workers, "
-                f"{sum(w['nthreads'] for w in workers.values())} jobs at a time{note}")
+        return f"on {where}: {len(workers)} workers, {sum(workers.values())} jobs at a time{note}"
 
     def prepare(self, task_prepare: Callable[[], None]) -> None:
         self._prepare = task_prepare  # each worker's own data, prepared where it runs
@@ -185,11 +205,14 @@ class DaskRunner:
         one of the runs ``job`` was sent to do (a worker configured otherwise)."""
         with self.lock:
             if record.get("run_id") not in self.expected.get(job, ()):
-                print(f"warning: job {job} sent back a record of a run it was not given "
-                      f"({record.get('name')} {record.get('run_id')}); not written: check "
-                      "the workers' LOWRANK_* environment", file=sys.stderr, flush=True)
+                if record.get("run_id") not in self.refused_ids:
+                    self.refused_ids.add(record.get("run_id"))
+                    self.refused[job] = self.refused.get(job, 0) + 1
+                    print(f"warning: job {job} sent back a record of a run it was not given "
+                          f"({record.get('name')} {record.get('run_id')}); not written: check "
+                          "the workers' LOWRANK_* environment", file=sys.stderr, flush=True)
                 return
-            if (self.results_dir / record_file(record)).exists():
+            if self._has(record):
                 return
             try:
                 save_record(record, self.results_dir)
@@ -197,6 +220,14 @@ class DaskRunner:
                 print(f"error: {exc}", file=sys.stderr, flush=True)
                 return
             self.written += 1
+
+    def _has(self, record: dict) -> bool:
+        """A valid record of this run is there already (a corrupt one is replaced)."""
+        try:
+            read_record(self.results_dir / record_file(record))
+            return True
+        except ValueError:
+            return False
 
     def summary(self) -> str:
         return f"{self.written} records written into {self.results_dir}"
@@ -207,21 +238,26 @@ class DaskRunner:
             self.take(msg["job"], msg["record"])
         elif msg.get("kind") == "progress":
             self._on_progress(msg["job"], {"epoch": msg["epoch"], "epochs": msg["epochs"]})
+        elif msg.get("kind") == "warning":
+            print(f"warning: job {msg['job']}: {msg['text']}", file=sys.stderr, flush=True)
 
     def run(self, specs: list[JobSpec], on_progress: Callable[[str, dict], None]
             ) -> Iterator[Outcome]:
         distributed = _distributed()
         self._on_progress = on_progress
         futures = {}
-        for spec in specs:
-            self.expected[spec.job.name] = {run.run_id for run in spec.job.config.runs()}
-            spec.out.parent.mkdir(parents=True, exist_ok=True)
-            spec.out.with_suffix(".params.json").write_text(json.dumps(spec.params, indent=1))
-            futures[self.client.submit(
-                remote_job, spec.job.name, spec.notebook.name, spec.notebook.read_bytes(),
-                spec.params, spec.job.records(), self.timeout, self.topic, self._prepare,
-                key=f"lowrank-{spec.job.name}-{uuid.uuid4().hex[:8]}", pure=False)] = spec
         try:
+            for spec in specs:
+                name = spec.job.name
+                self.expected[name] = {run.run_id for run in spec.job.config.runs()}
+                self.client.subscribe_topic(f"{self.topic}-records-{name}", self._event)
+                spec.out.parent.mkdir(parents=True, exist_ok=True)
+                spec.out.with_suffix(".params.json").write_text(json.dumps(spec.params,
+                                                                           indent=1))
+                futures[self.client.submit(
+                    remote_job, name, spec.notebook.name, spec.notebook.read_bytes(),
+                    spec.params, spec.job.records(), self.timeout, self.topic, self._prepare,
+                    key=f"lowrank-{name}-{uuid.uuid4().hex[:8]}", pure=False)] = spec
             for fut in distributed.as_completed(futures):
                 yield self._outcome(futures[fut], fut)
         finally:
@@ -229,10 +265,15 @@ class DaskRunner:
 
     def _outcome(self, spec: JobSpec, fut) -> Outcome:
         name = spec.job.name
+        distributed = _distributed()
         try:
             res = fut.result()
-        except Exception as exc:  # the worker died too often (KilledWorker), or the task broke
-            return Outcome(name, "failed", 1, "".join(traceback.format_exception_only(exc)),
+        except distributed.KilledWorker as exc:
+            return Outcome(name, "failed", 1, str(exc), None,
+                           f"KilledWorker: {exc.allowed_failures + 1} tries, each ended by "
+                           f"its worker's death (the last on {exc.last_worker.address})")
+        except Exception as exc:  # the task itself broke (the data missing on a worker, ...)
+            return Outcome(name, "failed", 1, "".join(traceback.format_exception(exc)),
                            None, f"{type(exc).__name__}: {exc}")
         for record in res["records"]:  # any whose event was lost
             self.take(name, record)
@@ -243,4 +284,9 @@ class DaskRunner:
             write_atomic(executed, res["notebook"])
         detail = res["detail"] or (f"exit {res['rc']} on {res['worker']}"
                                    if res["status"] != "done" else "")
+        refused = self.refused.get(name, 0)
+        if res["status"] == "done" and refused:  # the worker trained other runs than asked
+            return Outcome(name, "failed", 1, res["output"], executed,
+                           f"{refused} of the records it sent back are of runs it was not "
+                           "given, and were not written")
         return Outcome(name, res["status"], res["rc"], res["output"], executed, detail)

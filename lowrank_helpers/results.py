@@ -115,7 +115,8 @@ def record_file(record: dict) -> str:
     return f"{record['name']}-{record['run_id']}.json"
 
 
-def check_writable(results_dir) -> Path:
+def check_writable(results_dir, what: str = "results directory",
+                   choose: str = "results_dir / --results-dir") -> Path:
     """Create ``results_dir`` if needed and check that a file can be written there."""
     path = Path(results_dir)
     try:
@@ -123,8 +124,8 @@ def check_writable(results_dir) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, suffix=".tmp"):
             pass
     except OSError as exc:
-        raise ResultsDirError(f"results directory {str(path)!r} cannot be written ({exc}); "
-                              "choose another with results_dir / --results-dir") from exc
+        raise ResultsDirError(f"{what} {str(path)!r} cannot be written ({exc}); choose another "
+                              f"with {choose}") from exc
     return path
 
 

@@ -30,7 +30,10 @@ def kernel_pid_cell(marker: Path) -> str:
 def gone(pid: int, within: float = 15.0) -> bool:
     deadline = time.time() + within
     while time.time() < deadline:
-        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
             return True
         time.sleep(0.2)
     return False
@@ -116,3 +119,43 @@ def test_the_job_process_takes_its_kernel_down_when_its_runner_dies(tmp_path):
     runner.kill()
     runner.wait()
     assert gone(pid)
+
+
+def test_a_failing_callback_stops_the_job_and_its_kernel(tmp_path):
+    """Whatever goes wrong in the runner (Ctrl-C where it runs in the main thread, a callback
+    that raises) takes the job down with it and leaves no half-written notebook."""
+    marker = tmp_path / "kernel.pid"
+    nb = notebook(tmp_path / "nb.ipynb", kernel_pid_cell(marker),
+                  "from lowrank_helpers.batch import report_progress\nreport_progress(1, 2)\n"
+                  "time.sleep(600)")
+
+    def broken(info):
+        raise RuntimeError("the display broke")
+    with pytest.raises(RuntimeError, match="the display broke"):
+        run_job(nb, tmp_path / "runs" / "nb.ipynb", {}, on_progress=broken, poll=0.2, grace=5)
+    assert gone(int(marker.read_text()))
+    assert not list((tmp_path / "runs").glob("*.ipynb"))
+    assert not list((tmp_path / "runs").glob("*.progress.json"))
+
+
+def test_the_dask_client_writes_each_asked_record_once(tmp_path, capsys):
+    """DaskRunner.take, without a cluster: a record of a run the job was given is written once
+    (a corrupt file in its place is replaced); one it was not given is refused."""
+    pytest.importorskip("distributed")
+    from lowrank_helpers import RunConfig
+    from lowrank_helpers.cluster import DaskRunner
+
+    from .test_results import fake_record
+    asked, other = RunConfig(method="full", epochs=1), RunConfig(method="full", epochs=2)
+    records = [fake_record(r, acc=0.5) for r in (asked, other)]
+    runner = DaskRunner("local", results_dir=tmp_path)
+    runner.expected["full"] = {asked.run_id}
+    path = tmp_path / f"{asked.name}-{asked.run_id}.json"
+    path.write_text('{"partial": ')  # a record cut short by a crash
+    runner.take("full", records[0])
+    runner.take("full", records[0])  # the same record again (a retry, the final result)
+    runner.take("full", records[1])
+    assert runner.written == 1 and json.loads(path.read_text())["run_id"] == asked.run_id
+    assert runner.refused == {"full": 1}  # the job will be reported failed
+    assert [p.name for p in tmp_path.glob("*.json")] == [path.name]
+    assert "sent back a record of a run it was not given" in capsys.readouterr().err
