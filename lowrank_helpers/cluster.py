@@ -167,8 +167,7 @@ class DaskRunner:
         self.lock = threading.Lock()
         self.written = 0
         self.expected: dict[str, set[str]] = {}  # job -> the run ids it was sent to do
-        self.refused: dict[str, int] = {}         # job -> records of other runs it sent
-        self.refused_ids: set[str] = set()
+        self.refused: dict[str, set[str]] = {}    # job -> run ids it sent but was not given
         self.client = self.cluster = None
         self._prepare = None
         self._on_progress: Callable[[str, dict], None] = lambda name, info: None
@@ -205,9 +204,9 @@ class DaskRunner:
         one of the runs ``job`` was sent to do (a worker configured otherwise)."""
         with self.lock:
             if record.get("run_id") not in self.expected.get(job, ()):
-                if record.get("run_id") not in self.refused_ids:
-                    self.refused_ids.add(record.get("run_id"))
-                    self.refused[job] = self.refused.get(job, 0) + 1
+                refused = self.refused.setdefault(job, set())
+                if record.get("run_id") not in refused:
+                    refused.add(record.get("run_id"))
                     print(f"warning: job {job} sent back a record of a run it was not given "
                           f"({record.get('name')} {record.get('run_id')}); not written: check "
                           "the workers' LOWRANK_* environment", file=sys.stderr, flush=True)
@@ -284,7 +283,7 @@ class DaskRunner:
             write_atomic(executed, res["notebook"])
         detail = res["detail"] or (f"exit {res['rc']} on {res['worker']}"
                                    if res["status"] != "done" else "")
-        refused = self.refused.get(name, 0)
+        refused = len(self.refused.get(name, ()))
         if res["status"] == "done" and refused:  # the worker trained other runs than asked
             return Outcome(name, "failed", 1, res["output"], executed,
                            f"{refused} of the records it sent back are of runs it was not "

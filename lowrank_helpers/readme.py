@@ -42,9 +42,8 @@ def render_block(kind: str, results_dir) -> str:
         other, reference = str(results_dir).rsplit(":", 1)
         return agreement(reference_records(reference), reference_records(other))
     if kind.startswith("lm"):
-        from .lm_study import STUDENTS
         from .lm_report import lm_answer, lm_speed, lm_table, lm_tables_markdown
-        from .lm_study import load_lm_records
+        from .lm_study import STUDENTS, load_lm_records
         if kind == "lm-speed":
             return lm_speed(results_dir)
         runs = load_lm_records(results_dir)

@@ -13,11 +13,15 @@ from lowrank_helpers.batch import PROGRESS_ENV, report_progress, run_job
 pytestmark = pytest.mark.notebook
 
 
-def notebook(path: Path, *cells: str) -> Path:
+def notebook(path: Path, *cells: str, parameters: str | None = None) -> Path:
+    """A notebook of ``cells``, after a papermill ``parameters`` cell if one is given."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
     nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    if parameters is not None:
+        nb.cells.insert(0, nbformat.v4.new_code_cell(parameters))
+        nb.cells[0].metadata["tags"] = ["parameters"]
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
     return path
@@ -156,6 +160,6 @@ def test_the_dask_client_writes_each_asked_record_once(tmp_path, capsys):
     runner.take("full", records[0])  # the same record again (a retry, the final result)
     runner.take("full", records[1])
     assert runner.written == 1 and json.loads(path.read_text())["run_id"] == asked.run_id
-    assert runner.refused == {"full": 1}  # the job will be reported failed
+    assert runner.refused == {"full": {other.run_id}}  # the job will be reported failed
     assert [p.name for p in tmp_path.glob("*.json")] == [path.name]
     assert "sent back a record of a run it was not given" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import nbformat
 import psutil
 import pytest
 
-from .test_batch import gone
+from .test_batch import gone, notebook
 
 pytest.importorskip("distributed", reason="the cluster extra: pip install -e '.[cluster]'")
 
@@ -181,18 +181,9 @@ def test_smoke_batch_on_both_clusters_writes_what_the_local_runner_writes(tmp_pa
 def tiny_notebook(tmp_path: Path, behaviour: str) -> Path:
     """A notebook that trains nothing: its parameters cell takes the study's ``methods``; then
     it does ``behaviour`` (seeing ``job``, "full" or "stack")."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    params = nbformat.v4.new_code_cell("methods = []")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(
-        "import os, time, psutil\njob = 'full' if 'full' in methods else 'stack'\n" +
-        behaviour)]
-    path = tmp_path / "notebooks" / "tiny.ipynb"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
-    return path
+    return notebook(tmp_path / "notebooks" / "tiny.ipynb",
+                    "import os, time, psutil\njob = 'full' if 'full' in methods else 'stack'\n"
+                    + behaviour, parameters="methods = []")
 
 
 @pytest.mark.parametrize("runner", [[], ["--scheduler", "local"]], ids=["local", "dask-local"])
