@@ -171,14 +171,19 @@ def lm_training_flops(shape: LMShape, factorize: str = "none", rank=None) -> int
 
 
 @torch.no_grad()
-def spectra(model: CharTransformer) -> dict[str, list[float]]:
+def spectra(model: CharTransformer, init: CharTransformer | None = None
+            ) -> dict[str, list[float]]:
     """Singular values of every block projection's weight (dense W, or the product B·A),
-    largest first: how much of its rank a trained matrix uses."""
+    largest first: how much of its rank a trained matrix uses. With ``init`` (the same run's
+    model before training, :meth:`LMRun.build`), those of the learned change W − W₀ instead:
+    what training added, without the init's noise that weight decay has not yet removed."""
+    def weight(layer):
+        return layer.dense_weight() if isinstance(layer, LowRankLinear) else layer.weight
     out = {}
     for i, block in enumerate(model.blocks):
         for name in block.shape_names:
-            layer = getattr(block, name)
-            w = layer.dense_weight() if isinstance(layer, LowRankLinear) else layer.weight
-            out[f"{i}.{name}"] = [round(float(s), 6)
-                                  for s in torch.linalg.svdvals(w.double())]
+            w = weight(getattr(block, name)).detach().double()
+            if init is not None:
+                w = w - weight(getattr(init.blocks[i], name)).detach().double()
+            out[f"{i}.{name}"] = [round(float(s), 6) for s in torch.linalg.svdvals(w)]
     return out

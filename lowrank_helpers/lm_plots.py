@@ -79,56 +79,77 @@ def loss_curves(runs: pd.DataFrame, table: pd.DataFrame, init: str, ax=None):
     return fig
 
 
-def teacher_figure(best: pd.DataFrame, singular_values: dict[str, list[float]] | None = None):
-    """Left: student loss against rank (best rate) for each teacher spectrum, with the
-    Eckart–Young floor. Right: the share of each trained dense LM matrix's energy (Σσ²)
-    beyond rank r, mean over blocks per projection: what rank the trained model uses."""
+def _energy_tail(spectra: dict[str, list[float]]) -> dict[str, np.ndarray]:
+    """Share of each projection kind's energy Σσ² beyond rank r (r = 1…n), mean over blocks."""
+    by = {}
+    for name, sv in spectra.items():
+        e = np.asarray(sv) ** 2
+        by.setdefault(name.split(".", 1)[1], []).append(1 - np.cumsum(e) / e.sum())
+    return {name: np.mean(tails, axis=0) for name, tails in by.items()}
+
+
+def teacher_figure(students: pd.DataFrame, analysis: dict | None = None,
+                   tolerance: float = 1e-3):
+    """Left: every teacher–student student's excess over the Eckart–Young floor (its loss
+    minus the best rank-r loss, a share of the teacher's energy) against its rank, one colour
+    per learning rate, one marker per spectrum: no student is left out. Right: the share of
+    each trained dense LM projection's energy (Σσ²) beyond rank r, mean over blocks, for the
+    trained W (solid) and for the learned change W − W₀ (dashed), from an anchor record's
+    ``analysis``."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ax = axes[0]
-    for k, (spectrum, g) in enumerate(best.groupby("spectrum")):
-        fl = g.groupby("rank").floor.first()
-        ax.plot(fl.index, fl.values + 1e-6, color="black", ls=":", lw=1,
-                label="Eckart–Young floor" if k == 0 else None)
-        for init, gi in g.groupby("init"):
-            ax.plot(gi["rank"], gi.loss + 1e-6, marker="o", ms=3, color=init_color(init),
-                    label=init if k == 0 else None)
-        ax.annotate(spectrum, (fl.index[0], fl.values[0] + 1e-6), fontsize=8,
-                    xytext=(4, -10), textcoords="offset points")
+    df = students.assign(excess=(students.loss - students.floor).clip(lower=0))
+    rates = sorted(df.lr.unique())
+    colors = plt.cm.viridis(np.linspace(0, 0.85, len(rates)))
+    markers = dict(zip(sorted(df.spectrum.unique()), "osD^v"))
+    inits = sorted(df["init"].unique())
+    for (lr, color) in zip(rates, colors):
+        for spectrum, marker in markers.items():
+            g = df[(df.lr == lr) & (df.spectrum == spectrum)]
+            # a small offset per init keeps the students of one rank apart
+            x = g["rank"] * 2 ** (0.08 * (g["init"].map(inits.index) - (len(inits) - 1) / 2))
+            ax.scatter(x, g.excess + 1e-7, s=12, color=color, marker=marker, alpha=0.8,
+                       label=f"lr {lr:g}" if spectrum == next(iter(markers)) else None)
+    for spectrum, marker in markers.items():
+        ax.scatter([], [], color="0.4", marker=marker, s=12, label=f"{spectrum} spectrum")
+    ax.axhline(tolerance, color="black", ls=":", lw=1)
+    ax.annotate(f"{tolerance:g}", (df["rank"].min(), tolerance), fontsize=7, xytext=(0, 2),
+                textcoords="offset points")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("student rank r")
-    ax.set_ylabel("loss ‖W − BA‖²/d (+1e-6)")
-    ax.set_title("Linear teachers: students reach the floor?")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("loss − Eckart–Young floor (+1e-7)")
+    ax.set_title(f"Linear teachers: all {len(df)} students, every rate", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
     ax = axes[1]
-    if singular_values:
-        by = {}
-        for name, s in singular_values.items():
-            s = np.asarray(s) ** 2
-            tail = 1 - np.cumsum(s) / s.sum()
-            by.setdefault(name.split(".", 1)[1], []).append(tail)
-        for name, tails in by.items():
-            t = np.mean(tails, axis=0)
-            ax.plot(np.arange(1, len(t) + 1), t, label=name)
+    analysis = analysis or {}
+    for key, ls, what in (("singular_values", "-", "W"), ("delta_singular_values", "--",
+                                                              "W − W₀")):
+        if key not in analysis:
+            continue
+        for k, (name, tail) in enumerate(_energy_tail(analysis[key]).items()):
+            ax.plot(np.arange(1, len(tail) + 1), tail, ls=ls, color=f"C{k}",
+                    label=f"{name}, {what}")
+    if analysis:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("rank r")
         ax.set_ylabel("energy beyond rank r")
-        ax.set_title("Trained dense LM (d=128): spectrum of each projection")
-        ax.legend(fontsize=8)
+        ax.set_title("Trained dense LM (d=128): W and the learned change W − W₀", fontsize=10)
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
 
 
-def lm_figures(runs: pd.DataFrame, init: str = "lora", best_teacher: pd.DataFrame | None = None,
-               singular_values=None) -> dict[str, plt.Figure]:
+def lm_figures(runs: pd.DataFrame, init: str = "lora", students: pd.DataFrame | None = None,
+               analysis: dict | None = None) -> dict[str, plt.Figure]:
     """The LM study's figures by file name (``save_figures`` writes them); ``init``: the
     factorized models whose training curves are drawn. Closed: display them one by one."""
     table = lm_table(runs)
     figs = {"shakespeare_loss_vs_rank.png": loss_vs_rank(table),
             "shakespeare_loss_vs_params.png": loss_vs_params(table),
             "shakespeare_curves.png": loss_curves(study_runs(runs), table, init)}
-    if best_teacher is not None:
-        figs["shakespeare_teacher_student.png"] = teacher_figure(best_teacher, singular_values)
+    if students is not None:
+        figs["shakespeare_teacher_student.png"] = teacher_figure(students, analysis)
     for fig in figs.values():
         plt.close(fig)
     return figs

@@ -4,7 +4,9 @@ The study (``notebooks/shakespeare_char.ipynb``, ``lowrank-study lm``) runs in p
 skipping the runs that already have a record, so a stopped sweep loses nothing:
 
 1. ``anchor``: the dense model at nanoGPT's CPU configuration, trained on the whole training
-   split at nanoGPT's lr, ``anchor_seeds`` seeds: the check against nanoGPT's own loss.
+   split at nanoGPT's lr, ``anchor_seeds`` seeds: the check against nanoGPT's own loss. Every
+   dense record holds the singular values of its trained W and of the learned change W − W₀
+   (:func:`complete_analysis` adds the latter to older anchor records by retraining).
 2. ``search``: seed 0 of every model at every rate of ``lrs`` (and one rung beyond an edge
    where the choice sits there, up to ``max_extend``), trained without the tuning slice and
    scored on it: the dense model, and all six projections factorized at ``ranks`` with
@@ -198,8 +200,57 @@ def _train(runs: list[LMRun], cfg: LMStudyConfig, splits, bar) -> None:
         for run, res in zip(group, results):
             rec = lm_record(run, res)
             if run.factorize == "none":
-                rec["analysis"] = {"singular_values": spectra(res.model)}
+                rec["analysis"] = {"singular_values": spectra(res.model),
+                                   "delta_singular_values": spectra(res.model, run.build())}
             save_record(rec, cfg.results_dir)
+
+
+#: How far (absolute, in singular value) a retrained dense model's spectrum may lie from its
+#: record's before the retrained model is taken for another one (records round to 1e-6).
+RETRAIN_TOLERANCE = 1e-4
+
+
+def complete_analysis(runs: list[LMRun], cfg: LMStudyConfig, splits, bar=None) -> list[str]:
+    """Dense records written before the learned change's spectrum was stored: retrain each
+    run (on the same setup a run repeats to float rounding), check the retrained W's singular
+    values against the stored ones, and add W − W₀'s (W₀ rebuilt from the seed,
+    :meth:`LMRun.build`) with the size of that check. A run whose retrained spectrum differs
+    by more than :data:`RETRAIN_TOLERANCE` is another model: its record is left as it is and
+    its name returned."""
+    import warnings
+    from .results import _write_atomic
+    todo = []
+    for run in runs:
+        path = record_file(run, cfg.results_dir)
+        if not path.exists():
+            continue
+        rec = read_record(path)
+        analysis = rec.get("analysis") or {}
+        if "singular_values" in analysis and "delta_singular_values" not in analysis:
+            todo.append((run, path, rec))
+    stacks, refused = defaultdict(list), []
+    for item in todo:
+        stacks[item[0].stack_key].append(item)
+    for group in stacks.values():
+        if bar is not None:
+            bar.set_postfix_str(f"W − W₀ of {group[0][0].label} ×{len(group)}")
+        results = train_lms([run for run, _, _ in group], splits,
+                            progress=(lambda n: bar.update(n * len(group)))
+                            if bar is not None else None, device=resolve_device(cfg.device))
+        for (run, path, rec), res in zip(group, results):
+            stored, again = rec["analysis"]["singular_values"], spectra(res.model)
+            gap = max(abs(a - b) for k in stored for a, b in zip(stored[k], again[k]))
+            if gap > RETRAIN_TOLERANCE:
+                warnings.warn(f"{path.name}: retrained, its singular values differ from the "
+                              f"record's by {gap:.2g} (> {RETRAIN_TOLERANCE:g}): another "
+                              "model; W − W₀ not added")
+                refused.append(path.name)
+                continue
+            rec["analysis"]["delta_singular_values"] = spectra(res.model, run.build())
+            rec["analysis"]["delta_from_retraining"] = {
+                "max_singular_value_difference": gap, "val_loss": res.final["val_loss"]}
+            _write_atomic(rec, path)
+    return refused
 
 
 def extension(rows: pd.DataFrame, cfg: "LMStudyConfig") -> float | None:
@@ -258,7 +309,9 @@ def run_lm_study(cfg: LMStudyConfig, progress: bool = True) -> pd.DataFrame:
             if phase == "anchor":
                 run = LMRun(cfg.corpus, cfg.shape(full.vocab_size),
                             protocol=cfg.protocol(1e-3, tune=False))
-                _train([run.replace(seed=s) for s in range(cfg.anchor_seeds)], cfg, full, bar)
+                anchors = [run.replace(seed=s) for s in range(cfg.anchor_seeds)]
+                _train(anchors, cfg, full, bar)
+                complete_analysis(anchors, cfg, full, bar)
             else:
                 seeds = {"search": 1, "inits": cfg.extra_init_seeds}.get(phase, cfg.seeds)
                 _search_and_seeds(_models(cfg, splits.vocab_size, phase), cfg, splits, bar,

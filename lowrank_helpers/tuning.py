@@ -10,11 +10,13 @@ momentum, AdamW; both shuffled, cosine-decayed, with 5,000 training images held 
 2. **seeds**: the chosen rate is retrained with seeds 1 … ``seeds`` − 1 (seed 0 is the search
    run itself);
 3. **close calls**: where two models the prose compares (a model against a dense baseline, or
-   two inits at one rank) lie within ``close_points`` of each other, both get ``close_seeds``.
+   two inits at one rank) lie within ``close_points`` of each other in mean *validation*
+   accuracy over their first ``seeds`` seeds, both get ``close_seeds``.
 
 The choice is recomputed from the records each time (nothing but records is stored), so any
-table here regenerates from ``results/tuned``; test accuracy enters only the rows of chosen
-rates.
+table here regenerates from ``results/tuned``. Test accuracy decides nothing: not the rate,
+not the number of seeds (:func:`tuned_table` uses exactly the seeds this rule gives, whatever
+other records lie beside them); it enters only the rows of chosen rates.
 """
 from __future__ import annotations
 
@@ -269,11 +271,13 @@ class TunedConfig(NotebookParams):
         return runs
 
 
-def _records(cfg: TunedConfig) -> pd.DataFrame:
+def _records(cfg: TunedConfig, seeds: int | None = None) -> pd.DataFrame:
+    """The study's records (those of seeds below ``seeds`` only, where given)."""
     from pathlib import Path
     if not Path(cfg.results_dir).is_dir():
         return pd.DataFrame()
-    return replicates(load_records(cfg.results_dir))
+    runs = replicates(load_records(cfg.results_dir))
+    return runs if seeds is None or runs.empty else runs[runs.seed < seeds]
 
 
 def _keyed(runs: pd.DataFrame) -> pd.DataFrame:
@@ -298,16 +302,18 @@ def _train(runs: list[RunConfig], cfg: TunedConfig, what: str, progress: bool) -
 
 
 def search(models: list[RunConfig], cfg: TunedConfig, progress: bool = True,
-           start: dict | None = None) -> dict:
+           start: dict | None = None, seeds: int | None = None) -> dict:
     """Step 1 for ``models``: train the grid (``start[key]``: a model's own starting rates;
-    default its optimizer's grid), extend it at the edges; return the choices."""
+    default its optimizer's grid), extend it at the edges; return the choices (read from the
+    records of seeds below ``seeds``, default ``cfg.seeds``: a rate where one of them failed
+    is left out)."""
     start = start or {}
     begin = {model_key(m): tuple(start.get(model_key(m), GRIDS[m.optimizer])) for m in models}
     grids = {model_key(m): (m, set(begin[model_key(m)])) for m in models}
     for round_ in range(1, 2 * cfg.max_extend + 2):
         _train([m.replace(lr=lr) for m, lrs in grids.values() for lr in sorted(lrs)], cfg,
                f"learning-rate search, round {round_}", progress)
-        chosen = choices(_keyed(_records(cfg)))
+        chosen = choices(_keyed(_records(cfg, seeds or cfg.seeds)))
         grown = False
         for key, (m, lrs) in grids.items():
             c = chosen[key]
@@ -337,33 +343,54 @@ def split_budget(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def close_models(table: pd.DataFrame, points: float) -> set[str]:
-    """Keys of the models the prose compares that lie within ``points`` of each other: each
-    factorized model against each dense baseline of its optimizer, and the inits at one rank
-    (each against that rank's best)."""
+    """Keys of the models the prose compares that lie within ``points`` of each other in
+    mean final *validation* accuracy (never test: the seed count must not depend on the split
+    the answers are read on): each factorized model against each dense baseline of its
+    optimizer, and the inits at one rank (each against that rank's best)."""
     close = set()
     table = split_budget(table)[0]
     for _, part in table.groupby("optimizer"):
         dense = part[part["rank"].isna()]
         fact = part[part["rank"].notna()]
         for _, d in dense.iterrows():
-            near = fact[(fact.mean_test - d.mean_test).abs() * 100 < points]
+            near = fact[(fact.mean_val - d.mean_val).abs() * 100 < points]
             if len(near):
                 close |= set(near.key) | {d.key}
         plain = fact[(fact.rescale == 1)
                      & ~fact.method.map(lambda m: METHODS[m].dense_output)]
         for _, at in plain.groupby("rank"):
-            best = at.mean_test.max()
-            near = at[(best - at.mean_test) * 100 < points]
+            best = at.mean_val.max()
+            near = at[(best - at.mean_val) * 100 < points]
             if len(near) > 1:
                 close |= set(near.key)
     return close
 
 
-def tuned_table(runs: pd.DataFrame) -> pd.DataFrame:
+def tuned_table(runs: pd.DataFrame, seeds: int | None = None, close_seeds: int | None = None,
+                close_points: float | None = None) -> pd.DataFrame:
     """One row per model and optimizer: the chosen rate, the rates tried, the edge flag, and
     the chosen rate's seeds (test accuracy mean, std, n; final train loss; validation
-    accuracy). ``runs``: records of the tuned study (any directory)."""
+    accuracy). ``runs``: records of the tuned study (any directory). The seeds are those of
+    the seed rule (defaults: :class:`TunedConfig`'s): seeds 0 … ``seeds`` − 1, and up to
+    ``close_seeds`` for the models :func:`close_models` finds close on the validation split
+    at ``seeds`` seeds; records of other seeds are left out."""
+    d = TunedConfig.__dataclass_fields__
+    seeds = d["seeds"].default if seeds is None else seeds
+    close_seeds = d["close_seeds"].default if close_seeds is None else close_seeds
+    close_points = d["close_points"].default if close_points is None else close_points
     runs = _keyed(replicates(runs))
+    if runs.empty:
+        return pd.DataFrame()
+    table = _table(runs[runs.seed < seeds])
+    if close_seeds > seeds and len(table):
+        close = close_models(table, close_points)
+        table = _table(runs[(runs.seed < seeds)
+                            | (runs.key.isin(close) & (runs.seed < close_seeds))])
+    return table
+
+
+def _table(runs: pd.DataFrame) -> pd.DataFrame:
+    """:func:`tuned_table` of the keyed records ``runs`` (all of their seeds)."""
     if runs.empty:
         return pd.DataFrame()
     rows = []
@@ -398,7 +425,7 @@ def _stable_seeds(models, cfg, seeds, what, progress, start=None) -> None:
     """Search ``models`` (resumes), train ``seeds`` at each choice, and again where a seed
     diverged there and the choice moved, until every choice has its seeds."""
     for _ in range(STABILITY_ROUNDS):
-        picked = search(models, cfg, progress, start)
+        picked = search(models, cfg, progress, start, max(seeds, default=0) + 1)
         todo = [r for r in seed_runs(models, picked, seeds)
                 if not has_record(r, cfg.results_dir)]
         if not todo:
@@ -419,7 +446,7 @@ def run_tuning(cfg: TunedConfig, progress: bool = True) -> pd.DataFrame:
         if models:
             _stable_seeds(models, cfg, range(1, cfg.seeds), f"{group}: seeds of the chosen "
                           "rates", progress)
-    table = tuned_table(_records(cfg))
+    table = tuned_table(_records(cfg), cfg.seeds, cfg.seeds)  # the first `seeds` seeds only
     close = close_models(table, cfg.close_points)
     every = {model_key(m): m for opt in cfg.optimizers
              for m in cfg.models(opt) + cfg.control_models(opt)}
@@ -429,13 +456,14 @@ def run_tuning(cfg: TunedConfig, progress: bool = True) -> pd.DataFrame:
                       f"close calls: {len(extra)} models to {cfg.close_seeds} seeds", progress)
     long = [m for opt in cfg.optimizers for m in cfg.budget_models(opt)]
     if long:  # the convergence check: retuned around the study's choice
-        picked = choices(_keyed(_records(cfg)))
+        table = tuned_table(_records(cfg), cfg.seeds, cfg.close_seeds, cfg.close_points)
+        picked = dict(zip(table.key, table.lr))  # each model's choice under the seed rule
         start = {}
         for m in long:
             short = picked.get(model_key(m.replace(epochs=cfg.protocol(m.optimizer).epochs)))
             if short is not None:
-                k = ladder_index(short.lr)
-                start[model_key(m)] = (ladder_lr(k - 1), short.lr, ladder_lr(k + 1))
+                k = ladder_index(short)
+                start[model_key(m)] = (ladder_lr(k - 1), short, ladder_lr(k + 1))
         _stable_seeds(long, cfg, range(1, cfg.seeds), f"convergence check at "
                       f"{cfg.budget_epochs} epochs: seeds", progress, start)
-    return tuned_table(_records(cfg))
+    return tuned_table(_records(cfg), cfg.seeds, cfg.close_seeds, cfg.close_points)

@@ -320,3 +320,55 @@ def test_a_choice_at_an_edge_extends_the_grid_by_one_rung():
     assert extension(rows(grid + [3e-2], [2.0, 1.9, 1.8, 1.7]), cfg) is None   # max_extend
     assert extension(rows(grid + [3e-2], [2.0, 1.9, 1.8, 9.9], [None, None, None, 5]),
                      cfg) is None                                   # the rung beyond failed
+
+
+def test_the_learned_change_is_stored_and_backfilled(tmp_path):
+    """Dense records hold the singular values of W and of W − W₀ (W₀ rebuilt from the seed);
+    a record written without the latter gets it by retraining, checked against its W."""
+    from lowrank_helpers.charlm import spectra
+    from lowrank_helpers.lm_study import complete_analysis
+    cfg = lh.LMStudyConfig(smoke=True, results_dir=str(tmp_path / "r"),
+                           data_root=str(tmp_path / "data"), phases=("anchor",))
+    runs = lh.run_lm_study(cfg, progress=False)
+    path = runs.path.iloc[0]
+    rec = lh.read_record(path)
+    delta = rec["analysis"]["delta_singular_values"]
+    run = lh.LMRun.from_dict(rec["config"])
+    init = run.build()
+    # at init the change is zero; the stored one is the trained model's
+    assert max(max(v) for v in spectra(init, run.build()).values()) == 0
+    assert set(delta) == set(rec["analysis"]["singular_values"]) and max(delta["0.q"]) > 0
+    # an older record without W − W₀: the anchor phase retrains and adds it, W unchanged
+    del rec["analysis"]["delta_singular_values"]
+    from lowrank_helpers.results import _write_atomic
+    from pathlib import Path
+    _write_atomic(rec, Path(path))
+    lh.run_lm_study(cfg, progress=False)
+    again = lh.read_record(path)["analysis"]
+    assert max(abs(a - b) for k in delta for a, b in zip(delta[k],
+                                                          again["delta_singular_values"][k])) < 1e-5
+    assert again["delta_from_retraining"]["max_singular_value_difference"] < 1e-4
+    assert lh.lm_report.energy_beyond(runs, (2,), "delta_singular_values")
+    # a record whose W the retraining does not reproduce is left as it was
+    rec = lh.read_record(path)
+    del rec["analysis"]["delta_singular_values"]
+    rec["analysis"]["singular_values"]["0.q"][0] += 1.0
+    _write_atomic(rec, Path(path))
+    with pytest.warns(UserWarning, match="another model"):
+        refused = complete_analysis([run], cfg, text.split_text(
+            text.corpus_path(cfg.corpus, cfg.data_root).read_text(), 0, cfg.corpus))
+    assert refused == [Path(path).name]
+    assert "delta_singular_values" not in lh.read_record(path)["analysis"]
+
+
+def test_the_teacher_line_reports_every_student_and_an_upper_bound():
+    import pandas as pd
+    from lowrank_helpers.lm_report import TEACHER_SCOPE, teacher_line
+    students = pd.DataFrame({"spectrum": "flat", "init": "he", "rank": [1, 1, 2, 2],
+                             "lr": [1e-3, 1e-2, 1e-3, 1e-2], "floor": 0.5,
+                             "loss": [0.7, 0.5 + 1.448e-4, 0.5, 0.5 + 1e-5]})
+    line = teacher_line(students)
+    assert "1 of them end more than 0.001" in line
+    assert "lr 0.001: 1 of 2 within" in line and "lr 0.01: both within" in line
+    assert "≤ 1.5e-04" in line              # the largest best-rate excess, rounded up
+    assert TEACHER_SCOPE in line and "find what a rank allows" not in line
