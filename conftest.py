@@ -20,6 +20,7 @@ def pytest_configure(config):
     os.environ["LOWRANK_DATA"] = str(data)
     os.environ["LOWRANK_SMOKE"] = "1"
     for scratch in ("results/smoke", "results/inits/smoke", "results/spectra/smoke",
+                    "results/tuned/smoke", "results/shakespeare_char/smoke",
                     "img/smoke"):  # smoke output of earlier test sessions
         shutil.rmtree(ROOT / scratch, ignore_errors=True)
     config._lowrank_data = data

@@ -171,12 +171,14 @@ def lm_training_flops(shape: LMShape, factorize: str = "none", rank=None) -> int
 
 
 @torch.no_grad()
-def spectra(model: CharTransformer, init: CharTransformer | None = None
-            ) -> dict[str, list[float]]:
+def spectra(model: CharTransformer, init: CharTransformer | None = None,
+            init_decay: float = 1.0) -> dict[str, list[float]]:
     """Singular values of every block projection's weight (dense W, or the product B·A),
     largest first: how much of its rank a trained matrix uses. With ``init`` (the same run's
-    model before training, :meth:`LMRun.build`), those of the learned change W − W₀ instead:
-    what training added, without the init's noise that weight decay has not yet removed."""
+    model before training, :meth:`LMRun.build`), those of the learned part W − γ·W₀ instead,
+    γ = ``init_decay`` (:meth:`LMProtocol.init_decay`): decoupled weight decay shrinks the
+    init by exactly γ, so what is left is the sum of the (decayed) updates training made,
+    without the random init's energy, which is spread over every direction."""
     def weight(layer):
         return layer.dense_weight() if isinstance(layer, LowRankLinear) else layer.weight
     out = {}
@@ -184,6 +186,6 @@ def spectra(model: CharTransformer, init: CharTransformer | None = None
         for name in block.shape_names:
             w = weight(getattr(block, name)).detach().double()
             if init is not None:
-                w = w - weight(getattr(init.blocks[i], name)).detach().double()
+                w = w - init_decay * weight(getattr(init.blocks[i], name)).detach().double()
             out[f"{i}.{name}"] = [round(float(s), 6) for s in torch.linalg.svdvals(w)]
     return out

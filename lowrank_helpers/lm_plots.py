@@ -94,8 +94,8 @@ def teacher_figure(students: pd.DataFrame, analysis: dict | None = None,
     minus the best rank-r loss, a share of the teacher's energy) against its rank, one colour
     per learning rate, one marker per spectrum: no student is left out. Right: the share of
     each trained dense LM projection's energy (Σσ²) beyond rank r, mean over blocks, for the
-    trained W (solid) and for the learned change W − W₀ (dashed), from an anchor record's
-    ``analysis``."""
+    trained W (solid) and for its learned part W − γ·W₀ (dashed; γ: the init's shrinkage by
+    weight decay), from an anchor record's ``analysis``."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ax = axes[0]
     df = students.assign(excess=(students.loss - students.floor).clip(lower=0))
@@ -123,8 +123,8 @@ def teacher_figure(students: pd.DataFrame, analysis: dict | None = None,
     ax.legend(fontsize=7, ncol=2)
     ax = axes[1]
     analysis = analysis or {}
-    for key, ls, what in (("singular_values", "-", "W"), ("delta_singular_values", "--",
-                                                              "W − W₀")):
+    for key, ls, what in (("singular_values", "-", "W"), ("learned_singular_values", "--",
+                                                              "W − γW₀")):
         if key not in analysis:
             continue
         for k, (name, tail) in enumerate(_energy_tail(analysis[key]).items()):
@@ -134,7 +134,7 @@ def teacher_figure(students: pd.DataFrame, analysis: dict | None = None,
         ax.set_xscale("log", base=2)
         ax.set_xlabel("rank r")
         ax.set_ylabel("energy beyond rank r")
-        ax.set_title("Trained dense LM (d=128): W and the learned change W − W₀", fontsize=10)
+        ax.set_title("Trained dense LM (d=128): W and its learned part W − γW₀", fontsize=10)
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig

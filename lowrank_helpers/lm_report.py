@@ -146,8 +146,8 @@ def energy_beyond(runs: pd.DataFrame, ranks, key: str = "singular_values"
                   ) -> dict[int, float]:
     """Mean over the trained anchor models' block matrices (all seeds) of the share of each
     matrix's energy Σσ² that lies beyond rank r: how much rank the dense model uses.
-    ``key``: ``"singular_values"`` (the trained W) or ``"delta_singular_values"`` (the learned
-    change W − W₀, where the records hold it)."""
+    ``key``: ``"singular_values"`` (the trained W) or ``"learned_singular_values"`` (its learned
+    part W − γ·W₀, where the records hold it)."""
     import json
     from pathlib import Path
     import numpy as np
@@ -159,6 +159,20 @@ def energy_beyond(runs: pd.DataFrame, ranks, key: str = "singular_values"
             for r in ranks:
                 shares[r].append(float(e[r:].sum() / e.sum()))
     return {r: float(np.mean(v)) for r, v in shares.items() if v}
+
+
+def init_decays(runs: pd.DataFrame) -> list[float]:
+    """The anchors' γ (the init's shrinkage by weight decay), where their records hold it."""
+    import json
+    from pathlib import Path
+    return [rec["analysis"]["init_decay"] for rec in
+            (json.loads(Path(p).read_text()) for p in anchor_runs(runs).path)
+            if "init_decay" in (rec.get("analysis") or {})]
+
+
+def _span(values, fmt: str) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:{fmt}}" if f"{lo:{fmt}}" == f"{hi:{fmt}}" else f"{lo:{fmt}}–{hi:{fmt}}"
 
 
 #: What the linear teacher–student control can and cannot show (one statement, used by the
@@ -219,13 +233,14 @@ def rate_above(runs: pd.DataFrame, table: pd.DataFrame) -> str:
     dense = [x for x in rows if x[0] == "none"]
     if not fact or not dense:
         return ""
+    import statistics
     jump = sorted(a - c for *_, c, a in fact)
     d = dense[0]
     steep = sum(j > 0.1 for j in jump)
     return (f"- **One rung above the chosen rate** (seed 0, final loss on the tuning slice, a "
             f"step of about 3× in rate): the dense model loses {d[4] - d[3]:+.2f} nats (at lr "
             f"{d[2]:g}: {d[4]:.2f}); the {len(fact)} fully factorized models lose "
-            f"{jump[0]:+.2f} to {jump[-1]:+.2f} (median {jump[len(jump) // 2]:+.2f}; "
+            f"{jump[0]:+.2f} to {jump[-1]:+.2f} (median {statistics.median(jump):+.2f}; "
             f"{count_of(steep, len(fact))} more than 0.1), ending at "
             f"{min(x[4] for x in fact):.2f}–{max(x[4] for x in fact):.2f}. Where the loss "
             "turns that sharply between two rungs, the grid does not say how close a choice "
@@ -233,12 +248,12 @@ def rate_above(runs: pd.DataFrame, table: pd.DataFrame) -> str:
             "the factorized models.")
 
 
-def _family_line(n: int) -> str:
+def _family_line(n: int, seeds: int) -> str:
     from .stats import ALPHA, spread_caveat
     return (f"- **Method.** Every difference is Welch's 95 % interval over seeds "
             f"(uncorrected) with its Welch p; a difference is called detectable only where "
             f"Holm's correction over the answer's family of all {n} Welch tests below keeps "
-            f"it under {ALPHA:g} (family-wise). {spread_caveat(3).capitalize()}; the narrowest "
+            f"it under {ALPHA:g} (family-wise). {spread_caveat(seeds).capitalize()}; the narrowest "
             "intervals below rest on such spreads.")
 
 
@@ -277,7 +292,9 @@ def lm_answer(runs: pd.DataFrame, students: pd.DataFrame | None = None) -> str:
     lines.append(f"- **Dense, tuned.** At its chosen rate {dense.lr:g} (trained without the "
                  f"tuning slice) the dense model gets {dense.val_loss:.3f} ± "
                  f"{dense.val_std:.3f} nats ({dense.seeds} seeds).")
-    lines.append(_family_line(n_tests))
+    tested = table[table.seeds >= 2].seeds
+    if len(tested):
+        lines.append(_family_line(n_tests, int(tested.min())))
     worse = sum(r.vs_dense.real and r.vs_dense.diff > 0 for _, r in both.iterrows())
     better = sum(r.vs_dense.real and r.vs_dense.diff < 0 for _, r in both.iterrows())
     raw = sum(r.vs_dense.real_uncorrected and r.vs_dense.diff > 0 for _, r in both.iterrows())
@@ -287,6 +304,8 @@ def lm_answer(runs: pd.DataFrame, students: pd.DataFrame | None = None) -> str:
                  f"{len(both) - worse - better} not distinguishable and {better} better.")
 
     def verdict(d) -> str:
+        if d is None:
+            return "no interval"
         return "detectable" if d.real else "not detectable after correction"
     for _, r in both.iterrows():
         lines.append(f"  - {r.model}: {r.val_loss:.3f} nats, {_nats(r.vs_dense)} against "
@@ -322,21 +341,23 @@ def lm_answer(runs: pd.DataFrame, students: pd.DataFrame | None = None) -> str:
         lines.append(rung)
     ranks = (4, 16, 64)
     shares = energy_beyond(runs, ranks)
-    learned = energy_beyond(runs, ranks, "delta_singular_values")
+    learned = energy_beyond(runs, ranks, "learned_singular_values")
     if shares:
         text = ("- **What rank the dense model uses.** The trained anchor models' block "
                 "matrices W keep, on average, " + ", ".join(
                     f"{100 * v:.0f} %" for v in shares.values())
                 + f" of their energy beyond rank {'/'.join(map(str, shares))}")
         if learned:
-            text += ("; what training changed, W − W₀ (the init rebuilt from the seed), "
+            gamma = init_decays(runs)
+            text += ("; their learned part W − γ·W₀ (W₀ rebuilt from the seed; γ = "
+                     f"{_span(gamma, '.3f')}, the factor by which weight decay shrank the init) "
                      + ", ".join(f"{100 * v:.0f} %" for v in learned.values())
-                     + ". W still carries part of its random init, whose energy is spread "
-                     "over every direction, so the learned change is the measure of the rank "
-                     "training used.")
+                     + ". W still carries γ·W₀, a random matrix whose energy is spread over "
+                     "every direction, so part of W's energy beyond each rank is left-over "
+                     "init, not learned.")
         else:
-            text += (". (W still carries part of its random init; the learned change "
-                     "W − W₀ is not in these records.)")
+            text += (". (W still carries part of its random init; the learned part "
+                     "W − γ·W₀ is not in these records.)")
         lines.append(text)
     if students is not None and len(students):
         lines.append(teacher_line(students))

@@ -4,9 +4,10 @@ The study (``notebooks/shakespeare_char.ipynb``, ``lowrank-study lm``) runs in p
 skipping the runs that already have a record, so a stopped sweep loses nothing:
 
 1. ``anchor``: the dense model at nanoGPT's CPU configuration, trained on the whole training
-   split at nanoGPT's lr, ``anchor_seeds`` seeds: the check against nanoGPT's own loss. Every
-   dense record holds the singular values of its trained W and of the learned change W − W₀
-   (:func:`complete_analysis` adds the latter to older anchor records by retraining).
+   split at nanoGPT's lr, ``anchor_seeds`` seeds: the check against nanoGPT's own loss. Dense
+   records hold the singular values of their trained W and of its learned part W − γ·W₀
+   (:func:`learned_analysis`; for anchor records written before, :func:`complete_analysis`
+   adds the latter by retraining).
 2. ``search``: seed 0 of every model at every rate of ``lrs`` (and one rung beyond an edge
    where the choice sits there, up to ``max_extend``), trained without the tuning slice and
    scored on it: the dense model, and all six projections factorized at ``ranks`` with
@@ -200,8 +201,7 @@ def _train(runs: list[LMRun], cfg: LMStudyConfig, splits, bar) -> None:
         for run, res in zip(group, results):
             rec = lm_record(run, res)
             if run.factorize == "none":
-                rec["analysis"] = {"singular_values": spectra(res.model),
-                                   "delta_singular_values": spectra(res.model, run.build())}
+                rec["analysis"] = learned_analysis(run, res.model)
             save_record(rec, cfg.results_dir)
 
 
@@ -210,13 +210,20 @@ def _train(runs: list[LMRun], cfg: LMStudyConfig, splits, bar) -> None:
 RETRAIN_TOLERANCE = 1e-4
 
 
+def learned_analysis(run: LMRun, model) -> dict:
+    """A trained dense model's spectra: of W, and of the learned part W − γ·W₀ (γ: the init's
+    shrinkage by weight decay, :meth:`LMProtocol.init_decay`; W₀ rebuilt from the seed)."""
+    gamma = run.protocol.init_decay()
+    return {"singular_values": spectra(model),
+            "learned_singular_values": spectra(model, run.build(), gamma), "init_decay": gamma}
+
+
 def complete_analysis(runs: list[LMRun], cfg: LMStudyConfig, splits, bar=None) -> list[str]:
-    """Dense records written before the learned change's spectrum was stored: retrain each
-    run (on the same setup a run repeats to float rounding), check the retrained W's singular
-    values against the stored ones, and add W − W₀'s (W₀ rebuilt from the seed,
-    :meth:`LMRun.build`) with the size of that check. A run whose retrained spectrum differs
-    by more than :data:`RETRAIN_TOLERANCE` is another model: its record is left as it is and
-    its name returned."""
+    """Dense records written before the learned part's spectrum was stored: retrain each run
+    (on the same setup a run repeats to float rounding), check the retrained W's singular
+    values against the stored ones, and add :func:`learned_analysis` with the size of that
+    check. A run whose retrained spectrum differs by more than :data:`RETRAIN_TOLERANCE` is
+    another model: its record is left as it is and its name returned."""
     import warnings
     from .results import _write_atomic
     todo = []
@@ -226,29 +233,33 @@ def complete_analysis(runs: list[LMRun], cfg: LMStudyConfig, splits, bar=None) -
             continue
         rec = read_record(path)
         analysis = rec.get("analysis") or {}
-        if "singular_values" in analysis and "delta_singular_values" not in analysis:
+        if "singular_values" in analysis and "learned_singular_values" not in analysis:
             todo.append((run, path, rec))
     stacks, refused = defaultdict(list), []
     for item in todo:
         stacks[item[0].stack_key].append(item)
     for group in stacks.values():
         if bar is not None:
-            bar.set_postfix_str(f"W − W₀ of {group[0][0].label} ×{len(group)}")
+            bar.set_postfix_str(f"W − γW₀ of {group[0][0].label} ×{len(group)}")
         results = train_lms([run for run, _, _ in group], splits,
                             progress=(lambda n: bar.update(n * len(group)))
                             if bar is not None else None, device=resolve_device(cfg.device))
         for (run, path, rec), res in zip(group, results):
-            stored, again = rec["analysis"]["singular_values"], spectra(res.model)
-            gap = max(abs(a - b) for k in stored for a, b in zip(stored[k], again[k]))
+            stored, new = rec["analysis"]["singular_values"], learned_analysis(run, res.model)
+            gap = max(abs(a - b) for k in stored
+                      for a, b in zip(stored[k], new["singular_values"][k]))
             if gap > RETRAIN_TOLERANCE:
                 warnings.warn(f"{path.name}: retrained, its singular values differ from the "
                               f"record's by {gap:.2g} (> {RETRAIN_TOLERANCE:g}): another "
-                              "model; W − W₀ not added")
+                              "model; its learned part is not added")
                 refused.append(path.name)
                 continue
-            rec["analysis"]["delta_singular_values"] = spectra(res.model, run.build())
-            rec["analysis"]["delta_from_retraining"] = {
-                "max_singular_value_difference": gap, "val_loss": res.final["val_loss"]}
+            rec["analysis"] = {"singular_values": stored,
+                               "learned_singular_values": new["learned_singular_values"],
+                               "init_decay": new["init_decay"],
+                               "learned_from_retraining": {
+                                   "max_singular_value_difference": gap,
+                                   "val_loss": res.final["val_loss"]}}
             _write_atomic(rec, path)
     return refused
 

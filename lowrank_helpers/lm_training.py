@@ -71,6 +71,16 @@ class LMProtocol:
         ratio = min(1.0, (it - self.warmup_steps) / max(1, self.iters - self.warmup_steps))
         return self.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - self.min_lr)
 
+    def init_decay(self, lr: float | None = None) -> float:
+        """γ = Π_t (1 − lr_t · weight_decay): the factor by which AdamW's decoupled weight
+        decay (Loshchilov & Hutter, 2019) shrinks a decayed tensor's initial value over the
+        run (each step multiplies it by 1 − lr_t·λ before the update is added), so a trained
+        W = γ·W₀ + the decayed sum of the updates."""
+        gamma = 1.0
+        for it in range(self.iters):
+            gamma *= 1 - self.lr_at(it, lr) * self.weight_decay
+        return gamma
+
     def to_dict(self) -> dict:
         return asdict(self)
 

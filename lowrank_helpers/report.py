@@ -41,6 +41,13 @@ def original_of(row) -> tuple[str, str] | None:
     return ORIGINAL.get((row["method"], _rank(row["rank"])))
 
 
+def _outside(value: float, text: str) -> float:
+    """How far ``value`` lies outside the original's number or range ``text`` (0 inside)."""
+    lo, _, hi = text.partition("–")
+    lo, hi = float(lo), float(hi or lo)
+    return max(lo - value, value - hi, 0.0)
+
+
 def _midpoint(text: str) -> float:
     lo, _, hi = text.partition("–")
     return (float(lo) + float(hi or lo)) / 2
@@ -244,9 +251,10 @@ def discussion(runs: pd.DataFrame) -> str:
             from .stats import correct, welch
             for values, when in (("epoch1s", "after one epoch"), ("finals", "at the end")):
                 ds = correct([welch(r[f"{values}_lora"], r[f"{values}_ae"])
-                              for _, r in both.iterrows()])
-                up = [int(r) for r, d in zip(both["rank"], ds) if d.real and d.diff > 0]
-                down = [int(r) for r, d in zip(both["rank"], ds) if d.real and d.diff < 0]
+                              if min(len(r[f"{values}_lora"]), len(r[f"{values}_ae"])) > 1
+                              else None for _, r in both.iterrows()])
+                up = [int(r) for r, d in zip(both["rank"], ds) if d and d.real and d.diff > 0]
+                down = [int(r) for r, d in zip(both["rank"], ds) if d and d.real and d.diff < 0]
                 text += (f"; detectably ({when}, Holm over {len(ds)} ranks) ahead at "
                          f"{_ranks_or_none(up)}, behind at {_ranks_or_none(down)}")
         out.append(text + ".")
@@ -266,22 +274,54 @@ def discussion(runs: pd.DataFrame) -> str:
                 f"full-rank MLP's (selected by these means among {len(fact)} factorized "
                 f"models) is rank {int(row['rank'])} "
                 f"({METHODS[row.method].label}, {row.final:.1%} against {F:.1%}, "
-                f"{row.params / P:.1%} of its parameters){verdict}." + caveat)
+                f"{row.params / P:.1%} of its parameters){verdict}." + caveat
+                + _noninferior_line(fact, vs_full, P))
         else:
             out.append("- **Answer**: no factorized model's mean reaches the full-rank MLP's "
                        "final accuracy." + caveat)
-    diffs = []
+    diffs, first_epoch = [], []
     for first, g in _groups(runs):
         orig = original_of(first)
         if orig:
             diffs.append((abs(g.final_test_accuracy.mean() * 100 - _midpoint(orig[1])), first))
+            if orig[0] != "—":
+                first_epoch.append(_outside(g.epoch1_test_accuracy.mean() * 100, orig[0]))
     if diffs:
         worst, row = max(diffs, key=lambda d: d[0])
         within = sum(d <= 2 for d, _ in diffs)
         out.append(f"- **Against the original** (epoch 100): {within} of {len(diffs)} models "
                    f"are within 2 points of the original's numbers; the largest difference is "
-                   f"{worst:.1f} points ({row.model}).")
+                   f"{worst:.1f} points ({row.model})."
+                   + (f" After one epoch {sum(d <= 2 for d in first_epoch)} of "
+                      f"{len(first_epoch)} are within 2 points (the reading error of its "
+                      f"figure) of the original's value or range, the farthest "
+                      f"{max(first_epoch):.1f} points outside it." if first_epoch else ""))
     return "\n".join(out)
+
+
+def _noninferior_line(fact: pd.DataFrame, vs_full: dict, dense_params) -> str:
+    """The tuned study's stricter test on the same family: the smallest rank per method that
+    is non-inferior to the full-rank MLP within the tuned study's margin after Holm's
+    correction (and not detectably worse)."""
+    from .stats import ALPHA, noninferior
+    from .tuned_compare import MATCH_MARGIN
+    keys = [k for k in fact.index if vs_full.get(k) is not None]
+    if not keys:
+        return ""
+    p = dict(zip(keys, noninferior([vs_full[k] for k in keys], MATCH_MARGIN)))
+    ok = [k for k in keys if p[k] < ALPHA / 2 and vs_full[k].high >= 0]
+    found = []
+    for method in fact.method.unique():
+        mine = sorted((k for k in ok if fact.loc[k, "method"] == method),
+                      key=lambda k: fact.loc[k, "rank"])
+        if mine:
+            k = mine[0]
+            found.append(f"{METHODS[method].label} r={int(fact.loc[k, 'rank'])} "
+                         f"({fact.loc[k, 'params'] / dense_params:.1%} of the parameters, "
+                         f"Holm non-inferiority p = {p[k]:.2g})")
+    return (f" By the tuned study's stricter test (non-inferior within "
+            f"{100 * MATCH_MARGIN:.1f} points, Holm over the same {len(keys)}), the smallest "
+            "ranks that match dense are: " + ("; ".join(found) if found else "none") + ".")
 
 
 def _ranks_or_none(ranks) -> str:

@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .methods import check_method
 from .models import MLP
 
 

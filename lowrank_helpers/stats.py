@@ -114,9 +114,13 @@ def correct(diffs: Sequence[Difference | None]) -> list[Difference | None]:
             for d in diffs]
 
 
-def holm_rejects(pvalues: Sequence[float], alpha: float = ALPHA) -> list[bool]:
-    """Which hypotheses Holm's procedure rejects at family-wise level ``alpha``."""
-    return [q < alpha for q in holm(pvalues)]
+def noninferior(diffs: Sequence[Difference | None], margin: float) -> list[float | None]:
+    """Holm-adjusted one-sided p-values of "a is more than ``margin`` below b" over the family
+    ``diffs`` (None stays None): a difference is non-inferior within the margin where its
+    adjusted p < ALPHA/2, the level of the 95 % interval's lower end."""
+    present = [d for d in diffs if d is not None]
+    adjusted = iter(holm([d.p_above(-margin) for d in present]))
+    return [None if d is None else next(adjusted) for d in diffs]
 
 
 def std_factor_range(n: int, level: float = 1 - ALPHA) -> tuple[float, float]:

@@ -1,7 +1,6 @@
 """The fair comparison's figures, from :func:`~lowrank_helpers.tuning.tuned_table`."""
 from __future__ import annotations
 
-import math
 
 import matplotlib.pyplot as plt
 import numpy as np

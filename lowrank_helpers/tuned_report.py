@@ -1,233 +1,39 @@
-"""The fair comparison's tables and prose, from :func:`~lowrank_helpers.tuning.tuned_table`.
+"""The fair comparison's prose and tables, from :func:`~lowrank_helpers.tuning.tuned_table` and
+the comparisons of :mod:`~lowrank_helpers.tuned_compare`.
 
-Every difference is mean(a) − mean(b) of final test accuracy over seeds with Welch's 95 %
-interval (:mod:`lowrank_helpers.stats`). Each sentence that counts or selects among many
-comparisons names its *family*, and calls a difference real only where Holm's correction over
-that family keeps it below :data:`~lowrank_helpers.stats.ALPHA`; the uncorrected interval
-stays beside it. The families: each optimizer's factorized models against its better dense
-baseline; each optimizer's inits against the best init at each rank (after one epoch, at the
-end); each optimizer's dense-head and rescaling controls; the convergence check; the
-factorized models against dense at the longer budget.
+Each sentence that counts or selects among many comparisons names its *family* and calls a
+difference detectable only where Holm's correction over that family keeps it below
+:data:`~lowrank_helpers.stats.ALPHA`; the uncorrected interval stays beside it. The families:
+each optimizer's factorized models against its better dense baseline; each optimizer's inits
+against the best init (on validation) at each rank, after one epoch and at the end; each
+optimizer's dense-head and rescaling controls; the convergence check; the factorized models
+against dense at the longer budget.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import pandas as pd
 
-from .methods import METHODS, family_label
-from .prose import count_of, settled_phrase, upper_bound
-from .stats import ALPHA, correct, welch
+from .methods import family_label
+from .prose import count_of, settled_phrase
+from .stats import ALPHA, spread_caveat
+from .tuned_compare import (MATCH_MARGIN, _diff, _main, best_dense, budget_check,  # noqa: F401
+                            head_control, init_effect, long_gaps, lr_theory_fit,
+                            rescale_control, smallest_matching, versus_dense)
 from .tuning import TUNED_PROTOCOLS, split_budget
 
 OPTIMIZER_LABELS = {"sgd": "SGD with momentum", "adamw": "AdamW"}
-#: A model matches dense when Welch's interval for (model − dense) reaches zero *and* lies
-#: above −MATCH_MARGIN: not detectably worse, and detectably no more than half a point worse.
-MATCH_MARGIN = 0.005
 
 
 def _pts(x: float) -> str:
     return f"{100 * x:+.2f}"
 
 
-def _main(table: pd.DataFrame) -> pd.DataFrame:
-    """The comparison's factorized models at the study's epochs: no rescaling, factorized
-    output layer."""
-    table = split_budget(table)[0]
-    fact = table[table["rank"].notna()]
-    return fact[(fact.rescale == 1) & ~fact.method.map(lambda m: METHODS[m].dense_output).astype(bool)]
-
-
-def _diff(a: pd.Series, b: pd.Series, values: str = "test_values"):
-    if len(a[values]) < 2 or len(b[values]) < 2:
-        return None
-    return welch(a[values], b[values])
-
-
-def best_dense(table: pd.DataFrame, optimizer: str) -> pd.Series | None:
-    """The better dense baseline of an optimizer (higher mean final test accuracy)."""
-    table = split_budget(table)[0]
-    dense = table[(table.optimizer == optimizer) & table["rank"].isna()]
-    return None if dense.empty else dense.loc[dense.mean_test.idxmax()]
-
-
-def versus_dense(table: pd.DataFrame) -> pd.DataFrame:
-    """Each factorized model of the comparison against its optimizer's better dense baseline:
-    the difference in final test accuracy (points) with Welch's 95 % interval, one family per
-    optimizer. ``worse``/``above``: detectably below/above dense after Holm's correction.
-    ``matches``: non-inferior within :data:`MATCH_MARGIN` (the one-sided test of
-    "more than the margin worse", Holm-corrected over the family, rejected at ALPHA/2, the
-    level of the interval's lower end) and not detectably worse even uncorrected;
-    ``matches_uncorrected``: the interval reaches zero and its lower end lies above
-    −MATCH_MARGIN."""
-    from .stats import holm
-    rows = []
-    for opt, part in _main(table).groupby("optimizer", sort=False):
-        ref = best_dense(table, opt)
-        if ref is None:
-            continue
-        diffs = correct([_diff(row, ref) for _, row in part.iterrows()])
-        present = [d for d in diffs if d is not None]
-        ni = iter(holm([d.p_above(-MATCH_MARGIN) for d in present]))
-        for (_, row), d in zip(part.iterrows(), diffs):
-            p_ni = next(ni) if d is not None else math.nan
-            rows.append({"optimizer": opt, "init": row.init, "rank": int(row["rank"]),
-                         "model": row.model, "params": row.params, "lr": row.lr,
-                         "mean": row.mean_test, "std": row.std_test, "seeds": row.seeds,
-                         "dense": ref.model, "diff": d.diff if d else math.nan,
-                         "low": d.low if d else math.nan, "high": d.high if d else math.nan,
-                         "p": d.p if d else math.nan, "p_holm": d.p_holm if d else math.nan,
-                         "p_noninferior_holm": p_ni, "family": len(present),
-                         "worse": bool(d and d.real and d.diff < 0),
-                         "above": bool(d and d.real and d.diff > 0),
-                         "matches": bool(d and d.high >= 0 and p_ni < ALPHA / 2),
-                         "matches_uncorrected": bool(d and d.high >= 0
-                                                     and d.low > -MATCH_MARGIN)})
-    return pd.DataFrame(rows)
-
-
-def smallest_matching(vs: pd.DataFrame, column: str = "matches") -> pd.DataFrame:
-    """Per optimizer and init: the smallest rank that matches dense (``column``: "matches",
-    Holm-corrected, or "matches_uncorrected"), and the smallest from which every larger rank
-    does too."""
-    rows = []
-    for (opt, init), part in vs.groupby(["optimizer", "init"], sort=False):
-        part = part.sort_values("rank")
-        ok = part[part[column]]
-        tail = None
-        for r, m in zip(part["rank"][::-1], part[column][::-1]):
-            if not m:
-                break
-            tail = r
-        rows.append({"optimizer": opt, "init": init,
-                     "smallest": int(ok["rank"].iloc[0]) if len(ok) else None,
-                     "from_on": tail})
-    return pd.DataFrame(rows)
-
-
-def init_effect(table: pd.DataFrame, values: str = "test_values") -> pd.DataFrame:
-    """Per optimizer and rank: the best init by mean (``values``: final or epoch-1 test
-    accuracy), the spread to the worst, and which of the other inits lie detectably below the
-    best (Welch, Holm-corrected over the optimizer's comparisons at every rank: one family
-    per optimizer and ``values``; ``below_uncorrected``: by the interval alone) and which do
-    not. The best is picked by the same means, which favours finding others below it."""
-    rows = []
-    col = "mean_test" if values == "test_values" else "epoch1_test"
-    main = _main(table)
-    for opt, by_opt in main.groupby("optimizer", sort=False):
-        pending = []
-        for rank, part in by_opt.groupby("rank", sort=False):
-            if len(part) < 2:
-                continue
-            best, worst = part.loc[part[col].idxmax()], part.loc[part[col].idxmin()]
-            others = part.drop(index=best.name)
-            pending.append((rank, part, best, worst, others,
-                            [_diff(best, o, values) for _, o in others.iterrows()]))
-        fixed = iter(correct([d for *_, ds in pending for d in ds]))
-        for rank, part, best, worst, others, ds in pending:
-            below, tied, raw = [], [], 0
-            for (_, other), _d in zip(others.iterrows(), ds):
-                d = next(fixed)
-                (below if d and d.real else tied).append(other.init)
-                raw += bool(d and d.real_uncorrected)
-            rows.append({"optimizer": opt, "rank": int(rank), "best": best.init,
-                         "worst": worst.init, "best_mean": best[col],
-                         "spread": best[col] - worst[col], "below": below, "tied": tied,
-                         "below_uncorrected": raw, "others": len(part) - 1})
-    return pd.DataFrame(rows)
-
-
-def _twin(main: pd.DataFrame, row) -> pd.Series | None:
-    """The comparison's model with ``row``'s optimizer, rank and init (None if absent)."""
-    twin = main[(main.optimizer == row.optimizer) & (main["rank"] == row["rank"])
-                & (main.init == row.init)]
-    return None if twin.empty else twin.iloc[0]
-
-
-def _interval(a, b) -> dict:
-    """mean(a) − mean(b) of final test accuracy with Welch's interval, as table columns
-    (``d``: the Difference, for :func:`_family`)."""
-    d = _diff(a, b)
-    return {"diff": d.diff if d else math.nan, "low": d.low if d else math.nan,
-            "high": d.high if d else math.nan, "d": d}
-
-
-def _corrected(rows: list[dict], by: str | None = "optimizer") -> pd.DataFrame:
-    """The comparisons ``rows`` (each with a Difference ``d``) as a table, Holm-corrected
-    within each value of ``by`` (None: one family): ``real`` is the corrected decision,
-    ``real_uncorrected`` the interval's, ``family`` the family's size."""
-    table = pd.DataFrame(rows)
-    if table.empty:
-        return table
-    table["real"], table["real_uncorrected"], table["p_holm"], table["family"] = \
-        False, False, math.nan, 0
-    groups = table.groupby(by, sort=False).groups.values() if by else [table.index]
-    for index in groups:
-        for i, d in zip(index, correct(list(table.loc[index, "d"]))):
-            if d is not None:
-                table.loc[i, ["real", "real_uncorrected", "p_holm", "family"]] = \
-                    [d.real, d.real_uncorrected, d.p_holm, d.family]
-    return table.drop(columns="d")
-
-
-def head_control(table: pd.DataFrame) -> pd.DataFrame:
-    """Dense output layer against factorized output layer, same init, rank and optimizer
-    (one Holm family per optimizer)."""
-    main, rows = _main(table), []
-    for _, h in table[table.method.map(lambda m: METHODS[m].dense_output)].iterrows():
-        t = _twin(main, h)
-        if t is not None:
-            rows.append({"optimizer": h.optimizer, "init": h.init, "rank": int(h["rank"]),
-                         "dense_head": h.mean_test, "factorized_head": t.mean_test,
-                         **_interval(h, t)})
-    return _corrected(rows)
-
-
-def rescale_control(table: pd.DataFrame) -> pd.DataFrame:
-    """A → cA, B → B/c against c = 1 (same init, rank, optimizer), each at its own tuned
-    learning rate (one Holm family per optimizer)."""
-    main, rows = _main(table), []
-    for _, row in table[table.rescale != 1].iterrows():
-        t = _twin(main, row)
-        if t is not None:
-            rows.append({"optimizer": row.optimizer, "init": row.init, "rank": int(row["rank"]),
-                         "c": row.rescale, "lr": row.lr, "lr_c1": t.lr, "mean": row.mean_test,
-                         "mean_c1": t.mean_test, **_interval(row, t)})
-    return _corrected(rows)
-
-
-def lr_theory_fit(table: pd.DataFrame, optimizer: str = "sgd") -> pd.DataFrame:
-    """How well each of the theory's learning-rate multipliers m (average, per-direction)
-    predicts the chosen rates: least squares of log10(chosen lr) on log10(m) over the
-    comparison's factorized models, with R² and the slope (−1: the chosen rate is the dense
-    one divided by m). The grid's resolution is half a decade, which bounds R² below 1."""
-    import numpy as np
-    from .theory import lr_multiplier
-    main = _main(table[table.optimizer == optimizer])
-    rows = []
-    if len(main) < 3:
-        return pd.DataFrame()
-    y = np.log10(main.lr.to_numpy(dtype=float))
-    for kind in ("average", "directional"):
-        x = np.log10([lr_multiplier(i, int(r), kind) for i, r in zip(main.init, main["rank"])])
-        slope, icpt = np.polyfit(x, y, 1)
-        resid = y - (slope * x + icpt)
-        r2 = 1 - (resid ** 2).sum() / ((y - y.mean()) ** 2).sum() if y.var() > 0 else math.nan
-        rows.append({"optimizer": optimizer, "multiplier": kind, "slope": slope, "r2": r2,
-                     "models": len(main)})
-    return pd.DataFrame(rows)
-
-
 def _family(init: str) -> str:
     from .methods import method_for_init
     method, name = method_for_init(init)
     return family_label(method, name)
-
-
-def _ranks(ranks) -> str:
-    ranks = sorted(int(r) for r in ranks)
-    return ", ".join(map(str, ranks)) if ranks else "none"
 
 
 def _unused_seeds(table: pd.DataFrame, runs: pd.DataFrame) -> int:
@@ -317,18 +123,19 @@ def tuned_answer(table: pd.DataFrame, runs: pd.DataFrame | None = None) -> str:
                 + ".")
         above, worse = part[part.above], part[part.worse]
         raw_above = part[part.low > 0]
-        out.append(f"  Detectably above dense after correction: "
+        out.append("  Detectably above dense after correction: "
                    + ("; ".join(f"{r.model} {_pts(r.diff)} (CI {_pts(r.low)} to "
                                 f"{_pts(r.high)}, Holm p = {r.p_holm:.2g})"
                                 for r in above.itertuples()) if len(above) else "none")
-                   + (f" (by the uncorrected interval: "
+                   + (" (by the uncorrected interval: "
                       + "; ".join(f"{r.model} {_pts(r.diff)}" for r in raw_above.itertuples())
                       + ")" if len(raw_above) > len(above) else "")
                    + f". Detectably below: {count_of(len(worse), n, 'models')}.")
     out.append("")
     out.append("**Does the init still matter once the learning rate is tuned?** Each line is "
-               "a family: the optimizer's inits against the best init at each rank (the best "
-               "is picked by the same means, which favours finding the others below it).")
+               "a family: at each rank, the optimizer's other inits against the init with the "
+               "best mean *validation* accuracy at that point of training, compared on test; "
+               "the spread is best − worst test mean (untested).")
     for values, when in (("epoch1_values", "after one epoch"), ("test_values", "at the end")):
         eff = init_effect(table, values)
         for opt in TUNED_PROTOCOLS:
@@ -336,8 +143,9 @@ def tuned_answer(table: pd.DataFrame, runs: pd.DataFrame | None = None) -> str:
             if part.empty:
                 continue
             per_rank = "; ".join(
-                f"r={r['rank']}: {len(r.below)} of {r.others} below {r.best} "
-                f"(spread {100 * r.spread:.1f})" for _, r in part.iterrows())
+                f"r={r['rank']}: {len(r.below)} of {r.others} below {r.best}"
+                + (f", {len(r.above)} above ({', '.join(r.above)})" if r.above else "")
+                + f" (spread {100 * r.spread:.1f})" for _, r in part.iterrows())
             ties = [f"r={r['rank']}: {', '.join(r.tied)}" for _, r in part.iterrows() if r.tied]
             n, real = int(part.others.sum()), sum(len(b) for b in part.below)
             out.append(f"- {OPTIMIZER_LABELS[opt]}, {when}, inits detectably below the best "
@@ -409,41 +217,10 @@ def tuned_answer(table: pd.DataFrame, runs: pd.DataFrame | None = None) -> str:
     return "\n".join(out)
 
 
-def budget_check(table: pd.DataFrame) -> pd.DataFrame:
-    """The convergence check: each model retuned at more epochs against itself at the
-    study's, final test accuracy (long − short) with Welch's interval; one Holm family."""
-    main, long = split_budget(table)
-    rows = []
-    for _, row in long.iterrows():
-        same = main[(main.optimizer == row.optimizer) & (main.method == row.method)
-                    & (main.init == row.init) & (main.rescale == row.rescale)
-                    & ((main["rank"] == row["rank"]) if pd.notna(row["rank"])
-                       else main["rank"].isna())]
-        if same.empty:
-            continue
-        t = same.iloc[0]
-        rows.append({"optimizer": row.optimizer, "model": row.model, "epochs": t.epochs,
-                     "epochs_long": row.epochs, "lr": t.lr, "lr_long": row.lr,
-                     "mean": t.mean_test, "mean_long": row.mean_test,
-                     "train_loss": t.train_loss, "train_loss_long": row.train_loss,
-                     **_interval(row, t)})
-    return _corrected(rows, by=None)
-
-
-def long_gaps(table: pd.DataFrame) -> pd.DataFrame:
-    """At the convergence check's budget: each factorized model against its optimizer's
-    better dense baseline at that budget; one Holm family."""
-    long = split_budget(table)[1]
-    rows = []
-    for opt in TUNED_PROTOCOLS:
-        ref = long[(long.optimizer == opt) & long["rank"].isna()]
-        if ref.empty:
-            continue
-        ref = ref.loc[ref.mean_test.idxmax()]
-        for _, r in long[(long.optimizer == opt) & long["rank"].notna()].iterrows():
-            rows.append({"optimizer": opt, "model": r.model, "dense": ref.model,
-                         **_interval(r, ref)})
-    return _corrected(rows, by=None)
+def _span_seeds(table: pd.DataFrame) -> str:
+    lo, hi = int(table.seeds.min()), int(table.seeds.max())
+    return f"{lo}" if lo == hi else f"{lo}–{hi} ({hi} where two compared models lie within " \
+        "half a point on validation)"
 
 
 def _and(items: list[str]) -> str:
@@ -467,7 +244,10 @@ def tuned_headline(table: pd.DataFrame) -> str:
     if table.empty:
         return "*No tuned records yet: run `lowrank-study tune`.*"
     full, table = table, split_budget(table)[0]
-    out = []
+    several = table.seeds[table.seeds >= 2]
+    out = [f"*Seeds: {_span_seeds(table)} per model at its chosen rate; every count names the "
+           f"family Holm's correction ran over; "
+           + (spread_caveat(int(several.min())) if len(several) else "") + ".*", ""]
     vs = versus_dense(table)
     for opt in TUNED_PROTOCOLS:
         part = vs[vs.optimizer == opt] if len(vs) else vs
@@ -493,7 +273,8 @@ def tuned_headline(table: pd.DataFrame) -> str:
                    f"{'s' if (hits['rank'] == r0).sum() > 1 else ''} "
                    f"({_family(first.init)} {first['mean']:.2%} against {ref.model} "
                    f"{ref.mean_test:.2%}, {_pts(first['diff'])} points, CI {_pts(first.low)} to "
-                   f"{_pts(first.high)}; {first.params / ref.params:.0%} of the dense "
+                   f"{_pts(first.high)}, {int(first.seeds)} vs {int(ref.seeds)} seeds; "
+                   f"{first.params / ref.params:.0%} of the dense "
                    f"parameters): non-inferior within {100 * MATCH_MARGIN:.1f} points after "
                    f"Holm's correction over its {n} factorized models, the minimum over "
                    f"{part.init.nunique()} inits. At r={r0}, "
@@ -504,7 +285,7 @@ def tuned_headline(table: pd.DataFrame) -> str:
         if eff.empty:
             continue
         small, large = eff[eff["rank"] <= 4], eff[eff["rank"] >= 16]
-        text = f"- **The init {when}**: best − worst init"
+        text = f"- **The init {when}**: best − worst init by mean (untested)"
         if len(small):
             text += (f" up to {100 * small.spread.max():.1f} points at ranks 1–4")
         if len(large):
@@ -512,8 +293,11 @@ def tuned_headline(table: pd.DataFrame) -> str:
         real = sum(len(b) for b in eff.below)
         total = int(eff.others.sum())
         text += (f"; {real} of {total} (init, rank, optimizer) comparisons with the best init "
-                 f"are detectably below it after Holm's correction (a family per optimizer; "
-                 f"{int(eff.below_uncorrected.sum())} uncorrected).")
+                 f"(picked on validation) are detectably below it on test after Holm's "
+                 f"correction (a family per optimizer; {int(eff.below_uncorrected.sum())} "
+                 "uncorrected)"
+                 + (f", {sum(len(a) for a in eff.above)} detectably above it" if
+                    sum(len(a) for a in eff.above) else "") + ".")
         out.append(text)
     check = budget_check(full)
     if len(check):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -182,8 +182,8 @@ class TunedConfig(NotebookParams):
     seeds: int = setting(3, "int", "seeds of each chosen setting", check=positive)
     close_seeds: int = setting(5, "int", "seeds where two compared models are close",
                                check=positive)
-    close_points: float = setting(0.5, "float", "how close (test accuracy points) is close",
-                                  check=positive)
+    close_points: float = setting(0.5, "float", "how close (points of mean validation "
+                                  "accuracy) is close", check=positive)
     max_extend: int = setting(3, "int", "rates added beyond each edge of the grid at most",
                               check=positive)
     epochs: int | None = setting(None, "int|None", "epochs (None: the tuned protocols')",
@@ -389,6 +389,11 @@ def tuned_table(runs: pd.DataFrame, seeds: int | None = None, close_seeds: int |
     return table
 
 
+def _mean(values) -> float:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else math.nan
+
+
 def _table(runs: pd.DataFrame) -> pd.DataFrame:
     """:func:`tuned_table` of the keyed records ``runs`` (all of their seeds)."""
     if runs.empty:
@@ -410,6 +415,8 @@ def _table(runs: pd.DataFrame) -> pd.DataFrame:
                      "mean_val": part.final_val_accuracy.mean(),
                      "train_loss": part.final_train_loss.mean(),
                      "epoch1_test": part.epoch1_test_accuracy.mean(),
+                     "epoch1_val": _mean([h[0].get("val_accuracy") for h in part.history
+                                          if h]),
                      "late_val_gain": sum(late) / len(late) if late else math.nan,
                      "epochs": int(first.epochs), "diverged": int(part.diverged_epoch.notna().sum()),
                      "test_values": list(acc), "epoch1_values": list(part.epoch1_test_accuracy)})

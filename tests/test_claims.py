@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from lowrank_helpers.prose import count_of, overclaims, settled_phrase, upper_bound
-from lowrank_helpers.stats import (correct, holm, holm_rejects, spread_caveat,
+from lowrank_helpers.stats import (correct, holm, noninferior, spread_caveat,
                                    std_factor_range, welch)
 from lowrank_helpers.tuning import close_models, tuned_table
 
@@ -19,7 +19,7 @@ def test_holm_against_a_hand_computed_case():
     # sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 → running max 0.06
     p = [0.01, 0.04, 0.03, 0.005]
     assert holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert holm_rejects(p) == [True, False, False, True]
+    assert [q < 0.05 for q in holm(p)] == [True, False, False, True]
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
     assert holm([]) == [] and holm([0.2]) == [0.2]         # a family of one is uncorrected
 
@@ -47,6 +47,9 @@ def test_non_inferiority_p_agrees_with_the_interval():
                                                          (0.882, 0.887, 0.884)],
                           equal_var=False, alternative="greater")
     assert d.p_above(-0.005) == pytest.approx(ref.pvalue, rel=1e-9)
+    # over a family, Holm-adjusted: here a family of two equal tests doubles the p
+    assert noninferior([d, None, d], 0.005) == pytest.approx([2 * ref.pvalue, None,
+                                                              2 * ref.pvalue])
 
 
 def test_three_seeds_estimate_a_spread_poorly():
@@ -129,4 +132,5 @@ def test_the_table_uses_the_seeds_of_the_rule_only():
     rule3 = tuned_table(runs, seeds=3, close_seeds=3)
     assert (rule3.seeds == 3).all()
     five = table[table.seeds == 5]
-    assert set(five.key) <= close_models(rule3, 0.5)
+    close = close_models(rule3, 0.5)
+    assert set(five.key) == close    # every close call got its seeds, and only close calls

@@ -191,10 +191,10 @@ def test_a_job_past_the_timeout_fails_alone_and_progress_shows(tmp_path, runner)
     nb = tiny_notebook(tmp_path, "if job == 'full':\n"
                        "    from lowrank_helpers.batch import report_progress\n"
                        "    report_progress(1, 2)\n    time.sleep(600)")
-    out = batch(tmp_path, "--jobs", "2", *runner, "--job-timeout", "15", "--notebook", str(nb))
+    out = batch(tmp_path, "--jobs", "2", *runner, "--job-timeout", "25", "--notebook", str(nb))
     text = out.stdout + out.stderr
     assert out.returncode == 1, text
-    assert "job full FAILED (timed out after 15 s)" in text
+    assert "job full FAILED (timed out after 25 s)" in text
     assert "job r001-r004 done" in text and "failed: full" in text
     assert "full epoch 1/2" in out.stderr  # the progress bar showed how far it had got
     assert list((tmp_path / "runs" / "smoke").glob("study-fashion_mnist-full-*.failed.ipynb"))

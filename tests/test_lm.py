@@ -322,43 +322,57 @@ def test_a_choice_at_an_edge_extends_the_grid_by_one_rung():
                      cfg) is None                                   # the rung beyond failed
 
 
-def test_the_learned_change_is_stored_and_backfilled(tmp_path):
-    """Dense records hold the singular values of W and of W − W₀ (W₀ rebuilt from the seed);
-    a record written without the latter gets it by retraining, checked against its W."""
+def test_the_learned_part_is_stored_and_backfilled(tmp_path):
+    """Dense records hold the singular values of W and of its learned part W − γ·W₀ (W₀
+    rebuilt from the seed); a record written without the latter gets it by retraining,
+    checked against its W."""
+    from pathlib import Path
     from lowrank_helpers.charlm import spectra
     from lowrank_helpers.lm_study import complete_analysis
+    from lowrank_helpers.results import _write_atomic
     cfg = lh.LMStudyConfig(smoke=True, results_dir=str(tmp_path / "r"),
                            data_root=str(tmp_path / "data"), phases=("anchor",))
     runs = lh.run_lm_study(cfg, progress=False)
     path = runs.path.iloc[0]
     rec = lh.read_record(path)
-    delta = rec["analysis"]["delta_singular_values"]
+    learned = rec["analysis"]["learned_singular_values"]
     run = lh.LMRun.from_dict(rec["config"])
-    init = run.build()
-    # at init the change is zero; the stored one is the trained model's
-    assert max(max(v) for v in spectra(init, run.build()).values()) == 0
-    assert set(delta) == set(rec["analysis"]["singular_values"]) and max(delta["0.q"]) > 0
-    # an older record without W − W₀: the anchor phase retrains and adds it, W unchanged
-    del rec["analysis"]["delta_singular_values"]
-    from lowrank_helpers.results import _write_atomic
-    from pathlib import Path
+    assert rec["analysis"]["init_decay"] == pytest.approx(run.protocol.init_decay())
+    assert max(max(v) for v in spectra(run.build(), run.build()).values()) == 0  # at init
+    assert set(learned) == set(rec["analysis"]["singular_values"]) and max(learned["0.q"]) > 0
+    # an older record without it: the anchor phase retrains and adds it, W unchanged
+    del rec["analysis"]["learned_singular_values"]
     _write_atomic(rec, Path(path))
     lh.run_lm_study(cfg, progress=False)
     again = lh.read_record(path)["analysis"]
-    assert max(abs(a - b) for k in delta for a, b in zip(delta[k],
-                                                          again["delta_singular_values"][k])) < 1e-5
-    assert again["delta_from_retraining"]["max_singular_value_difference"] < 1e-4
-    assert lh.lm_report.energy_beyond(runs, (2,), "delta_singular_values")
+    assert max(abs(a - b) for k in learned
+               for a, b in zip(learned[k], again["learned_singular_values"][k])) < 1e-5
+    assert again["learned_from_retraining"]["max_singular_value_difference"] < 1e-4
+    assert lh.lm_report.energy_beyond(runs, (2,), "learned_singular_values")
     # a record whose W the retraining does not reproduce is left as it was
     rec = lh.read_record(path)
-    del rec["analysis"]["delta_singular_values"]
+    del rec["analysis"]["learned_singular_values"]
     rec["analysis"]["singular_values"]["0.q"][0] += 1.0
     _write_atomic(rec, Path(path))
     with pytest.warns(UserWarning, match="another model"):
         refused = complete_analysis([run], cfg, text.split_text(
             text.corpus_path(cfg.corpus, cfg.data_root).read_text(), 0, cfg.corpus))
     assert refused == [Path(path).name]
-    assert "delta_singular_values" not in lh.read_record(path)["analysis"]
+    assert "learned_singular_values" not in lh.read_record(path)["analysis"]
+
+
+def test_weight_decay_shrinks_the_init_by_gamma():
+    """With zero gradients AdamW only decays: W_T = γ·W₀ exactly, so W − γ·W₀ is what the
+    updates added (here nothing)."""
+    proto = lh.LMProtocol(iters=30, lr=0.05, min_lr=0.005, warmup_steps=5)
+    w0 = torch.randn(4, 3, dtype=torch.float64)
+    w = w0.clone().unsqueeze(0)
+    opt = lh.lm_training.StackedAdamW([w], [True], proto)
+    for it in range(proto.iters):
+        w.grad = torch.zeros_like(w)
+        opt.step(torch.tensor([proto.lr_at(it)], dtype=torch.float64))
+    torch.testing.assert_close(w[0], proto.init_decay() * w0, rtol=1e-12, atol=1e-12)
+    assert 0 < proto.init_decay() < 1 and lh.LMProtocol(weight_decay=0).init_decay() == 1
 
 
 def test_the_teacher_line_reports_every_student_and_an_upper_bound():
