@@ -147,6 +147,15 @@ class CharTransformer(nn.Module):
         return idx
 
 
+def check_lm_rank(rank: int, d_model: int, name: str = "rank") -> None:
+    """Every factorized projection of the transformer has min(d_in, d_out) = d_model (Q, K, V,
+    O: d × d; the MLP's d → 4d and 4d → d): a larger rank restricts none of them."""
+    if rank > d_model:
+        raise ValueError(f"{name}: rank {rank} exceeds d_model {d_model}, the smallest side of "
+                         "every factorized projection: B·A would restrict none; choose a rank "
+                         f"<= {d_model}")
+
+
 def lm_parameters(shape: LMShape, factorize: str = "none", rank=None) -> dict[str, int]:
     """Parameter counts: ``total``, ``matrices`` (the blocks' projections), and ``nanogpt``
     (total without the position embedding, what nanoGPT prints as "number of parameters")."""

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .batch import JobProgress, JobSpec, LocalRunner, plan_jobs, run_job
 from .config import StudyConfig, SummaryConfig, smoke_dir
-from .data import DataNotFoundError
+from .data import DataError, DataNotFoundError
 from .protocol import REFERENCE, Protocol
 from .results import ResultsDirError, check_writable
 from .settings import choices_of, default_of, settings_of
@@ -123,10 +123,18 @@ def run_batch(cfg: StudyConfig, args) -> int:
 
 
 def print_table(args) -> int:
+    """The results table of the records in ``--results-dir``: the MLP study's comparison
+    table, or the language-model study's table where the records are of that study."""
     from .report import comparison_table
     from .results import load_records
     runs = load_records(args.results_dir, task=args.task)
     if runs.empty:
+        from .lm_report import lm_table, lm_tables_markdown
+        from .lm_study import load_lm_records
+        lm = load_lm_records(args.results_dir)
+        if len(lm):
+            print(lm_tables_markdown(lm_table(lm)))
+            return 0
         print(f"error: no {args.task} records in {args.results_dir}", file=sys.stderr)
         return 1
     print(comparison_table(runs).to_markdown(index=False))
@@ -287,7 +295,7 @@ class NotebookCommand:
             p.error(str(exc))
         try:
             self._load(self.train)(cfg)
-        except (ResultsDirError, DataNotFoundError) as exc:
+        except (ResultsDirError, DataNotFoundError, DataError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
@@ -298,8 +306,14 @@ class NotebookCommand:
             return 0
         notebook = _find_notebook(args.notebook, self.notebook)
         runs_dir = Path(smoke_dir(args.runs_dir) if args.smoke else args.runs_dir)
-        nb_params = {**cfg.to_dict(), "smoke": False}  # its sizes and folders as trained here
-        outcome = run_job(notebook, runs_dir / self.notebook, nb_params, name=self.name)
+        nb_params = cfg.to_dict()  # its sizes and folders as trained here (smoke: idempotent)
+        try:
+            outcome = run_job(notebook, runs_dir / self.notebook, nb_params, name=self.name)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted while the notebook ran: the records are kept in "
+                  f"{cfg.results_dir}; run the same command again for the notebook",
+                  file=sys.stderr)
+            return 130
         if not outcome.ok:
             print(outcome.report(label="notebook"), file=sys.stderr)
             return 1

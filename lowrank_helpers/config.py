@@ -84,10 +84,10 @@ class NotebookParams:
         if unknown:
             raise ValueError(f"unknown parameter(s) {_suggest(unknown, valid)}; valid "
                              f"parameters: {', '.join(valid)}")
-        own = {k: v for k, v in params.items() if k not in PROTOCOL_FIELDS}
-        if cls._has_protocol():
-            own["protocol"] = Protocol(**{k: v for k, v in params.items()
-                                          if k in PROTOCOL_FIELDS})
+        mine = {f.name for f in settings_of(cls)}
+        own = {k: v for k, v in params.items() if k in mine}   # a setting the config declares
+        if cls._has_protocol():                                  # ... is never the protocol's
+            own["protocol"] = Protocol(**{k: v for k, v in params.items() if k not in mine})
         return cls(**own)
 
     @classmethod
@@ -121,6 +121,21 @@ class NotebookParams:
         if self._has_protocol():
             own.update(self.protocol.to_dict())
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in own.items()}
+
+
+def refuse_smoke_overrides(cfg, smoke_values: dict) -> None:
+    """Smoke mode replaces settings with its own small values (``smoke_values``); one given a
+    value other than its default (and other than smoke's) would be dropped without a word, so
+    it is refused instead."""
+    from .settings import default_of, normalize
+    by_name = {f.name: f for f in settings_of(type(cfg))}
+    clash = [k for k, v in smoke_values.items()
+             if getattr(cfg, k) not in (default_of(by_name[k]),
+                                        normalize(k, by_name[k].metadata["kind"], v))]
+    if clash:
+        given = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in clash)
+        raise ValueError(f"smoke mode sets {', '.join(clash)} itself ({given} would be "
+                         f"ignored): drop {'it' if len(clash) == 1 else 'them'} or drop smoke")
 
 
 def _task_setting(help="the task (data and model family)"):

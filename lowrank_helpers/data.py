@@ -31,6 +31,11 @@ class DataNotFoundError(FileNotFoundError):
     """The data set is neither on disk nor downloadable."""
 
 
+class DataError(ValueError):
+    """Data found but unusable (a wrong checksum, an empty or too small file): the message
+    says which file and what to do."""
+
+
 def default_root() -> Path:
     """``$LOWRANK_DATA`` if set, else ``~/.cache/lowrank_helpers/data``."""
     env = os.environ.get("LOWRANK_DATA")

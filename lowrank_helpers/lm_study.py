@@ -27,15 +27,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from .charlm import LMShape, lm_parameters, spectra
-from .config import NotebookParams, _not_empty, smoke_dir
+from .charlm import LMShape, check_lm_rank, lm_parameters, spectra
+from .config import NotebookParams, _not_empty, refuse_smoke_overrides, smoke_dir
 from .devices import check_device, resolve_device
 from .layers import INITS
 from .lm_training import LMProtocol, LMRun, lm_record, train_lms
-from .results import read_record, save_record
+from .results import check_writable, read_record, save_record
 from .settings import all_of, check_settings, distinct, each, non_negative, positive, setting
-from .text import CORPORA, corpus_path, split_text
-from .tuning import ladder_index, ladder_lr
+from .text import CORPORA, read_corpus, split_text
+from .tuning import next_rate, rungs_beyond
 
 #: Where the teacher–student students are stored, under the study's results directory.
 STUDENTS = "teacher_student/students.json"
@@ -102,12 +102,17 @@ class LMStudyConfig(NotebookParams):
 
     def __post_init__(self):
         if self.smoke:
+            check_settings(self)
+            refuse_smoke_overrides(self, LM_SMOKE)
             for k, v in LM_SMOKE.items():
                 object.__setattr__(self, k, v)
             object.__setattr__(self, "results_dir", smoke_dir(self.results_dir))
             object.__setattr__(self, "img_dir", smoke_dir(self.img_dir))
         check_settings(self)
         LMShape(self.n_layer, self.n_head, self.d_model, self.block_size)  # checks the shape
+        for name in ("ranks", "narrow_ranks", "partial_rank"):
+            for r in (getattr(self, name) if name != "partial_rank" else (self.partial_rank,)):
+                check_lm_rank(r, self.d_model, name)
 
     def shape(self, vocab_size: int, d_model: int | None = None) -> LMShape:
         return LMShape(self.n_layer, self.n_head, d_model or self.d_model, self.block_size,
@@ -160,19 +165,24 @@ def record_file(run: LMRun, results_dir) -> Path:
 def load_lm_records(results_dir) -> pd.DataFrame:
     """One row per record: the config flat (shape fields, protocol fields), the final losses,
     parameters and cost."""
+    import warnings
     rows = []
     for path in sorted(Path(results_dir).glob("*.json")):
-        rec = read_record(path)
-        if rec.get("schema") != "lm-1":
-            continue
-        run = LMRun.from_dict(rec["config"])
-        c = rec["config"]
-        rows.append({**{k: v for k, v in c.items() if k != "protocol"}, **c["protocol"],
-                     **rec["final"], "parameters": rec["parameters"]["total"],
-                     "diverged_iter": rec["diverged_iter"], **rec["cost"],
-                     "torch_threads": rec.get("torch_threads"),
-                     "run_id": rec["run_id"], "model_key": run.model_key,
-                     "group_id": run.group_id, "label": run.label, "path": str(path)})
+        try:
+            rec = read_record(path)
+            if rec.get("schema") != "lm-1":
+                continue
+            run = LMRun.from_dict(rec["config"])
+            c = rec["config"]
+            rows.append({**{k: v for k, v in c.items() if k != "protocol"}, **c["protocol"],
+                         **rec["final"], "parameters": rec["parameters"]["total"],
+                         "diverged_iter": rec["diverged_iter"], **rec["cost"],
+                         "torch_threads": rec.get("torch_threads"),
+                         "run_id": rec["run_id"], "model_key": run.model_key,
+                         "group_id": run.group_id, "label": run.label, "path": str(path)})
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            warnings.warn(f"skipping corrupt record {path}: {type(exc).__name__}: {exc}",
+                          stacklevel=2)
     return pd.DataFrame(rows)
 
 
@@ -272,11 +282,10 @@ def extension(rows: pd.DataFrame, cfg: "LMStudyConfig") -> float | None:
     if lr is None:
         return None
     tried = sorted(rows[rows.seed == 0].lr.unique())
-    i = ladder_index(lr)
-    if lr == tried[-1] and i - ladder_index(max(cfg.lrs)) < cfg.max_extend:
-        return ladder_lr(i + 1)
-    if lr == tried[0] and ladder_index(min(cfg.lrs)) - i < cfg.max_extend:
-        return ladder_lr(i - 1)
+    if lr == tried[-1] and rungs_beyond(tried, max(cfg.lrs), +1) < cfg.max_extend:
+        return next_rate(tried, +1)
+    if lr == tried[0] and rungs_beyond(tried, min(cfg.lrs), -1) < cfg.max_extend:
+        return next_rate(tried, -1)
     return None
 
 
@@ -310,7 +319,8 @@ def _search_and_seeds(models, cfg, splits, bar, seeds: int) -> None:
 def run_lm_study(cfg: LMStudyConfig, progress: bool = True) -> pd.DataFrame:
     """Run the phases of ``cfg.phases`` in order (see the module doc) and return the records."""
     from tqdm.auto import tqdm
-    text = corpus_path(cfg.corpus, cfg.data_root).read_text(encoding="utf-8")
+    check_writable(cfg.results_dir)   # before any training: an unwritable folder is one line
+    text = read_corpus(cfg.corpus, cfg.data_root)
     splits = split_text(text, cfg.tune_chars, cfg.corpus)   # the study's runs
     full = split_text(text, 0, cfg.corpus)                   # the anchor's
     Path(cfg.results_dir).mkdir(parents=True, exist_ok=True)

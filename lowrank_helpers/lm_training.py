@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from .charlm import FACTORIZE, CharTransformer, LMShape, lm_parameters, lm_training_flops
+from .charlm import (FACTORIZE, CharTransformer, LMShape, check_lm_rank, lm_parameters,
+                     lm_training_flops)
 from .layers import check_init, check_rank
 from .devices import as_device, device_name
 from .protocol import _hash
@@ -107,6 +108,7 @@ class LMRun:
                 raise ValueError("the dense model (factorize='none') takes no rank or init")
         else:
             object.__setattr__(self, "rank", check_rank(self.rank))
+            check_lm_rank(self.rank, self.shape.d_model)
             object.__setattr__(self, "init", check_init(self.init or "lora"))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be int, got {self.seed!r}")

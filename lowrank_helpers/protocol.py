@@ -121,6 +121,19 @@ class Protocol:
 PROTOCOL_FIELDS = tuple(f.name for f in settings_of(Protocol))
 
 
+def check_rank_fits(rank: int, widths, dense_output: bool = False) -> None:
+    """Refuse a rank above min(d_in, d_out) of every factorized layer: B·A would then restrict
+    no layer, an over-parameterized "factorization" no study means. A rank above some layers'
+    but not all (the reference study's 512 → 10 output layer at ranks above 10) is allowed:
+    that layer's product has rank min(r, d_in, d_out) and r·(d_in + d_out) parameters."""
+    layers = list(zip(widths[:-1], widths[1:]))[:-1 if dense_output else None]
+    if layers and rank > max(min(a, b) for a, b in layers):
+        shown = "-".join(map(str, widths))
+        raise ValueError(f"rank {rank} exceeds min(d_in, d_out) of every factorized layer "
+                         f"(at most {max(min(a, b) for a, b in layers)} for widths {shown}): "
+                         "B·A would restrict no layer; choose a smaller rank")
+
+
 def _hash(d: dict) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -167,6 +180,8 @@ class RunConfig:
         elif rank is not None:
             raise ValueError(f"method {method!r} takes no rank, got rank={rank!r}")
         widths = TASKS[task].check_widths(widths)
+        if m.factorized:
+            check_rank_fits(rank, widths, m.dense_output)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be int, got {seed!r} ({type(seed).__name__})")
         if (isinstance(rescale, bool) or not isinstance(rescale, (int, float))

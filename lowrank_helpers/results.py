@@ -23,6 +23,9 @@ from .protocol import PROTOCOL_FIELDS, REFERENCE, SCHEMA, RunConfig
 from .tasks import TASKS
 
 REQUIRED = ("run_id", "config", "history", "parameters")
+#: Record schemas of other studies, which :func:`load_records` passes over (the language-model
+#: study's: :func:`~lowrank_helpers.lm_study.load_lm_records`).
+OTHER_SCHEMAS = ("lm-1",)
 #: Cost columns that load_records takes from each record's "cost" (None in older records).
 COST_COLUMNS = ("training_flops_per_sample", "optimizer_state_bytes", "peak_memory_bytes",
                 "peak_memory_kind", "seconds_per_epoch", "stack_size", "engine", "step_mode")
@@ -238,7 +241,10 @@ def load_records(results_dir, **where) -> pd.DataFrame:
     rows = []
     for path in sorted(p for d in dirs for p in Path(d).glob("*.json")):
         try:
-            rows.append(_row(read_record(path), path))
+            record = read_record(path)
+            if record.get("schema") in OTHER_SCHEMAS:  # another study's records: not corrupt
+                continue
+            rows.append(_row(record, path))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             warnings.warn(f"skipping corrupt record {path}: {exc}", stacklevel=2)
     df = pd.DataFrame(rows)

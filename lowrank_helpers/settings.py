@@ -90,10 +90,7 @@ def normalize(name: str, kind: str, value):
         item = kind[5:-1]
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise bad(kind)
-        try:
-            return tuple(normalize(name, item, v) for v in value)
-        except (TypeError, ValueError):
-            raise bad(kind) from None
+        return tuple(normalize(name, item, v) for v in value)  # names the bad item
     raise ValueError(f"unknown kind {kind!r}")
 
 
@@ -108,10 +105,18 @@ def check_settings(obj) -> None:
         for v in items:
             if accepted and v is not None and v not in accepted:
                 what = f.name[:-1] if f.metadata["kind"].startswith("list") else f.name
-                raise ValueError(f"unknown {what} {v!r}; valid {what}s: "
+                raise ValueError(f"unknown {what} {v!r}; valid {plural(what)}: "
                                  f"{', '.join(map(str, accepted))}")
         if f.metadata["check"] is not None:
             f.metadata["check"](f.name, value)
+
+
+#: Plurals that are not the word + "s".
+_PLURALS = {"corpus": "corpora", "phase": "phases", "data set": "data sets"}
+
+
+def plural(word: str) -> str:
+    return _PLURALS.get(word, word + ("es" if word.endswith(("s", "x", "ch")) else "s"))
 
 
 # checks, for setting(check=...)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .data import DataNotFoundError, default_root
+from .data import DataError, DataNotFoundError, default_root
 
 #: Fraction of the corpus that is the training split (nanoGPT's prepare.py: ``int(n*0.9)``).
 TRAIN_FRACTION = 0.9
@@ -94,26 +94,31 @@ def corpus_path(name: str = "tinyshakespeare", root=None, download: bool = True)
         if not download:
             raise DataNotFoundError(f"{source.title} is not at {path}; put {source.filename} "
                                     f"(md5 {source.md5}) there, from {source.url}")
+        made = not path.parent.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".part")
         try:
-            with urllib.request.urlopen(source.url, timeout=30) as r, open(tmp, "wb") as f:
-                f.write(r.read())
-        except (urllib.error.URLError, OSError) as exc:
+            try:
+                with urllib.request.urlopen(source.url, timeout=30) as r, open(tmp, "wb") as f:
+                    f.write(r.read())
+            except (urllib.error.URLError, OSError) as exc:
+                raise DataNotFoundError(f"{source.title} is not at {path} and could not be "
+                                        f"downloaded from {source.url} ({exc}); copy "
+                                        f"{source.filename} (md5 {source.md5}) there by "
+                                        "hand") from exc
+            if md5_of(tmp) != source.md5:
+                raise DataError(f"the download of {source.url} has md5 {md5_of(tmp)}, "
+                                f"expected {source.md5}; nothing was saved")
+        except BaseException:
             tmp.unlink(missing_ok=True)
-            raise DataNotFoundError(f"{source.title} is not at {path} and could not be "
-                                    f"downloaded from {source.url} ({exc}); copy "
-                                    f"{source.filename} (md5 {source.md5}) there by hand") from exc
-        if md5_of(tmp) != source.md5:
-            got = md5_of(tmp)
-            tmp.unlink(missing_ok=True)
-            raise ValueError(f"the download of {source.url} has md5 {got}, expected "
-                             f"{source.md5}; nothing was saved")
+            if made and not any(path.parent.iterdir()):
+                path.parent.rmdir()  # leave no empty folder behind
+            raise
         tmp.replace(path)
     got = md5_of(path)
     if got != source.md5:
-        raise ValueError(f"{path} has md5 {got}, expected {source.md5} ({source.title}); "
-                         "replace it with the canonical file or pass another data root")
+        raise DataError(f"{path} has md5 {got}, expected {source.md5} ({source.title}); "
+                        "replace it with the canonical file or pass another data root")
     return path
 
 
@@ -148,7 +153,7 @@ def split_text(text: str, tune_chars: int = 0, corpus: str = "text") -> Splits:
     held out), with the training split's last ``tune_chars`` characters cut off as the tuning
     slice."""
     if not text:
-        raise ValueError("the corpus is empty")
+        raise DataError(f"the corpus {corpus!r} is empty; its file must hold the text")
     chars = "".join(sorted(set(text)))
     index = {c: i for i, c in enumerate(chars)}
     ids = torch.tensor([index[c] for c in text], dtype=torch.long)
@@ -159,8 +164,21 @@ def split_text(text: str, tune_chars: int = 0, corpus: str = "text") -> Splits:
     return Splits(ids[:n - tune_chars], ids[n - tune_chars:n], ids[n:], chars, corpus)
 
 
+def read_corpus(name: str = "tinyshakespeare", root=None, download: bool = True) -> str:
+    """The text of corpus ``name`` (:func:`corpus_path`); DataError naming the file if it is
+    empty or not UTF-8 text."""
+    path = corpus_path(name, root, download)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc}); replace it") from exc
+    if not text:
+        raise DataError(f"{path} is empty; it must hold the corpus's text (delete it to "
+                        "have it built or downloaded again)")
+    return text
+
+
 def load_corpus(name: str = "tinyshakespeare", root=None, tune_chars: int = 0,
                 download: bool = True) -> Splits:
     """The corpus ``name``, split (:func:`split_text`)."""
-    text = corpus_path(name, root, download).read_text(encoding="utf-8")
-    return split_text(text, tune_chars, name)
+    return split_text(read_corpus(name, root, download), tune_chars, name)

@@ -26,7 +26,9 @@ from dataclasses import dataclass, replace
 
 import pandas as pd
 
-from .config import RESULTS_DIR, SMOKE, NotebookParams, smoke_dir
+from .config import RESULTS_DIR, SMOKE, NotebookParams, refuse_smoke_overrides, smoke_dir
+from .devices import check_device
+from .tasks import TASKS
 from .methods import METHODS, method_for_init
 from .models import RANKS
 from .protocol import Protocol, RunConfig
@@ -74,6 +76,36 @@ def ladder_index(lr: float) -> int:
 def ladder_lr(index: int) -> float:
     """The learning rate of a rung: 2k → 1e{k}, 2k+1 → 3e{k} (clean floats)."""
     return float(f"{1 if index % 2 == 0 else 3}e{index // 2}")
+
+
+def _on_ladder(rates) -> bool:
+    try:
+        [ladder_index(x) for x in rates]
+        return True
+    except ValueError:
+        return False
+
+
+def next_rate(tried, direction: int) -> float:
+    """The rate one rung beyond the edge of the rates ``tried`` (ascending), ``direction``
+    +1 (above) or −1 (below): on the 1–3–10 ladder where every rate lies on it, else one
+    more geometric step of the grid's spacing at that edge (a single rate: a factor 3)."""
+    tried = sorted(tried)
+    if _on_ladder(tried):
+        edge = tried[-1] if direction > 0 else tried[0]
+        return ladder_lr(ladder_index(edge) + direction)
+    if len(tried) == 1:
+        ratio = 3.0
+    else:
+        ratio = tried[-1] / tried[-2] if direction > 0 else tried[1] / tried[0]
+    edge = tried[-1] if direction > 0 else tried[0]
+    return float(f"{edge * ratio ** direction:.6g}")
+
+
+def rungs_beyond(tried, bound: float, direction: int) -> int:
+    """How many of the rates ``tried`` lie beyond ``bound`` (the first grid's edge) in
+    ``direction``: the rungs an extension already added on that side."""
+    return sum(1 for x in tried if (x > bound if direction > 0 else x < bound))
 
 
 def model_key(run: RunConfig) -> str:
@@ -169,7 +201,7 @@ def _check_dense(name, values):
 class TunedConfig(NotebookParams):
     """The tuned study (the parameters of notebooks/tuned.ipynb and of ``lowrank-study
     tune``): which models, under which optimizers, how many seeds."""
-    task: str = setting("fashion_mnist", "str", "the task")
+    task: str = setting("fashion_mnist", "str", "the task", choices=lambda: tuple(TASKS))
     optimizers: tuple = setting(tuple(TUNED_PROTOCOLS), "list[str]", "tuned protocols to run",
                                 check=all_of(_check_optimizers, distinct))
     ranks: tuple = setting(RANKS, "list[int]", "ranks of the factorized models",
@@ -197,7 +229,8 @@ class TunedConfig(NotebookParams):
     budget_epochs: int | None = setting(30, "int|None", "the convergence check's epochs "
                                         "(None: no check)", check=positive)
     workers: int = setting(1, "int", "CPU worker processes", check=positive)
-    device: str = setting("auto", "str", "auto, cpu, cuda, ...")
+    device: str = setting("auto", "str", "auto, cpu, cuda, cuda:N or mps",
+                          check=lambda name, v: check_device(v))
     results_dir: str = setting(TUNED_DIR, "str", "one record per run; recorded runs are "
                                "not redone")
     data_root: str | None = setting(None, "str|None", "data directory")
@@ -210,15 +243,17 @@ class TunedConfig(NotebookParams):
     def __post_init__(self):
         check_settings(self)
         if self.smoke:  # the one place where smoke mode shrinks the tuned study
-            for name, value in (("ranks", self.ranks[:SMOKE["max_ranks"]]), ("epochs", 1),
-                                ("train_subset", SMOKE["train_subset"]),
-                                ("test_subset", SMOKE["test_subset"]), ("seeds", 2),
-                                ("close_seeds", 3), ("max_extend", 1), ("budget_epochs", 2),
+            sizes = {"epochs": 1, "train_subset": SMOKE["train_subset"],
+                     "test_subset": SMOKE["test_subset"], "seeds": 2, "close_seeds": 3,
+                     "max_extend": 1, "budget_epochs": 2}
+            refuse_smoke_overrides(self, sizes)
+            for name, value in (("ranks", self.ranks[:SMOKE["max_ranks"]]), *sizes.items(),
                                 ("results_dir", smoke_dir(self.results_dir)),
                                 ("img_dir", smoke_dir(self.img_dir))):
                 object.__setattr__(self, name, value)
         for opt in self.optimizers:
             self.protocol(opt)  # a bad size fails here, before any training
+            self.models(opt)    # ... and a rank no layer can hold
 
     def protocol(self, optimizer: str) -> Protocol:
         p = TUNED_PROTOCOLS[optimizer]
