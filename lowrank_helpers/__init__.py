@@ -2,7 +2,7 @@
 
 One module per concept. What a run is: settings (typed, declared fields), protocol (how to
 train; the run and its ids), tasks (data, model family, metrics: a registry), methods (layer
-kinds, and how models are named, ordered and coloured: a registry), layers (LowRankLinear and
+kinds as plug-ins, one module each, and how models are named, ordered and coloured), layers (LowRankLinear and
 its inits), models (the MLP and its costs), data. Training: training (the plain loop), stacked
 (stacked layers, forward and written-out backward), engine (many models in lockstep), planning
 (which models train together), steps (eager or CUDA-graph step), workers (CPU processes),
@@ -29,7 +29,8 @@ from .lm_plots import lm_figures
 from .lm_report import anchor_summary, lm_answer, lm_table, lm_tables_markdown
 from .lm_study import LMStudyConfig, load_lm_records, run_lm_study
 from .lm_training import LMProtocol, LMRun, train_lm_eager, train_lms
-from .methods import METHODS, Method, method_for_init, model_label, register_method
+from .methods import (METHODS, LayerSpec, Method, lowrank, method_for_init, model_label,
+                      register_method)
 from .models import MLP, count_parameters, parameter_counts, parameter_table
 from .planning import plan_stacks
 from .plots import plot_curves, plot_final_vs, save_figures, study_figures
@@ -54,7 +55,8 @@ __all__ = [
     "theory", "SMOKE", "ExplorerConfig", "StudyConfig", "SummaryConfig", "TheoryConfig",
     "DATASETS", "Data", "DataNotFoundError", "load_data", "resolve_device",
     "train_group", "train_many", "INITS", "LowRankLinear", "register_init",
-    "METHODS", "Method", "method_for_init", "model_label", "register_method",
+    "METHODS", "LayerSpec", "Method", "lowrank", "method_for_init", "model_label",
+    "register_method",
     "MLP", "count_parameters", "parameter_counts", "parameter_table", "plan_stacks",
     "plot_curves", "plot_final_vs", "save_figures", "study_figures",
     "OPTIMIZERS", "REFERENCE", "SCHEDULES", "Protocol", "RunConfig", "update_readme",

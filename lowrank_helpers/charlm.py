@@ -6,10 +6,11 @@ token and position embeddings, ``n_layer`` pre-LayerNorm blocks (causal self-att
 to the token embedding. Dense weights start as nanoGPT's do, N(0, 0.02²), the two residual
 projections per block at 0.02/√(2·n_layer) (GPT-2's scaled init).
 
-``factorize`` picks which projections are :class:`~lowrank_helpers.layers.LowRankLinear` of
-``rank`` with a registered init: the attention's Q, K, V and O (``"attn"``), the MLP's two
-(``"mlp"``), all six (``"both"``) or none (``"none"``, the dense model). The embeddings and the
-head stay dense, as in GaLore's low-rank baseline.
+``factorize`` picks which projections are a method's layers (:mod:`lowrank_helpers.methods`;
+by default ``"lora"``: :class:`~lowrank_helpers.layers.LowRankLinear` of ``rank`` with a
+registered init): the attention's Q, K, V and O (``"attn"``), the MLP's two (``"mlp"``), all
+six (``"both"``) or none (``"none"``, the dense model). The embeddings and the head stay dense,
+as in GaLore's low-rank baseline.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import LowRankLinear, check_init, check_rank
+from .layers import LowRankLinear, check_rank
 
 #: Which projections each ``factorize`` choice makes low-rank.
 FACTORIZE = {"none": (), "attn": ("q", "k", "v", "o"), "mlp": ("fc", "proj"),
@@ -61,13 +62,21 @@ class LMShape:
                 "proj": (4 * d, d)}
 
 
-def _linear(name: str, d_in: int, d_out: int, shape: LMShape, factorize: str, rank, init):
-    if name in FACTORIZE[factorize]:
-        return LowRankLinear(d_in, d_out, rank, bias=False, init=init)
-    layer = nn.Linear(d_in, d_out, bias=False)
+def layer_spec(name: str, d_in: int, d_out: int, shape: LMShape):
+    """A projection as a method sees it: no bias, nanoGPT's N(0, std²) as its dense init."""
+    from .methods import LayerSpec
     std = STD / math.sqrt(2 * shape.n_layer) if name in RESIDUAL else STD
-    nn.init.normal_(layer.weight, 0.0, std)
-    return layer
+    return LayerSpec(name, d_in, d_out, bias=False,
+                     dense_init=lambda layer: nn.init.normal_(layer.weight, 0.0, std))
+
+
+def _linear(name: str, d_in: int, d_out: int, shape: LMShape, factorize: str, rank, init,
+            method: str):
+    from .methods import METHODS
+    spec = layer_spec(name, d_in, d_out, shape)
+    if name in FACTORIZE[factorize]:
+        return METHODS[method].layer(spec, rank, init)
+    return METHODS["full"].layer(spec, None, "default")  # the task's dense layer
 
 
 class Block(nn.Module):
@@ -76,15 +85,15 @@ class Block(nn.Module):
     #: PyTorch's fused kernel; off where vmap trains many models (it has no batching rule)
     fused_attention = True
 
-    def __init__(self, shape: LMShape, factorize: str, rank, init):
+    def __init__(self, shape: LMShape, factorize: str, rank, init, method: str = "lora"):
         super().__init__()
         self.n_head = shape.n_head
         self.ln_1 = nn.LayerNorm(shape.d_model, bias=False)
         self.ln_2 = nn.LayerNorm(shape.d_model, bias=False)
         self.shape_names = tuple(shape.projections())
         for name, (d_in, d_out) in shape.projections().items():
-            setattr(self, name, _linear(name, d_in, d_out, shape, factorize, rank, init))
-        self.dense_qkv = not {"q", "k", "v"} & set(FACTORIZE[factorize])
+            setattr(self, name, _linear(name, d_in, d_out, shape, factorize, rank, init, method))
+        self.dense_qkv = all(type(getattr(self, n)) is nn.Linear for n in ("q", "k", "v"))
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         n, t, d = x.shape                                  # (N, T, D)
@@ -111,17 +120,19 @@ class CharTransformer(nn.Module):
     """nanoGPT's GPT (no dropout, no biases) with projections dense or B·A (module doc)."""
 
     def __init__(self, shape: LMShape = LMShape(), factorize: str = "none", rank=None,
-                 init: str = "lora"):
+                 init: str = "lora", method: str = "lora"):
         super().__init__()
+        from .methods import METHODS, check_init_for
         self.shape, self.factorize = shape, check_factorize(factorize)
         if factorize != "none":
-            rank, init = check_rank(rank), check_init(init)
+            rank = check_rank(rank) if METHODS[method].factorized else None
+            init = check_init_for(method, init)
         self.rank, self.init = (rank, init) if factorize != "none" else (None, None)
         self.wte = nn.Embedding(shape.vocab_size, shape.d_model)
         self.wpe = nn.Embedding(shape.block_size, shape.d_model)
         nn.init.normal_(self.wte.weight, 0.0, STD)
         nn.init.normal_(self.wpe.weight, 0.0, STD)
-        self.blocks = nn.ModuleList(Block(shape, factorize, rank, init)
+        self.blocks = nn.ModuleList(Block(shape, factorize, rank, init, method)
                                     for _ in range(shape.n_layer))
         self.ln_f = nn.LayerNorm(shape.d_model, bias=False)
 

@@ -8,12 +8,20 @@ import torch
 from torch import nn
 
 from .layers import LowRankLinear, check_rank
-from .methods import METHODS, check_init_for, check_method
+from .methods import METHODS, LayerSpec, check_init_for, check_method
 
 #: The PyTorch quickstart's MLP: 784 inputs, two hidden layers of 512, 10 classes.
 DEFAULT_WIDTHS = (784, 512, 512, 10)
 #: The ranks of the study (the original's 4…128, and 1 and 2).
 RANKS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def layer_specs(widths: Sequence[int]) -> list[LayerSpec]:
+    """The MLP's linear layers as a method sees them: ``fc1`` … ``fcN`` (the last is the
+    output layer), each with a bias and PyTorch's default init as a dense layer."""
+    last = len(widths) - 2
+    return [LayerSpec(f"fc{i + 1}", d_in, d_out, bias=True, output=i == last)
+            for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:]))]
 
 
 class MLP(nn.Module):
@@ -39,11 +47,10 @@ class MLP(nn.Module):
         self.rank = check_rank(rank) if m.factorized else None
         self.widths = widths
         layers: list[nn.Module] = [nn.Flatten()]
-        last = len(widths) - 2
-        for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
-            if i > 0:
+        for spec in layer_specs(widths):
+            if spec.name != "fc1":
                 layers.append(nn.ReLU())
-            layers.append(m.layer(d_in, d_out, self.rank, self.init, output=i == last))
+            layers.append(m.layer(spec, self.rank, self.init))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -52,15 +59,10 @@ class MLP(nn.Module):
     def linear_layers(self) -> list[nn.Module]:
         return [m for m in self.net if isinstance(m, (nn.Linear, LowRankLinear))]
 
-    @torch.no_grad()
     def rescale_factors(self, c: float) -> None:
-        """A → c·A and B → B/c in every factorized layer: the same function, with gradients
-        ∂L/∂A scaled by 1/c and ∂L/∂B by c (under SGD, as if A trained at lr/c² and B at
-        lr·c² relative to their values)."""
-        for layer in self.linear_layers():
-            if isinstance(layer, LowRankLinear):
-                layer.A.mul_(c)
-                layer.B.div_(c)
+        """A → c·A and B → B/c in every factorized layer (:mod:`~lowrank_helpers.methods.rescale`)."""
+        from .methods.rescale import rescale_factors
+        rescale_factors(self, c)
 
 
 def _layer_key(index: int, d_in: int, d_out: int) -> str:

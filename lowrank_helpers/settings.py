@@ -90,7 +90,10 @@ def normalize(name: str, kind: str, value):
         item = kind[5:-1]
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise bad(kind)
-        return tuple(normalize(name, item, v) for v in value)  # names the bad item
+        try:
+            return tuple(normalize(name, item, v) for v in value)
+        except (TypeError, ValueError) as exc:  # say the list's kind and the bad item
+            raise type(exc)(f"{name} must be {kind}: {exc}") from None
     raise ValueError(f"unknown kind {kind!r}")
 
 

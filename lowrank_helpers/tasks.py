@@ -83,11 +83,11 @@ class ImageClassification(Task):
 
     def build(self, run: "RunConfig") -> MLP:
         """The run's model, initialised from ``run.seed`` without touching the global RNG."""
+        from .methods import METHODS
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(run.seed)
             model = MLP(run.method, run.rank, run.init, run.widths)
-        if run.rescale != 1:
-            model.rescale_factors(run.rescale)
+        METHODS[run.method].prepare(model, {"rescale": run.rescale} if run.rescale != 1 else {})
         return model
 
     def load(self, protocol: "Protocol", root=None, device="cpu") -> data_mod.Data:

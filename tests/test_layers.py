@@ -84,3 +84,23 @@ def test_register_init_extends_registry():
             register_init(name)(zeros)
     finally:
         del INITS[name]
+
+
+def test_lowrank_puts_a_methods_layers_into_any_model():
+    """lh.lowrank replaces the matching nn.Linear layers of a model of one's own; with
+    svd=True the product starts as the dense weight's best rank-r approximation."""
+    import lowrank_helpers as lh
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                              torch.nn.Linear(32, 10))
+    dense = net[0].weight.detach().clone()
+    lh.lowrank(net, rank=4, init="he", targets=["0"], svd=True)
+    assert isinstance(net[0], lh.LowRankLinear) and isinstance(net[2], torch.nn.Linear)
+    u, s, vh = torch.linalg.svd(dense.double())
+    best = (u[:, :4] * s[:4]) @ vh[:4]
+    torch.testing.assert_close(net[0].dense_weight().double(), best, atol=1e-5, rtol=1e-5)
+    assert net(torch.randn(3, 64)).shape == (3, 10)
+    with pytest.raises(ValueError, match="no nn.Linear of the model matches"):
+        lh.lowrank(net, rank=2, targets=["nosuch"])
+    with pytest.warns(UserWarning, match="left dense"):
+        lh.lowrank(net, rank=16, targets=["2"])   # 32 -> 10: rank 16 restricts nothing

@@ -1,0 +1,237 @@
+"""What a method is: how a model's target layers are built, and what it adds to training.
+
+A method is one :class:`Method` (or a subclass of it) in a module of its own and one call to
+:func:`register_method`, in the manner of PEFT's tuners. A method may
+
+- build each target layer of a task's model (:meth:`Method.layer`; the task names its
+  targets: the MLP's layers, the transformer's q, k, v, o, fc, proj);
+- change the model once it is built (:meth:`Method.prepare`: rescale, freeze, ...);
+- set the optimizer's parameter groups (:meth:`Method.groups`) or bring its own optimizer
+  (:meth:`Method.make_optimizer`);
+- run a hook after the optimizer step, every step or every ``every`` steps
+  (:meth:`Method.after_step`: merges, masks, projections, state resets);
+- count its trainable parameters and optimizer state (:meth:`Method.trainable`,
+  :func:`optimizer_state_bytes`, measured from the state tensors);
+- say whether the stacked trainers may train it (:attr:`Method.stackable`: only methods
+  that change nothing of the step).
+
+The command line's choices, the configs, the tables, the figures and the explorer read the
+registry; nothing outside the method's module names it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..layers import DENSE_INITS, LowRankLinear, check_dense_init, check_init
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One target layer of a task's model, as the task describes it to a method: its name
+    (``"fc1"``, ``"q"``), sizes, whether it has a bias, whether it is the model's output
+    layer, and the task's own init for it as a dense layer (``dense_init(layer)``)."""
+    name: str
+    d_in: int
+    d_out: int
+    bias: bool = True
+    output: bool = False
+    dense_init: Callable[[nn.Linear], None] | None = None
+
+
+@dataclass(frozen=True)
+class Option:
+    """A method option (LoRA+'s λ, the factors' rescaling c): its default, a check, and which
+    methods take it. An option enters a run's id only when it differs from its default."""
+    name: str
+    default: Any
+    help: str
+    check: Callable[[str, Any], None] | None = None
+    applies: Callable[["Method"], bool] = lambda m: True
+    apply: Callable[[nn.Module, Any], None] | None = None  # after the model is built
+
+
+#: Options by name (:func:`register_option`).
+OPTIONS: dict[str, Option] = {}
+
+
+def register_option(option: Option) -> Option:
+    if option.name in OPTIONS:
+        raise ValueError(f"option {option.name!r} is already registered")
+    OPTIONS[option.name] = option
+    return option
+
+
+@dataclass(frozen=True)
+class Method:
+    """A kind of layer in a model's target layers, and what it changes in training.
+
+    ``factorized``: B·A of a rank (:class:`~lowrank_helpers.layers.LowRankLinear`), or a
+    dense W. ``init``: the init its layers always use (``None``: chosen per run,
+    ``default_init`` if not given); a dense method's is one of
+    :data:`~lowrank_helpers.layers.DENSE_INITS` (``"default"``: the task's own dense init), a
+    factorized one's one of :data:`~lowrank_helpers.layers.INITS`. ``dense_output``: the
+    model's output layer is not a target (it stays the task's dense layer).
+    ``param_groups(model, lr)``: the optimizer's groups (the short way to override
+    :meth:`groups`). ``every``: how often :meth:`after_step` runs (None: never).
+    """
+    name: str
+    label: str                      # "LoRA layers": in tables, legends, prose
+    factorized: bool                # B·A of a rank, or a dense W
+    init: str | None = None         # fixed init, or None: chosen per run
+    default_init: str | None = None
+    linestyle: str = "-"
+    param_groups: Callable[[nn.Module, float], list[dict]] | None = None
+    dense_output: bool = False
+    every: int | None = None
+
+    # -- what the method is ---------------------------------------------------------------
+    def takes_init(self) -> bool:
+        return self.init is None
+
+    @property
+    def own_init(self) -> str:
+        """The init its runs use unless told otherwise."""
+        return self.init if self.init is not None else self.default_init
+
+    def options(self) -> dict[str, Option]:
+        """The registered options this method takes."""
+        return {k: o for k, o in OPTIONS.items() if o.applies(self)}
+
+    @property
+    def stackable(self) -> bool:
+        """Whether the stacked trainers may train it: its layers are dense or B·A, and it
+        changes nothing of the step (no groups, optimizer or hook of its own)."""
+        own = type(self)
+        return (self.param_groups is None and own.groups is Method.groups
+                and own.make_optimizer is Method.make_optimizer
+                and own.after_step is Method.after_step and own.layer in _STACKABLE_LAYERS)
+
+    # -- building ---------------------------------------------------------------------------
+    def layer(self, spec: LayerSpec, rank: int | None, init: str) -> nn.Module:
+        """One target layer, drawn from torch's global generator (as torch's own layers are):
+        a dense ``nn.Linear`` with ``init`` (``"task"``: the task's dense init), or a
+        :class:`LowRankLinear` of ``rank`` with ``init``. The output layer of a method with
+        ``dense_output`` is the task's dense layer."""
+        if not self.factorized or (spec.output and self.dense_output):
+            layer = nn.Linear(spec.d_in, spec.d_out, bias=spec.bias)
+            name = init if not self.factorized else "default"
+            if name == "default" and spec.dense_init is not None:
+                spec.dense_init(layer)      # the task's own dense init (nanoGPT's N(0, 0.02))
+            else:
+                DENSE_INITS[name](layer)    # "default": as nn.Linear drew it; "he": redrawn
+            return layer
+        return LowRankLinear(spec.d_in, spec.d_out, rank, bias=spec.bias, init=init)
+
+    def prepare(self, model: nn.Module, options: dict) -> None:
+        """Change the built model (default: apply each given option that has an effect)."""
+        for name, value in options.items():
+            option = OPTIONS[name]
+            if option.apply is not None and value != option.default:
+                option.apply(model, value)
+
+    # -- training -------------------------------------------------------------------------
+    def groups(self, model: nn.Module, lr: float) -> list[dict] | None:
+        """The optimizer's parameter groups (each may carry its own ``lr``); None: one group
+        of every parameter at the protocol's rate."""
+        return self.param_groups(model, lr) if self.param_groups is not None else None
+
+    def make_optimizer(self, params, protocol) -> torch.optim.Optimizer | None:
+        """The method's own optimizer over ``params`` (tensors or groups); None: the
+        protocol's (:func:`~lowrank_helpers.training.make_optimizer`)."""
+        return None
+
+    def after_step(self, model: nn.Module, optimizer, step: int) -> None:
+        """Runs after optimizer step ``step`` (1-based) when ``step % every == 0``."""
+
+    # -- counting -------------------------------------------------------------------------
+    def trainable(self, model: nn.Module) -> int:
+        """Trainable parameters of the built model."""
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+#: Layer builders the stacked trainers know (a method overriding :meth:`Method.layer` with
+#: its own kind of layer is trained alone).
+_STACKABLE_LAYERS = (Method.layer,)
+
+#: Methods by name, in the order tables and legends list them.
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Add ``method`` to the registry (once per name): the command line, the configs, the
+    tables and the figures find it there."""
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is already registered")
+    if method.factorized and method.init is not None:
+        check_init(method.init)
+    if not method.factorized and method.init is not None:
+        check_dense_init(method.init)
+    METHODS[method.name] = method
+    return method
+
+
+def check_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def check_init_for(method: str, init: str | None) -> str:
+    """The init a run of ``method`` uses: ``init`` if the method takes one (else its default);
+    a method with a fixed init refuses any other."""
+    m = check_method(method)
+    if m.takes_init():
+        return check_init(init or m.default_init)
+    if init is not None and init != m.init:
+        raise ValueError(f"method {method!r} always uses init {m.init!r}, got init={init!r}; "
+                         f"methods that take an init: {', '.join(init_methods()) or 'none'}")
+    return m.init
+
+
+def check_options(method: str, options: dict | None) -> dict:
+    """``options`` of a run of ``method``, checked (unknown or inapplicable names, bad
+    values), with the ones at their default left out (so that they do not enter ids)."""
+    m = check_method(method)
+    options = dict(options or {})
+    takes = m.options()
+    unknown = [k for k in options if k not in takes]
+    if unknown:
+        raise ValueError(f"method {method!r} takes no option {', '.join(map(repr, unknown))}; "
+                         f"its options: {', '.join(takes) or 'none'}")
+    out = {}
+    for k, v in options.items():
+        if takes[k].check is not None:
+            takes[k].check(k, v)
+        if v != takes[k].default:
+            out[k] = v
+    return out
+
+
+def init_methods() -> list[str]:
+    return [m.name for m in METHODS.values() if m.takes_init()]
+
+
+def method_for_init(init: str) -> tuple[str, str | None]:
+    """The (method, init) that trains factorized layers with ``init``: a method whose init is
+    fixed to it (``"default"`` is the autoencoder layers), else a method that takes an init."""
+    check_init(init)
+    for m in METHODS.values():
+        if m.factorized and m.init == init:
+            return m.name, None
+    return next(m.name for m in METHODS.values() if m.factorized and m.takes_init()), init
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the optimizer's state, measured from its state tensors (momentum buffers,
+    Adam's moments, a projector: whatever the optimizer keeps)."""
+    total = 0
+    for state in optimizer.state.values():
+        for v in state.values():
+            if torch.is_tensor(v) and v.numel() > 1:  # not a step counter
+                total += v.numel() * v.element_size()
+    return total
+
