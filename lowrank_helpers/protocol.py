@@ -24,7 +24,7 @@ from .settings import (check_settings, fraction, non_negative, positive, setting
 from .tasks import TASKS
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "cosine_nanogpt")
 #: The record schema this code writes. Schema 1 (the reference run's records) stored the run
 #: flat, with ``dataset`` for the task; :meth:`RunConfig.from_dict` reads both.
 SCHEMA = 2
@@ -32,10 +32,15 @@ SCHEMA = 2
 
 @dataclass(frozen=True)
 class Protocol:
-    """How a model is trained and evaluated. The defaults are the original study's protocol:
-    plain SGD at lr 1e-3, batch 64, 100 epochs over the training set in a fixed order, test
-    accuracy after every epoch."""
-    epochs: int = setting(100, "int", "passes over the training set", check=positive)
+    """How a model is trained and evaluated, for every task: optimizer, schedule and budget
+    (epochs or steps), data order and splits, evaluation. The defaults are the original
+    study's protocol: plain SGD at lr 1e-3, batch 64, 100 epochs over the training set in a
+    fixed order, test accuracy after every epoch; each task has its own default protocol
+    (:attr:`~lowrank_helpers.tasks.Task.default_protocol`: nanoGPT's for the character
+    transformer). Fields added for the language model (``since=3``) enter a run's id only when
+    they differ from their default, so every shipped id keeps its meaning."""
+    epochs: int | None = setting(100, "int|None", "passes over the training set (None: the "
+                                 "budget is steps)", check=positive)
     batch_size: int = setting(64, "int", "samples per step", check=positive)
     optimizer: str = setting("sgd", "str", "optimizer", choices=OPTIMIZERS)
     lr: float = setting(1e-3, "float", "learning rate (peak of the schedule)", check=positive)
@@ -43,7 +48,8 @@ class Protocol:
     weight_decay: float = setting(0.0, "float", "weight decay (decoupled for adamw)",
                                   check=non_negative)
     schedule: str = setting("constant", "str", "learning-rate schedule after the warm-up: "
-                            "constant, or cosine decay to min_lr at the last step",
+                            "constant; cosine, decay to min_lr at the last step; "
+                            "cosine_nanogpt, nanoGPT's get_lr (min_lr one step after the last)",
                             choices=SCHEDULES, since=2)
     warmup_steps: int = setting(0, "int", "steps of linear warm-up from 0 to lr",
                                 check=non_negative, since=2)
@@ -58,15 +64,28 @@ class Protocol:
                                        check=positive)
     test_subset: int | None = setting(None, "int|None", "evaluate on the first n test "
                                       "samples only", check=positive)
+    steps: int | None = setting(None, "int|None", "optimizer steps (None: epochs × the steps "
+                                "of an epoch)", check=positive, since=3)
+    beta1: float = setting(0.9, "float", "AdamW's β1", check=fraction, since=3)
+    beta2: float = setting(0.999, "float", "AdamW's β2", check=fraction, since=3)
+    grad_clip: float = setting(0.0, "float", "clip the gradient's norm to this (0: off)",
+                               check=non_negative, since=3)
+    eval_every: int | None = setting(None, "int|None", "steps between evaluations (None: after "
+                                     "every epoch)", check=positive, since=3)
+    eval_samples: int | None = setting(None, "int|None", "samples of each split read by an "
+                                       "evaluation during training (None: all; the last "
+                                       "evaluation reads all)", check=positive, since=3)
 
     def __post_init__(self):
         check_settings(self)
         if self.optimizer != "sgd" and self.momentum:
             raise ValueError(f"momentum applies to optimizer 'sgd' only, not {self.optimizer!r}")
-        if self.schedule != "cosine" and self.min_lr:
-            raise ValueError(f"min_lr applies to schedule 'cosine' only, not {self.schedule!r}")
+        if self.schedule == "constant" and self.min_lr:
+            raise ValueError("min_lr applies to the cosine schedules only, not 'constant'")
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr:g}) must not exceed lr ({self.lr:g})")
+        if self.epochs is None and self.steps is None:
+            raise ValueError("a protocol needs a budget: epochs or steps")
         if self.train_subset is not None and self.val_size >= self.train_subset:
             raise ValueError(f"val_size ({self.val_size}) must be smaller than train_subset "
                              f"({self.train_subset}): some samples must be left to train on")
@@ -76,17 +95,40 @@ class Protocol:
         """SGD without momentum (at any schedule): what the engine's written-out step does."""
         return self.optimizer == "sgd" and not self.momentum
 
-    def lr_at(self, step: int, total_steps: int) -> float:
-        """The learning rate of step ``step`` (0-based) of ``total_steps``: linear warm-up
-        over ``warmup_steps`` (as nanoGPT: lr·(step+1)/(warmup+1)), then constant or a cosine
-        decay from lr to ``min_lr`` at the last step (Loshchilov & Hutter, SGDR, 2017)."""
+    def lr_at(self, step: int, total_steps: int, lr: float | None = None) -> float:
+        """The learning rate of step ``step`` (0-based) of ``total_steps`` (at peak ``lr``,
+        default the protocol's): linear warm-up over ``warmup_steps`` (as nanoGPT:
+        lr·(step+1)/(warmup+1)), then constant, or a cosine decay from lr to ``min_lr``
+        (Loshchilov & Hutter, SGDR, 2017): ``cosine`` reaches min_lr at the last step,
+        ``cosine_nanogpt`` (nanoGPT's ``get_lr``, over ``total_steps − warmup`` steps) one step
+        after it."""
+        lr = self.lr if lr is None else lr
         if step < self.warmup_steps:
-            return self.lr * (step + 1) / (self.warmup_steps + 1)
+            return lr * (step + 1) / (self.warmup_steps + 1)
         if self.schedule == "constant":
-            return self.lr
-        span = max(1, total_steps - 1 - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
-        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+            return lr
+        span = total_steps - self.warmup_steps - (self.schedule == "cosine")
+        progress = min(1.0, (step - self.warmup_steps) / max(1, span))
+        return self.min_lr + 0.5 * (lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+
+    def total_steps(self, steps_per_epoch: int | None = None) -> int:
+        """The run's optimizer steps: ``steps``, else ``epochs`` × ``steps_per_epoch``."""
+        if self.steps is not None:
+            return self.steps
+        if steps_per_epoch is None:
+            raise ValueError("a budget in epochs needs the steps of an epoch")
+        return self.epochs * steps_per_epoch
+
+    def init_decay(self, total_steps: int | None = None) -> float:
+        """γ = Π_t (1 − lr_t · weight_decay): the factor by which decoupled weight decay
+        (Loshchilov & Hutter, 2019) shrinks a decayed tensor's initial value over the run
+        (each step multiplies it by 1 − lr_t·λ before the update is added), so a trained
+        W = γ·W₀ + the decayed sum of the updates."""
+        total = self.total_steps() if total_steps is None else total_steps
+        gamma = 1.0
+        for it in range(total):
+            gamma *= 1 - self.lr_at(it, total) * self.weight_decay
+        return gamma
 
     @property
     def constant_lr(self) -> bool:
@@ -103,10 +145,12 @@ class Protocol:
         return asdict(self)
 
     def describe(self) -> str:
-        """A one-line label: optimizer, lr, batch and epochs, then every other field that is
+        """A one-line label: optimizer, lr, batch and budget, then every other field that is
         not at its default (``momentum 0.9, shuffled``)."""
-        parts = [f"{self.optimizer} lr={self.lr:g}, batch {self.batch_size}, {self.epochs} epochs"]
-        for name, value in self.non_default(exclude=("optimizer", "lr", "batch_size", "epochs")):
+        budget = f"{self.epochs} epochs" if self.steps is None else f"{self.steps} steps"
+        parts = [f"{self.optimizer} lr={self.lr:g}, batch {self.batch_size}, {budget}"]
+        for name, value in self.non_default(exclude=("optimizer", "lr", "batch_size", "epochs",
+                                                     "steps")):
             parts.append("shuffled" if name == "shuffle" else
                          f"{name.replace('_', ' ')} {value:g}" if isinstance(value, float) else
                          f"{name.replace('_', ' ')} {value}")

@@ -53,7 +53,9 @@ def test_run_id_depends_on_every_field_and_group_id_on_all_but_the_seed():
                {"init": "he"}, {"schedule": "cosine"}, {"warmup_steps": 10}, {"val_size": 100},
                {"widths": (784, 64, 10)}, {"task": "mnist"}, {"optimizer": "adamw"},
                {"batch_size": 32}, {"epochs": 5}, {"momentum": 0.9}, {"weight_decay": 0.1},
-               {"test_subset": 10}, {"method": "ae", "init": None}]
+               {"test_subset": 10}, {"method": "ae", "init": None}, {"steps": 300},
+               {"beta1": 0.8}, {"beta2": 0.99}, {"grad_clip": 1.0}, {"eval_every": 50},
+               {"eval_samples": 64}]
     fields = {f.name for f in settings_of(Protocol)} | {"seed", "rank", "init", "widths",
                                                          "task", "method"}
     assert fields - {"min_lr"} == {k for c in changes for k in c}  # min_lr needs cosine
@@ -88,7 +90,7 @@ def test_fields_added_later_enter_the_id_only_when_set():
     ({"weight_decay": -0.1}, ValueError, "weight_decay must be >= 0"),
     ({"schedule": "linear"}, ValueError, "unknown schedule 'linear'; valid schedules: constant, "
                                          "cosine"),
-    ({"min_lr": 1e-4}, ValueError, "min_lr applies to schedule 'cosine' only"),
+    ({"min_lr": 1e-4}, ValueError, "min_lr applies to the cosine schedules only"),
     ({"schedule": "cosine", "min_lr": 1.0}, ValueError, "min_lr .* must not exceed lr"),
     ({"val_size": 100, "train_subset": 100}, ValueError, "val_size .* must be smaller"),
     ({"optimizer": "adamw", "momentum": 0.9}, ValueError, "momentum applies to optimizer 'sgd'"),
