@@ -54,8 +54,8 @@ def bench(corpus: str, shape: lh.LMShape, steps: int, models: int, repeats: int,
     kinds = {"dense": {}, f"both r={rank}": {"factorize": "both", "rank": rank, "init": "he"}}
     for name, kw in kinds.items():
         runs = [lh.LMRun(corpus, shape, seed=s, protocol=proto, **kw) for s in range(models)]
-        lh.train_lm_eager(runs[0].replace(iters=3), splits)                  # warm-up
-        lh.train_lms([r.replace(iters=3) for r in runs], tiny_eval)
+        lh.train_lm_eager(runs[0].replace(steps=3), splits)                  # warm-up
+        lh.train_lms([r.replace(steps=3) for r in runs], tiny_eval)
         one, together = [], []
         for _ in range(repeats):  # alternating, so a busy spell hits both
             one.append(sum(_timed(lambda r=r: lh.train_lm_eager(r, splits)) for r in runs))

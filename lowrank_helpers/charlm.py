@@ -196,7 +196,7 @@ def spectra(model: CharTransformer, init: CharTransformer | None = None,
     """Singular values of every block projection's weight (dense W, or the product B·A),
     largest first: how much of its rank a trained matrix uses. With ``init`` (the same run's
     model before training, :meth:`LMRun.build`), those of the learned part W − γ·W₀ instead,
-    γ = ``init_decay`` (:meth:`LMProtocol.init_decay`): decoupled weight decay shrinks the
+    γ = ``init_decay`` (:meth:`Protocol.init_decay`): decoupled weight decay shrinks the
     init by exactly γ, so what is left is the sum of the (decayed) updates training made,
     without the random init's energy, which is spread over every direction."""
     def weight(layer):

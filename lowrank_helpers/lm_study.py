@@ -31,7 +31,8 @@ from .charlm import LMShape, check_lm_rank, lm_parameters, spectra
 from .config import NotebookParams, _not_empty, refuse_smoke_overrides, smoke_dir
 from .devices import check_device, resolve_device
 from .layers import INITS
-from .lm_training import LMProtocol, LMRun, lm_record, train_lms
+from .lm_training import LMProtocol, LMRun, lm_record, stack_key, train_lms
+from .protocol import RunConfig
 from .results import check_writable, read_record, save_record
 from .settings import all_of, check_settings, distinct, each, non_negative, positive, setting
 from .text import CORPORA, read_corpus, split_text
@@ -118,12 +119,12 @@ class LMStudyConfig(NotebookParams):
         return LMShape(self.n_layer, self.n_head, d_model or self.d_model, self.block_size,
                        vocab_size)
 
-    def protocol(self, lr: float, tune: bool = True) -> LMProtocol:
+    def protocol(self, lr: float, tune: bool = True):
         """The study's protocol at peak rate ``lr`` (min_lr = lr/10, nanoGPT's rule of thumb);
         ``tune=False``: trained on the whole training split (the anchor)."""
-        return LMProtocol(iters=self.iters, batch_size=self.batch_size, lr=lr, min_lr=lr / 10,
-                          tune_chars=self.tune_chars if tune else 0, eval_every=self.eval_every,
-                          eval_windows=self.eval_windows)
+        return LMProtocol(steps=self.iters, batch_size=self.batch_size, lr=lr, min_lr=lr / 10,
+                          val_size=self.tune_chars if tune else 0, eval_every=self.eval_every,
+                          eval_samples=self.eval_windows)
 
 
 def narrow_width(target: int, shape: LMShape) -> int:
@@ -136,12 +137,12 @@ def narrow_width(target: int, shape: LMShape) -> int:
     return best
 
 
-def _models(cfg: LMStudyConfig, vocab: int, phase: str) -> list[LMRun]:
+def _models(cfg: LMStudyConfig, vocab: int, phase: str) -> list[RunConfig]:
     """Seed-0 runs at the first rate of every model of ``phase`` (lr is set by the search)."""
     shape, proto = cfg.shape(vocab), cfg.protocol(cfg.lrs[0])
     base = LMRun(cfg.corpus, shape, protocol=proto)
     if phase in ("search", "seeds"):
-        return [base] + [base.replace(factorize="both", rank=r, init=i)
+        return [base] + [base.replace(method="lora", targets="both", rank=r, init=i)
                          for r in cfg.ranks for i in cfg.inits]
     if phase == "narrow":
         out = []
@@ -150,15 +151,15 @@ def _models(cfg: LMStudyConfig, vocab: int, phase: str) -> list[LMRun]:
             out.append(base.replace(shape=cfg.shape(vocab, narrow_width(target, shape))))
         return out
     if phase == "partial":
-        return [base.replace(factorize=f, rank=cfg.partial_rank, init=cfg.inits[0])
+        return [base.replace(method="lora", targets=f, rank=cfg.partial_rank, init=cfg.inits[0])
                 for f in ("attn", "mlp")]
     if phase == "inits":
-        return [base.replace(factorize="both", rank=cfg.partial_rank, init=i)
+        return [base.replace(method="lora", targets="both", rank=cfg.partial_rank, init=i)
                 for i in cfg.extra_inits if i not in cfg.inits]
     raise ValueError(phase)
 
 
-def record_file(run: LMRun, results_dir) -> Path:
+def record_file(run: RunConfig, results_dir) -> Path:
     return Path(results_dir) / f"{run.name}-{run.run_id}.json"
 
 
@@ -172,7 +173,7 @@ def load_lm_records(results_dir) -> pd.DataFrame:
             rec = read_record(path)
             if rec.get("schema") != "lm-1":
                 continue
-            run = LMRun.from_dict(rec["config"])
+            run = RunConfig.from_dict(rec["config"])
             c = rec["config"]
             rows.append({**{k: v for k, v in c.items() if k != "protocol"}, **c["protocol"],
                          **rec["final"], "parameters": rec["parameters"]["total"],
@@ -201,7 +202,7 @@ def _train(runs: list[LMRun], cfg: LMStudyConfig, splits, bar) -> None:
     todo = [r for r in runs if not record_file(r, cfg.results_dir).exists()]
     stacks = defaultdict(list)
     for r in todo:
-        stacks[r.stack_key].append(r)
+        stacks[stack_key(r)].append(r)
     for group in stacks.values():
         if bar is not None:
             bar.set_postfix_str(f"{group[0].label} ×{len(group)}")
@@ -210,7 +211,7 @@ def _train(runs: list[LMRun], cfg: LMStudyConfig, splits, bar) -> None:
                             device=resolve_device(cfg.device))
         for run, res in zip(group, results):
             rec = lm_record(run, res)
-            if run.factorize == "none":
+            if run.method == "full":
                 rec["analysis"] = learned_analysis(run, res.model)
             save_record(rec, cfg.results_dir)
 
@@ -220,15 +221,15 @@ def _train(runs: list[LMRun], cfg: LMStudyConfig, splits, bar) -> None:
 RETRAIN_TOLERANCE = 1e-4
 
 
-def learned_analysis(run: LMRun, model) -> dict:
+def learned_analysis(run: RunConfig, model) -> dict:
     """A trained dense model's spectra: of W, and of the learned part W − γ·W₀ (γ: the init's
-    shrinkage by weight decay, :meth:`LMProtocol.init_decay`; W₀ rebuilt from the seed)."""
+    shrinkage by weight decay, :meth:`Protocol.init_decay`; W₀ rebuilt from the seed)."""
     gamma = run.protocol.init_decay()
     return {"singular_values": spectra(model),
             "learned_singular_values": spectra(model, run.build(), gamma), "init_decay": gamma}
 
 
-def complete_analysis(runs: list[LMRun], cfg: LMStudyConfig, splits, bar=None) -> list[str]:
+def complete_analysis(runs: list[RunConfig], cfg: LMStudyConfig, splits, bar=None) -> list[str]:
     """Dense records written before the learned part's spectrum was stored: retrain each run
     (on the same setup a run repeats to float rounding), check the retrained W's singular
     values against the stored ones, and add :func:`learned_analysis` with the size of that
@@ -247,7 +248,7 @@ def complete_analysis(runs: list[LMRun], cfg: LMStudyConfig, splits, bar=None) -
             todo.append((run, path, rec))
     stacks, refused = defaultdict(list), []
     for item in todo:
-        stacks[item[0].stack_key].append(item)
+        stacks[stack_key(item[0])].append(item)
     for group in stacks.values():
         if bar is not None:
             bar.set_postfix_str(f"W − γW₀ of {group[0][0].label} ×{len(group)}")
@@ -289,7 +290,7 @@ def extension(rows: pd.DataFrame, cfg: "LMStudyConfig") -> float | None:
     return None
 
 
-def _rows(runs: pd.DataFrame, model: LMRun) -> pd.DataFrame:
+def _rows(runs: pd.DataFrame, model: RunConfig) -> pd.DataFrame:
     return runs[runs.model_key == model.model_key] if len(runs) else runs
 
 

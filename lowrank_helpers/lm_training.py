@@ -1,12 +1,13 @@
-"""Training character LMs: nanoGPT's protocol, one run's settings, and many runs at once.
+"""Training character LMs: many runs of the character task at once, and one alone.
 
-:class:`LMProtocol` is nanoGPT's ``train.py`` loop with its ``shakespeare_char`` settings
-(AdamW, β2 0.99, weight decay 0.1 on the matrices, linear warm-up then cosine decay to
-``min_lr``, gradient clipping at 1.0, random windows of the training split). :class:`LMRun` is
-one run: corpus, model shape, factorization and seed beside the protocol; its ``run_id`` hashes
-them all.
+A run is a :class:`~lowrank_helpers.protocol.RunConfig` of a character task
+(:mod:`lowrank_helpers.tasks.chars`); its protocol defaults to nanoGPT's ``train.py`` loop
+with its ``shakespeare_char`` settings (:func:`~lowrank_helpers.tasks.lm_protocol`: AdamW, β2
+0.99, weight decay 0.1 on the matrices, linear warm-up then cosine decay to ``min_lr``,
+gradient clipping at 1.0, random windows of the training split). :func:`LMRun` and
+:func:`LMProtocol` build them under the language-model study's first names.
 
-:func:`train_lms` trains runs that share a model shape, factorization, rank and protocol but
+:func:`train_lms` trains runs that share a model shape, method, targets, rank and schedule but
 may differ in seed, init and learning rate as one batched computation: the PyTorch
 model-ensembling recipe, ``torch.func.stack_module_state`` + ``vmap`` over ``functional_call``,
 with AdamW and clipping written per model (each model's own lr and gradient norm).
@@ -18,163 +19,57 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from .charlm import (FACTORIZE, CharTransformer, LMShape, check_lm_rank, lm_parameters,
-                     lm_training_flops)
-from .layers import check_init, check_rank
+from .charlm import CharTransformer, LMShape
 from .devices import as_device, device_name
-from .protocol import _hash
-from .settings import check_settings, fraction, non_negative, positive, setting, settings_of
+from .protocol import Protocol, RunConfig
+from .tasks.chars import lm_protocol
 from .text import CORPORA, Splits
 
 LN2 = math.log(2.0)
 
-
-@dataclass(frozen=True)
-class LMProtocol:
-    """How a character LM is trained and evaluated. The defaults are nanoGPT's
-    ``config/train_shakespeare_char.py`` with the README's CPU overrides (batch 12, 2,000
-    iterations, cosine decay over all of them, no dropout)."""
-    iters: int = setting(2000, "int", "optimizer steps", check=positive)
-    batch_size: int = setting(12, "int", "sequences per step", check=positive)
-    lr: float = setting(1e-3, "float", "peak learning rate", check=positive)
-    min_lr: float = setting(1e-4, "float", "learning rate at the end of the cosine decay",
-                            check=non_negative)
-    warmup_steps: int = setting(100, "int", "steps of linear warm-up", check=non_negative)
-    beta1: float = setting(0.9, "float", "AdamW β1", check=fraction)
-    beta2: float = setting(0.99, "float", "AdamW β2", check=fraction)
-    weight_decay: float = setting(0.1, "float", "decoupled weight decay of the matrices and "
-                                  "embeddings (not of the LayerNorms)", check=non_negative)
-    grad_clip: float = setting(1.0, "float", "clip each model's gradient norm to this (0: off)",
-                               check=non_negative)
-    tune_chars: int = setting(0, "int", "characters cut from the end of the training split "
-                              "as the tuning slice (0: train on all of it)", check=non_negative)
-    eval_every: int = setting(250, "int", "steps between evaluations", check=positive)
-    eval_windows: int = setting(100, "int", "windows of each split in an evaluation during "
-                                "training (the final one reads the whole split)", check=positive)
-
-    def __post_init__(self):
-        check_settings(self)
-        if self.min_lr > self.lr:
-            raise ValueError(f"min_lr ({self.min_lr:g}) must not exceed lr ({self.lr:g})")
-
-    def lr_at(self, it: int, lr: float | None = None) -> float:
-        """nanoGPT's ``get_lr``: lr·(it+1)/(warmup+1) during the warm-up, then a cosine from
-        lr down to min_lr at the last step (Loshchilov & Hutter, 2017)."""
-        lr = self.lr if lr is None else lr
-        if it < self.warmup_steps:
-            return lr * (it + 1) / (self.warmup_steps + 1)
-        ratio = min(1.0, (it - self.warmup_steps) / max(1, self.iters - self.warmup_steps))
-        return self.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - self.min_lr)
-
-    def init_decay(self, lr: float | None = None) -> float:
-        """γ = Π_t (1 − lr_t · weight_decay): the factor by which AdamW's decoupled weight
-        decay (Loshchilov & Hutter, 2019) shrinks a decayed tensor's initial value over the
-        run (each step multiplies it by 1 − lr_t·λ before the update is added), so a trained
-        W = γ·W₀ + the decayed sum of the updates."""
-        gamma = 1.0
-        for it in range(self.iters):
-            gamma *= 1 - self.lr_at(it, lr) * self.weight_decay
-        return gamma
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+#: nanoGPT's protocol at its CPU size, under its first name (``iters``, ``tune_chars`` and
+#: ``eval_windows`` are accepted for ``steps``, ``val_size`` and ``eval_samples``).
+LMProtocol = lm_protocol
 
 
-@dataclass(frozen=True)
-class LMRun:
-    """One LM training run. ``factorize="none"`` is the dense model (no rank, no init)."""
-    corpus: str = "tinyshakespeare"
-    shape: LMShape = field(default_factory=LMShape)
-    factorize: str = "none"
-    rank: int | None = None
-    init: str | None = None
-    seed: int = 0
-    protocol: LMProtocol = field(default_factory=LMProtocol)
+def _task_of_corpus(corpus: str) -> str:
+    from .tasks import TASKS
+    found = [t.name for t in TASKS.values() if getattr(t, "corpus", None) == corpus]
+    if not found:
+        raise ValueError(f"unknown corpus {corpus!r}; valid corpora: {', '.join(CORPORA)}")
+    return found[0]
 
-    def __post_init__(self):
-        if self.corpus not in CORPORA:
-            raise ValueError(f"unknown corpus {self.corpus!r}; valid: {', '.join(CORPORA)}")
-        if self.factorize not in FACTORIZE:
-            raise ValueError(f"unknown factorize {self.factorize!r}; valid: "
-                             f"{', '.join(FACTORIZE)}")
-        if self.factorize == "none":
-            if self.rank is not None or self.init is not None:
-                raise ValueError("the dense model (factorize='none') takes no rank or init")
-        else:
-            object.__setattr__(self, "rank", check_rank(self.rank))
-            check_lm_rank(self.rank, self.shape.d_model)
-            object.__setattr__(self, "init", check_init(self.init or "lora"))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise TypeError(f"seed must be int, got {self.seed!r}")
 
-    def replace(self, **changes) -> "LMRun":
-        """This run with ``changes``: its own fields, or the protocol's by name."""
-        proto = {k: changes.pop(k) for k in list(changes)
-                 if k in {f.name for f in settings_of(LMProtocol)}}
-        return replace(self, **changes, protocol=replace(self.protocol, **proto))
+def LMRun(corpus: str = "tinyshakespeare", shape: LMShape = LMShape(), factorize: str = "none",
+          rank=None, init=None, seed: int = 0, protocol: Protocol | None = None,
+          method: str | None = None, options=None) -> RunConfig:
+    """A run of the character task of ``corpus`` under the language-model study's first
+    names: ``factorize`` is the target set (``"none"``: the dense model), the method ``lora``
+    unless given."""
+    from .charlm import check_factorize
+    check_factorize(factorize)
+    if factorize == "none":
+        if rank is not None or init is not None:
+            raise ValueError("the dense model (factorize='none') takes no rank or init")
+        method, targets = method or "full", None
+    else:
+        method, targets = method or "lora", factorize
+    return RunConfig(_task_of_corpus(corpus), method, rank, init, seed=seed, shape=shape,
+                     protocol=protocol if protocol is not None else lm_protocol(),
+                     targets=targets, options=options)
 
-    def to_dict(self) -> dict:
-        return {"corpus": self.corpus, **asdict(self.shape), "factorize": self.factorize,
-                "rank": self.rank, "init": self.init, "seed": self.seed,
-                "protocol": self.protocol.to_dict()}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "LMRun":
-        d = dict(d)
-        shape = LMShape(**{k: d.pop(k) for k in asdict(LMShape())})
-        return cls(shape=shape, protocol=LMProtocol(**d.pop("protocol")), **d)
-
-    @property
-    def run_id(self) -> str:
-        return _hash(self.to_dict())
-
-    @property
-    def group_id(self) -> str:
-        """Every field but the seed: runs with one are replicates."""
-        return _hash({**self.to_dict(), "seed": None})
-
-    @property
-    def model_key(self) -> str:
-        """The model, without lr, min_lr and seed: what a learning-rate search chooses a
-        rate for."""
-        d = self.to_dict()
-        d["protocol"] = {**d["protocol"], "lr": None, "min_lr": None}
-        return _hash({**d, "seed": None})
-
-    @property
-    def stack_key(self) -> tuple:
-        """Runs with equal keys train together: same shapes and schedule (lr, seed and init
-        may differ)."""
-        proto = replace(self.protocol, lr=1.0, min_lr=0.0)
-        return (self.corpus, self.shape, self.factorize, self.rank, proto)
-
-    @property
-    def name(self) -> str:
-        model = "dense" if self.factorize == "none" else \
-            f"{self.factorize}-r{self.rank:03d}-{self.init}"
-        return (f"{self.corpus}-{model}-d{self.shape.d_model}-lr{self.protocol.lr:g}"
-                f"-s{self.seed}")
-
-    @property
-    def label(self) -> str:
-        if self.factorize == "none":
-            return f"dense d={self.shape.d_model}"
-        return f"{self.factorize} r={self.rank} ({self.init} init)"
-
-    def build(self) -> CharTransformer:
-        """The run's model, drawn from ``seed`` without touching the global generator."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            return CharTransformer(self.shape, self.factorize, self.rank, self.init or "lora")
-
-    def parameters(self) -> dict[str, int]:
-        return lm_parameters(self.shape, self.factorize, self.rank)
+def stack_key(run: RunConfig) -> tuple:
+    """Runs with equal keys train together: same shape, method, targets, rank and schedule
+    (lr, min_lr, seed and init may differ)."""
+    proto = replace(run.protocol, lr=1.0, min_lr=0.0)
+    return (run.task, run.shape, run.method, run.targets, run.rank, run.options, proto)
 
 
 def batch_generator(seed: int) -> torch.Generator:
@@ -214,7 +109,7 @@ class StackedAdamW:
     parameters (M, ...) with one learning rate per model, and per-model gradient clipping as
     ``clip_grad_norm_`` does it."""
 
-    def __init__(self, params: list[torch.Tensor], decays: list[bool], protocol: LMProtocol,
+    def __init__(self, params: list[torch.Tensor], decays: list[bool], protocol: Protocol,
                  eps: float = 1e-8):
         self.params, self.decays, self.p, self.eps = params, decays, protocol, eps
         self.m = [torch.zeros_like(q) for q in params]
@@ -297,12 +192,16 @@ class _Stack:
         return total / len(x)
 
 
-def check_stack(runs: list[LMRun]) -> None:
-    keys = {r.stack_key for r in runs}
+def check_stack(runs: list[RunConfig]) -> None:
+    from .methods import METHODS
+    keys = {stack_key(r) for r in runs}
     if len(keys) != 1:
-        raise ValueError("runs trained together must share corpus, shape, factorization, rank "
+        raise ValueError("runs trained together must share task, shape, method, targets, rank "
                          "and protocol (all but lr, min_lr, seed and init); got "
                          f"{len(keys)} different ones")
+    if not METHODS[runs[0].method].stackable:
+        raise ValueError(f"method {runs[0].method!r} changes the training step (its own "
+                         "groups, optimizer or hook): train its runs alone (train_lm_eager)")
 
 
 def _sample(model: CharTransformer, splits: Splits, chars: int, seed: int) -> str:
@@ -311,10 +210,10 @@ def _sample(model: CharTransformer, splits: Splits, chars: int, seed: int) -> st
     return splits.decode(model.generate(start, chars, generator=gen)[0, 1:])
 
 
-def train_lms(runs: list[LMRun], splits: Splits, progress=None, sample_chars: int = 0,
+def train_lms(runs: list[RunConfig], splits: Splits, progress=None, sample_chars: int = 0,
               dtype=torch.float32, device="cpu") -> list[LMResult]:
     """Train ``runs`` together (one stack, :func:`check_stack`) on ``splits``; evaluate every
-    ``eval_every`` steps on ``eval_windows`` windows of the tuning slice (if any) and the
+    ``eval_every`` steps on ``eval_samples`` windows of the tuning slice (if any) and the
     held-out split, and at the end on all of both. ``progress(n)`` is called after each step.
     Windows are drawn on the CPU (the same on every device), the models train on ``device``."""
     device = as_device(device)
@@ -329,13 +228,14 @@ def train_lms(runs: list[LMRun], splits: Splits, progress=None, sample_chars: in
                                                    if n in stack.params), proto)
     gens = [batch_generator(r.seed) for r in runs]
     on = lambda xy: tuple(t.to(device) for t in xy)
-    evals = {"val": on(windows(splits.val, shape.block_size, proto.eval_windows))}
+    evals = {"val": on(windows(splits.val, shape.block_size, proto.eval_samples))}
     if len(splits.tune):
-        evals["tune"] = on(windows(splits.tune, shape.block_size, proto.eval_windows))
+        evals["tune"] = on(windows(splits.tune, shape.block_size, proto.eval_samples))
     results = [LMResult(stack_size=len(runs)) for _ in runs]
     seen = torch.zeros(len(runs), dtype=torch.float64)
     start, since = time.perf_counter(), 0
-    for it in range(proto.iters):
+    total = proto.total_steps()
+    for it in range(total):
         xs, ys = zip(*(get_batch(splits.train, shape.block_size, proto.batch_size, g)
                        for g in gens))
         losses = stack.loss(stack.params, stack.buffers, torch.stack(xs).to(device),
@@ -343,19 +243,19 @@ def train_lms(runs: list[LMRun], splits: Splits, progress=None, sample_chars: in
         losses.sum().backward()
         if proto.grad_clip:
             opt.clip(proto.grad_clip)
-        lrs = torch.tensor([r.protocol.lr_at(it) for r in runs], dtype=torch.float64)
+        lrs = torch.tensor([r.protocol.lr_at(it, total) for r in runs], dtype=torch.float64)
         opt.step(lrs)
         seen += losses.detach().double()
         since += 1
         for i, loss in enumerate(losses.detach().tolist()):
             if not math.isfinite(loss) and results[i].diverged_iter is None:
                 results[i].diverged_iter = it
-        if (it + 1) % proto.eval_every == 0 or it + 1 == proto.iters:
+        if (it + 1) % proto.eval_every == 0 or it + 1 == total:
             row = {"iter": it + 1, "seconds": time.perf_counter() - start}
             scores = {k: stack.evaluate(*v).tolist() for k, v in evals.items()}
             for i, res in enumerate(results):
                 res.history.append({**row, "train_loss": float(seen[i] / since),
-                                    "lr": runs[i].protocol.lr_at(it),
+                                    "lr": runs[i].protocol.lr_at(it, total),
                                     **{f"{k}_loss": s[i] for k, s in scores.items()}})
             seen.zero_()
             since = 0
@@ -377,7 +277,7 @@ def train_lms(runs: list[LMRun], splits: Splits, progress=None, sample_chars: in
     return results
 
 
-def train_lm_eager(run: LMRun, splits: Splits, iters: int | None = None,
+def train_lm_eager(run: RunConfig, splits: Splits, iters: int | None = None,
                    dtype=torch.float32) -> tuple[CharTransformer, list[float]]:
     """nanoGPT's loop for one model: ``torch.optim.AdamW`` with its two groups,
     ``clip_grad_norm_``, the same windows as :func:`train_lms`. Returns the model and the
@@ -393,7 +293,8 @@ def train_lm_eager(run: LMRun, splits: Splits, iters: int | None = None,
                             foreach=False)
     gen = batch_generator(run.seed)
     losses = []
-    for it in range(proto.iters if iters is None else iters):
+    total = proto.total_steps()
+    for it in range(total if iters is None else iters):
         x, y = get_batch(splits.train, shape.block_size, proto.batch_size, gen)
         loss = F.cross_entropy(model(x).reshape(-1, shape.vocab_size), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -401,25 +302,25 @@ def train_lm_eager(run: LMRun, splits: Splits, iters: int | None = None,
         if proto.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), proto.grad_clip)
         for g in opt.param_groups:
-            g["lr"] = proto.lr_at(it)
+            g["lr"] = proto.lr_at(it, total)
         opt.step()
         losses.append(loss.item())
     return model, losses
 
 
-def lm_record(run: LMRun, result: LMResult) -> dict:
+def lm_record(run: RunConfig, result: LMResult) -> dict:
     """The record of a finished LM run: config (the shape under its own names beside the
     protocol), parameters, history, final losses, cost and provenance."""
     from . import __version__
     from .results import _finite_or_none, git_commit
     import platform
-    tokens = run.protocol.iters * run.protocol.batch_size * run.shape.block_size
+    tokens = run.protocol.total_steps() * run.protocol.batch_size * run.shape.block_size
     return _finite_or_none({
         "schema": "lm-1", "run_id": run.run_id, "name": run.name, "config": run.to_dict(),
-        "parameters": run.parameters(), "history": result.history, "final": result.final,
+        "parameters": run.task_spec.parameters(run), "history": result.history,
+        "final": result.final,
         "diverged_iter": result.diverged_iter,
-        "cost": {"training_flops_per_token": lm_training_flops(run.shape, run.factorize,
-                                                                run.rank),
+        "cost": {"training_flops_per_token": run.task_spec.training_flops(run),
                  "tokens": tokens, "seconds": result.seconds, "stack_size": result.stack_size,
                  "tokens_per_second": tokens * result.stack_size / result.seconds
                  if result.seconds else None},

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .layers import check_rank
-from .methods import METHODS, check_init_for, model_label
+from .methods import METHODS, check_init_for
 from .settings import (check_settings, fraction, non_negative, positive, setting, settings_of)
 from .tasks import TASKS
 
@@ -142,7 +142,9 @@ class Protocol:
                        warmup_steps=min(self.warmup_steps, 2))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field, but those added for other tasks (``since`` 3) only where set."""
+        return {f.name: getattr(self, f.name) for f in settings_of(Protocol)
+                if f.metadata["since"] < 3 or getattr(self, f.name) != f.default}
 
     def describe(self) -> str:
         """A one-line label: optimizer, lr, batch and budget, then every other field that is
@@ -182,40 +184,63 @@ def _hash(d: dict) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
+class Options(tuple):
+    """A run's method options, as sorted (name, value) pairs (hashable, like the run); read
+    like a dict: ``run.options.get("rescale", 1.0)``, ``dict(run.options)``."""
+
+    def __new__(cls, options=None):
+        return super().__new__(cls, sorted(dict(options or {}).items()))
+
+    def items(self):
+        return iter(self)
+
+    def get(self, name, default=None):
+        return dict(self).get(name, default)
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """One training run: a task, a model (method, rank, init, widths), a protocol and a seed.
+    """One training run, of any task: a task, a model (method and its options, rank, init,
+    the task's shape, the target layers), a protocol and a seed.
 
     ``init=None`` takes the method's own (``"lora"`` for ``lora``, PyTorch's ``"default"`` for
-    ``ae``); ``widths=None`` the task's. ``rescale`` c ≠ 1 (factorized methods only) multiplies
-    every A by c and divides every B by c after the init: the model computes the same function
-    and only the learning rate each factor sees changes (a control). ``RunConfig(method="lora", rank=4, epochs=5)``: the
-    protocol's fields may also be given by name.
+    ``ae``); ``shape`` (``widths``, for the MLP) None the task's; ``targets`` None the task's
+    default set (the MLP: every layer; the transformer: all six projections, ``"both"``);
+    ``protocol`` None the task's default protocol. ``rescale`` c ≠ 1 (factorized methods
+    only) is the option that multiplies every A by c and divides every B by c after the init:
+    the same function, only the learning rate each factor sees changes (a control).
+    ``RunConfig(method="lora", rank=4, epochs=5)``: the protocol's fields may also be given by
+    name.
     """
     task: str = "fashion_mnist"
     method: str = "full"
     rank: int | None = None
     init: str | None = None
-    widths: tuple | None = None
+    shape: Any = None
     seed: int = 0
     protocol: Protocol = field(default_factory=Protocol)
-    rescale: float = 1.0
+    targets: str | None = None
+    options: Options = field(default_factory=Options)
 
     def __init__(self, task="fashion_mnist", method="full", rank=None, init=None, widths=None,
-                 seed=0, protocol: Protocol | None = None, rescale=1.0, **protocol_fields):
+                 seed=0, protocol: Protocol | None = None, rescale=None, shape=None,
+                 targets=None, options=None, **protocol_fields):
+        from .methods import check_options
         unknown = sorted(set(protocol_fields) - set(PROTOCOL_FIELDS))
         if unknown:
             own = ", ".join(f.name for f in fields(RunConfig))
             raise TypeError(f"RunConfig got unknown field(s) {', '.join(unknown)}; fields: {own}, "
                             f"and the protocol's: {', '.join(PROTOCOL_FIELDS)}")
-        protocol = Protocol(**protocol) if isinstance(protocol, dict) else protocol or Protocol()
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+        t = TASKS[task]
+        protocol = Protocol(**protocol) if isinstance(protocol, dict) else \
+            t.default_protocol if protocol is None else protocol
         if not isinstance(protocol, Protocol):
             raise TypeError(f"protocol must be a Protocol (or a dict of its fields), got "
                             f"{protocol!r}")
         if protocol_fields:
             protocol = replace(protocol, **protocol_fields)
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
         m = METHODS[method]
@@ -223,21 +248,28 @@ class RunConfig:
             rank = check_rank(rank)
         elif rank is not None:
             raise ValueError(f"method {method!r} takes no rank, got rank={rank!r}")
-        widths = TASKS[task].check_widths(widths)
+        if widths is not None and shape is not None:
+            raise TypeError("give the shape once: widths (the MLP's name for it) or shape")
+        shape = t.check_shape(shape if shape is not None else widths)
+        targets = None if method == "full" else t.check_targets(targets)
         if m.factorized:
-            check_rank_fits(rank, widths, m.dense_output)
+            t.check_rank(rank, shape, targets, m)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be int, got {seed!r} ({type(seed).__name__})")
-        if (isinstance(rescale, bool) or not isinstance(rescale, (int, float))
-                or not math.isfinite(rescale) or rescale <= 0):
-            raise ValueError(f"rescale must be a positive number, got {rescale!r}")
-        if rescale != 1 and not m.factorized:
-            raise ValueError(f"rescale scales the factors A and B; method {method!r} has none "
-                             "(use rescale=1)")
+        options = dict(options or {})
+        if rescale is not None:
+            if (isinstance(rescale, bool) or not isinstance(rescale, (int, float))
+                    or not math.isfinite(rescale) or rescale <= 0):
+                raise ValueError(f"rescale must be a positive number, got {rescale!r}")
+            if rescale != 1 and not m.factorized:
+                raise ValueError(f"rescale scales the factors A and B; method {method!r} has "
+                                 "none (use rescale=1)")
+            options["rescale"] = float(rescale)
+        options = Options(check_options(method, options))
         for name, value in (("task", task), ("method", method), ("rank", rank),
-                            ("init", check_init_for(method, init)), ("widths", widths),
-                            ("seed", int(seed)), ("protocol", protocol),
-                            ("rescale", float(rescale))):
+                            ("init", check_init_for(method, init)), ("shape", shape),
+                            ("seed", int(seed)), ("protocol", protocol), ("targets", targets),
+                            ("options", options)):
             object.__setattr__(self, name, value)
 
     def __getattr__(self, name):  # run.epochs, run.lr, ...: the protocol's fields
@@ -245,46 +277,42 @@ class RunConfig:
             return getattr(self.protocol, name)
         raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
+    @property
+    def widths(self):
+        """The MLP's name for its shape."""
+        return self.shape
+
+    @property
+    def rescale(self) -> float:
+        return self.options.get("rescale", 1.0)
+
+    @property
+    def task_spec(self):
+        return TASKS[self.task]
+
     def replace(self, **changes) -> "RunConfig":
         """This run with ``changes`` (its own fields or the protocol's), checked anew."""
-        return RunConfig(**{**{f.name: getattr(self, f.name) for f in fields(RunConfig)},
-                            **changes})
+        own = {f.name: getattr(self, f.name) for f in fields(RunConfig)}
+        if "widths" in changes:
+            own.pop("shape")
+        if "rescale" in changes:
+            own["options"] = {k: v for k, v in own["options"].items() if k != "rescale"}
+        return RunConfig(**{**own, **changes})
 
     def to_dict(self) -> dict[str, Any]:
-        """As stored in a record (schema 2)."""
-        d = {"task": self.task, "method": self.method, "rank": self.rank, "init": self.init,
-             "widths": list(self.widths), "seed": self.seed, "protocol": self.protocol.to_dict()}
-        if self.rescale != 1:
-            d["rescale"] = self.rescale
-        return d
+        """As stored in a record (the task's layout: schema 2 for the MLP)."""
+        return self.task_spec.to_config(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        """A record's config: schema 2 (nested protocol) or schema 1 (flat, ``dataset``)."""
-        d = dict(d)
-        if "protocol" in d:
-            protocol = Protocol(**d.pop("protocol"))
-        else:
-            protocol = Protocol(**{k: d.pop(k) for k in PROTOCOL_FIELDS if k in d})
-            d["task"] = d.pop("dataset", "fashion_mnist")
-        return cls(**d, protocol=protocol)
+        """A record's config, in any task's layout (the MLP's schema 1 and 2, the language
+        model's lm-1)."""
+        from .tasks import task_of_config
+        return cls(**task_of_config(d).from_config(d))
 
     def _canonical(self, seed: bool = True, model: bool = True) -> dict:
-        """What the ids hash: every field, flat, numbers normalized. Fields introduced after
-        schema 1 appear only when they differ from their default, and the task keeps schema
-        1's key ``dataset``, so that the ids of the shipped records stay valid."""
-        d = {"dataset": self.task, "widths": list(self.widths)}
-        if model:
-            d.update(method=self.method, rank=self.rank, init=self.init)
-            if self.rescale != 1:  # added after schema 1: hashed only when set
-                d["rescale"] = self.rescale
-        if seed:
-            d["seed"] = self.seed
-        for f in settings_of(Protocol):
-            value = getattr(self.protocol, f.name)
-            if f.metadata["since"] == 1 or value != f.default:
-                d[f.name] = value
-        return d
+        """What the ids hash (:meth:`~lowrank_helpers.tasks.Task.canonical`)."""
+        return self.task_spec.canonical(self, seed, model)
 
     @property
     def run_id(self) -> str:
@@ -298,22 +326,27 @@ class RunConfig:
 
     @property
     def protocol_id(self) -> str:
-        """Hash of the task, the widths and the protocol: runs trained and evaluated alike."""
+        """Hash of the task, the shape and the protocol: runs trained and evaluated alike."""
         return _hash(self._canonical(seed=False, model=False))
+
+    @property
+    def model_key(self) -> str:
+        """Every field but the seed, the learning rate and the final learning rate: the runs
+        of one model's learning-rate search."""
+        return _hash(self.replace(seed=0, lr=1.0, min_lr=0.0)._canonical(seed=False))
 
     @property
     def name(self) -> str:
         """File-name stem: task, model, seed (the run id follows it in a record's name)."""
-        model = (self.method if self.rank is None
-                 else f"{self.method}-r{self.rank:03d}-{self.init}")
-        if self.rescale != 1:
-            model += f"-c{self.rescale:g}"
-        return f"{self.task}-{model}-s{self.seed}"
+        return self.task_spec.name_of(self)
 
     @property
     def label(self) -> str:
-        label = model_label(self.method, self.rank, self.init)
-        return label if self.rescale == 1 else f"{label}, A×{self.rescale:g}, B÷{self.rescale:g}"
+        return self.task_spec.label_of(self)
+
+    def build(self):
+        """The run's model, drawn from its seed (the global generator untouched)."""
+        return self.task_spec.build(self)
 
 
 #: The original study's protocol on its task: the only runs its published numbers may sit beside.

@@ -65,7 +65,7 @@ def run_teacher_student(cfg: TeacherConfig = TeacherConfig(), progress: bool = T
     from tqdm.auto import tqdm
     teachers = {k: teacher(k, cfg.d, cfg.seed) for k in cfg.spectra}
     combos = [(k, i, lr) for k in cfg.spectra for i in cfg.inits for lr in cfg.lrs]
-    proto = LMProtocol(iters=cfg.steps, lr=1.0, min_lr=0.1, warmup_steps=0, weight_decay=0.0,
+    proto = LMProtocol(steps=cfg.steps, lr=1.0, min_lr=0.1, warmup_steps=0, weight_decay=0.0,
                        grad_clip=0.0)
     rows = []
     bar = tqdm(total=len(cfg.ranks) * cfg.steps, desc="teacher-student", disable=not progress)
@@ -88,7 +88,7 @@ def run_teacher_student(cfg: TeacherConfig = TeacherConfig(), progress: bool = T
             err = (x @ A.transpose(1, 2)) @ B.transpose(1, 2) - x @ W.transpose(1, 2)
             loss = err.pow(2).mean(dim=(1, 2))                              # (M,)
             loss.sum().backward()
-            opt.step(peaks * proto.lr_at(step))
+            opt.step(peaks * proto.lr_at(step, cfg.steps))
             bar.update(1)
         with torch.no_grad():
             final = ((W.double() - B.double() @ A.double()) ** 2).sum(dim=(1, 2)) / cfg.d

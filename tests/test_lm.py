@@ -143,22 +143,24 @@ def test_bad_shapes_and_runs_are_refused():
 
 
 def test_run_ids():
+    from lowrank_helpers.lm_training import stack_key
     run = lh.LMRun(factorize="mlp", rank=8, init="he")
-    assert lh.LMRun.from_dict(run.to_dict()) == run
+    assert isinstance(run, lh.RunConfig) and run.task == "shakespeare_char"
+    assert lh.RunConfig.from_dict(run.to_dict()) == run
     assert run.replace(seed=1).run_id != run.run_id
     assert run.replace(seed=1).group_id == run.group_id
     assert run.replace(lr=3e-3, min_lr=3e-4).model_key == run.model_key
-    assert run.replace(lr=3e-3).stack_key == run.stack_key
-    assert run.replace(rank=4).stack_key != run.stack_key
+    assert stack_key(run.replace(lr=3e-3)) == stack_key(run)
+    assert stack_key(run.replace(rank=4)) != stack_key(run)
     assert run.to_dict()["n_layer"] == 4 and run.to_dict()["block_size"] == 64
 
 
 def test_lr_schedule_is_nanogpts():
     p = lh.LMProtocol(iters=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100)
-    assert p.lr_at(0) == pytest.approx(1e-3 / 101)
-    assert p.lr_at(100) == pytest.approx(1e-3)
-    assert p.lr_at(1050) == pytest.approx(1e-4 + 0.5 * 9e-4)   # half-way down the cosine
-    assert p.lr_at(2000) == pytest.approx(1e-4)
+    assert p.lr_at(0, 2000) == pytest.approx(1e-3 / 101)
+    assert p.lr_at(100, 2000) == pytest.approx(1e-3)
+    assert p.lr_at(1050, 2000) == pytest.approx(1e-4 + 0.5 * 9e-4)   # half-way down
+    assert p.lr_at(2000, 2000) == pytest.approx(1e-4)
 
 
 def _tiny(seed=0, lr=1e-2, **kw):
@@ -213,7 +215,7 @@ def test_stacked_adamw_is_torchs():
 
 def test_a_stack_must_share_its_shapes_and_vocabulary():
     splits = text.split_text(TEXT, tune_chars=200)
-    with pytest.raises(ValueError, match="must share corpus, shape"):
+    with pytest.raises(ValueError, match="must share task, shape"):
         lh.train_lms([_tiny(), _tiny(factorize="both", rank=2)], splits)
     other = text.split_text(TEXT + "Z", tune_chars=200)
     with pytest.raises(ValueError, match="vocab_size"):
@@ -336,7 +338,7 @@ def test_the_learned_part_is_stored_and_backfilled(tmp_path):
     path = runs.path.iloc[0]
     rec = lh.read_record(path)
     learned = rec["analysis"]["learned_singular_values"]
-    run = lh.LMRun.from_dict(rec["config"])
+    run = lh.RunConfig.from_dict(rec["config"])
     assert rec["analysis"]["init_decay"] == pytest.approx(run.protocol.init_decay())
     assert max(max(v) for v in spectra(run.build(), run.build()).values()) == 0  # at init
     assert set(learned) == set(rec["analysis"]["singular_values"]) and max(learned["0.q"]) > 0
@@ -368,9 +370,9 @@ def test_weight_decay_shrinks_the_init_by_gamma():
     w0 = torch.randn(4, 3, dtype=torch.float64)
     w = w0.clone().unsqueeze(0)
     opt = lh.lm_training.StackedAdamW([w], [True], proto)
-    for it in range(proto.iters):
+    for it in range(proto.steps):
         w.grad = torch.zeros_like(w)
-        opt.step(torch.tensor([proto.lr_at(it)], dtype=torch.float64))
+        opt.step(torch.tensor([proto.lr_at(it, proto.steps)], dtype=torch.float64))
     torch.testing.assert_close(w[0], proto.init_decay() * w0, rtol=1e-12, atol=1e-12)
     assert 0 < proto.init_decay() < 1 and lh.LMProtocol(weight_decay=0).init_decay() == 1
 

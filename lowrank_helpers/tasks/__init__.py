@@ -1,0 +1,9 @@
+"""The tasks: one module each and one registration (see :mod:`.base`): :mod:`.images` (the MLP
+on Fashion-MNIST and MNIST) and :mod:`.chars` (nanoGPT's character transformer)."""
+from .base import TASKS, Task, build_model, check_task, register_task, task_of_config
+from . import images, chars  # noqa: F401  (registrations)
+from .images import CLASSIFICATION_METRICS, ImageClassification
+from .chars import CharLM, lm_protocol
+
+__all__ = ["TASKS", "Task", "build_model", "check_task", "register_task", "task_of_config",
+           "CLASSIFICATION_METRICS", "ImageClassification", "CharLM", "lm_protocol"]

@@ -1,0 +1,191 @@
+"""Image classification by an MLP: Fashion-MNIST (the original study's task) and MNIST.
+
+Images are flattened to vectors and classified by the PyTorch quickstart's MLP (784 → 512 →
+512 → 10, ReLU), whose linear layers ``fc1`` … ``fcN`` are the method's targets (``"all"``;
+the dense-head control keeps the output layer dense). The data are held in memory as tensors
+(:mod:`lowrank_helpers.data`): the training split's last ``val_size`` images are the
+validation split; the test split is read after every epoch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from .. import data as data_mod
+from ..models import (DEFAULT_WIDTHS, MLP, count_parameters, forward_flops_per_sample,
+                     training_flops_per_sample)
+from .base import Task, register_task
+
+if TYPE_CHECKING:
+    from ..protocol import Protocol, RunConfig
+
+#: per-epoch metrics of a classification task and what they mean
+CLASSIFICATION_METRICS = {
+    "test_accuracy": "top-1 accuracy on the test split, after the epoch",
+    "test_loss": "mean cross-entropy per test sample (nats)",
+    "train_loss": "mean over the epoch's steps of the batch's mean cross-entropy (nats), "
+                  "during training",
+    "val_accuracy": "top-1 accuracy on the validation split (with val_size > 0)",
+    "val_loss": "mean cross-entropy per validation sample (nats), with val_size > 0",
+}
+
+
+@dataclass(frozen=True)
+class ImageClassification(Task):
+    """Images flattened to vectors, classified by an MLP with dense or factorized layers."""
+    dataset: str = "fashion_mnist"           # in lowrank_helpers.data.DATASETS
+    input_size: int = 784
+    classes: int = 10
+    hidden_sizes: tuple = DEFAULT_WIDTHS[1:-1]  # the PyTorch quickstart's MLP
+
+    # -- the model --------------------------------------------------------------------------
+    @property
+    def default_widths(self) -> tuple:
+        return self.widths_with(self.hidden_sizes)
+
+    def widths_with(self, hidden_sizes) -> tuple:
+        """The model's widths with these hidden sizes: input, hidden..., classes."""
+        return (self.input_size, *hidden_sizes, self.classes)
+
+    def check_widths(self, widths) -> tuple:
+        """``widths`` as a tuple (None: the default), or ValueError saying what is accepted."""
+        if widths is None:
+            return self.default_widths
+        widths = tuple(widths) if isinstance(widths, (list, tuple)) else widths
+        ok = (isinstance(widths, tuple) and len(widths) >= 2
+              and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths))
+        if not ok or widths[0] != self.input_size or widths[-1] != self.classes:
+            raise ValueError(f"widths of task {self.name!r} must be positive integers from "
+                             f"{self.input_size} (the input) to {self.classes} (the classes), "
+                             f"got {widths!r}")
+        return widths
+
+    check_shape = check_widths
+
+    def check_rank(self, rank: int, shape, targets, method) -> None:
+        from ..protocol import check_rank_fits
+        check_rank_fits(rank, shape, method.dense_output)
+
+    def build(self, run: "RunConfig") -> MLP:
+        """The run's model, initialised from ``run.seed`` without touching the global RNG."""
+        from ..methods import METHODS
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(run.seed)
+            model = MLP(run.method, run.rank, run.init, run.widths)
+        METHODS[run.method].prepare(model, run.options)
+        return model
+
+    # -- data -------------------------------------------------------------------------------
+    def load(self, protocol: "Protocol", root=None, device="cpu") -> data_mod.Data:
+        return data_mod.load_data(self.dataset, root, device, protocol.train_subset,
+                                  protocol.test_subset, val_size=protocol.val_size)
+
+    def prepare(self, root=None) -> None:
+        data_mod.prepare_data(self.dataset, root)
+
+    # -- training ---------------------------------------------------------------------------
+    def steps_per_epoch(self, protocol: "Protocol", data) -> int:
+        return math.ceil(len(data.X_train) / protocol.batch_size)
+
+    def batches(self, run: "RunConfig", data):
+        """The epochs' batches in order (or shuffled by a generator of the run's seed), as the
+        plain loop and the stacked engine draw them
+        (:func:`~lowrank_helpers.training.epoch_batches`)."""
+        from ..training import epoch_batches
+        protocol = run.protocol
+        gen = torch.Generator().manual_seed(run.seed)
+        per_epoch = self.steps_per_epoch(protocol, data)
+        epochs = math.ceil(protocol.total_steps(per_epoch) / per_epoch)
+        for _ in range(epochs):
+            yield from epoch_batches(data.X_train, data.y_train, protocol.batch_size,
+                                     protocol.shuffle, gen)
+
+    def evaluate(self, model, data, protocol: "Protocol", final: bool = False) -> dict:
+        from ..training import evaluate
+        out = dict(zip(("test_accuracy", "test_loss"),
+                       evaluate(model, data.X_test, data.y_test)))
+        if len(data.y_val):
+            out.update(zip(("val_accuracy", "val_loss"), evaluate(model, data.X_val, data.y_val)))
+        return out
+
+    # -- costs ------------------------------------------------------------------------------
+    def parameters(self, run: "RunConfig") -> dict[str, int]:
+        return count_parameters(run.method, run.rank, run.widths)
+
+    def training_flops(self, run: "RunConfig") -> int:
+        return training_flops_per_sample(run.method, run.rank, run.widths)
+
+    def forward_flops(self, run: "RunConfig") -> int:
+        return forward_flops_per_sample(run.method, run.rank, run.widths)
+
+    # -- ids --------------------------------------------------------------------------------
+    def canonical(self, run: "RunConfig", seed: bool = True, model: bool = True) -> dict:
+        """What the ids hash: every field, flat, numbers normalized (schema 1's layout, with
+        the task under its old key ``dataset``). Fields added after schema 1 (protocol fields
+        of a later ``since``, the method's options) appear only when they differ from their
+        default, so that every shipped id stays valid."""
+        from ..settings import settings_of
+        d = {"dataset": run.task, "widths": list(run.widths)}
+        if model:
+            d.update(method=run.method, rank=run.rank, init=run.init)
+            d.update(sorted(run.options.items()))  # added after schema 1: only when set
+            if run.targets not in (None, self.default_targets):
+                d["targets"] = run.targets
+        if seed:
+            d["seed"] = run.seed
+        for f in settings_of(type(run.protocol)):
+            value = getattr(run.protocol, f.name)
+            if f.metadata["since"] == 1 or value != f.default:
+                d[f.name] = value
+        return d
+
+    def to_config(self, run: "RunConfig") -> dict:
+        """Schema 2: the run with its protocol nested (the rescaling, as schema 2 stored it,
+        under ``rescale``; other options under ``options``)."""
+        d = {"task": run.task, "method": run.method, "rank": run.rank, "init": run.init,
+             "widths": list(run.widths), "seed": run.seed, "protocol": run.protocol.to_dict()}
+        options = dict(run.options)
+        if "rescale" in options:
+            d["rescale"] = options.pop("rescale")
+        if options:
+            d["options"] = options
+        if run.targets not in (None, self.default_targets):
+            d["targets"] = run.targets
+        return d
+
+    def from_config(self, d: dict) -> dict:
+        """Schema 2 (nested protocol) or schema 1 (flat, ``dataset``)."""
+        from ..protocol import PROTOCOL_FIELDS, Protocol
+        d = dict(d)
+        if "protocol" in d:
+            protocol = Protocol(**d.pop("protocol"))
+        else:
+            protocol = Protocol(**{k: d.pop(k) for k in PROTOCOL_FIELDS if k in d})
+            d["task"] = d.pop("dataset", "fashion_mnist")
+        options = dict(d.pop("options", {}) or {})
+        if "rescale" in d:
+            options["rescale"] = d.pop("rescale")
+        return {**d, "protocol": protocol, "options": options}
+
+    def name_of(self, run: "RunConfig") -> str:
+        model = (run.method if run.rank is None
+                 else f"{run.method}-r{run.rank:03d}-{run.init}")
+        for k, v in sorted(run.options.items()):
+            model += f"-c{v:g}" if k == "rescale" else f"-{k}{v:g}"
+        return f"{run.task}-{model}-s{run.seed}"
+
+    def label_of(self, run: "RunConfig") -> str:
+        from ..methods import model_label
+        label = model_label(run.method, run.rank, run.init)
+        c = run.options.get("rescale", 1.0)
+        return label if c == 1 else f"{label}, A×{c:g}, B÷{c:g}"
+
+
+register_task(ImageClassification("fashion_mnist", "Fashion-MNIST", CLASSIFICATION_METRICS,
+                                  targets={"all": ()}, default_targets=None,
+                                  dataset="fashion_mnist"))
+register_task(ImageClassification("mnist", "MNIST", CLASSIFICATION_METRICS,
+                                  targets={"all": ()}, default_targets=None, dataset="mnist"))
