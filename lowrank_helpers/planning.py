@@ -32,7 +32,14 @@ def group_key(run: RunConfig) -> tuple:
 
 
 def stackable(run: RunConfig) -> bool:
-    return METHODS[run.method].stackable
+    """The hand-written MLP engine trains it: an image task's run of a method whose layers,
+    model and step are the plain ones (a registered :class:`~lowrank_helpers.methods.Method`,
+    not a subclass that changes any of them). Other stackable runs train through the generic
+    stacked path (:func:`~lowrank_helpers.stacking.train_stacked`)."""
+    from .methods import Method
+    from .tasks import ImageClassification
+    m = METHODS[run.method]
+    return isinstance(run.task_spec, ImageClassification) and type(m) is Method and m.stackable
 
 
 def plan_stacks(runs: list[RunConfig], small_rank: int = SMALL_RANK) -> list[list[list[int]]]:

@@ -20,6 +20,7 @@ import torch
 from .methods import model_order
 from .models import optimizer_state_bytes
 from .protocol import PROTOCOL_FIELDS, REFERENCE, SCHEMA, RunConfig
+from .settings import settings_of
 from .tasks import TASKS
 
 REQUIRED = ("run_id", "config", "history", "parameters")
@@ -63,12 +64,16 @@ def _finite_or_none(obj):
 
 
 def cost(run: RunConfig, result, parameters: int) -> dict:
-    """What a run cost: parameters, FLOPs, optimizer state, memory and time (see README)."""
+    """What a run cost: parameters, FLOPs (per sample of the task: an image, a token),
+    optimizer state (measured from the state tensors where the trainer measured it, else from
+    the formula), memory and time (see README)."""
     seconds = [h["seconds"] for h in result.history]
+    measured = getattr(result, "optimizer_state_bytes", None)
     return {
         "parameters": parameters,
         "training_flops_per_sample": TASKS[run.task].training_flops(run),
-        "optimizer_state_bytes": optimizer_state_bytes(run.optimizer, run.momentum, parameters),
+        "optimizer_state_bytes": measured if measured is not None else
+        optimizer_state_bytes(run.optimizer, run.momentum, parameters),
         "peak_memory_bytes": result.peak_memory.get("bytes"),
         "peak_memory_kind": result.peak_memory.get("kind"),
         "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
@@ -87,14 +92,20 @@ def make_record(run: RunConfig, result, parameters: dict[str, int] | None = None
     from . import __version__
     parameters = parameters or TASKS[run.task].parameters(run)
     extra = {"analysis": result.analysis} if getattr(result, "analysis", None) else {}
+    init = dict(getattr(result, "init", None) or {})
+    if getattr(result, "final", None):
+        extra["final"] = result.final        # read on every sample of the splits
+    if getattr(result, "diverged", None) is not None:
+        extra["diverged"] = result.diverged  # the step
     return _finite_or_none({
         "schema": SCHEMA,
         "run_id": run.run_id,
         "name": run.name,
         "config": run.to_dict(),
         "parameters": parameters,
-        "init_test_accuracy": result.init_test_accuracy,
-        "init_test_loss": result.init_test_loss,
+        "init_test_accuracy": init.get("test_accuracy", result.init_test_accuracy),
+        "init_test_loss": init.get("test_loss", result.init_test_loss),
+        **({"init": init} if init and "test_accuracy" not in init else {}),
         "history": result.history,
         "cost": cost(run, result, parameters["total"]),
         "diverged_epoch": result.diverged_epoch,
@@ -207,9 +218,14 @@ def _row(record: dict, path: Path) -> dict:
                       f"({run.run_id}); it is listed under the latter", stacklevel=3)
     hist = record["history"]
     last = hist[-1] if hist else {}
+    task = TASKS[run.task]
+    finals = {f"final_{k}": v for k, v in {**last, **(record.get("final") or {})}.items()
+              if k not in ("epoch", "iter", "seconds", "lr") and isinstance(v, (int, float))}
     return {"task": run.task, "method": run.method, "rank": run.rank, "init": run.init,
-            "rescale": run.rescale, "seed": run.seed, "widths": "-".join(map(str, run.widths)),  # hashable, one cell
-            **run.protocol.to_dict(),
+            "rescale": run.rescale, "targets": run.targets, "seed": run.seed,
+            "widths": task.shape_label(run.shape),  # hashable, one cell
+            **{f.name: getattr(run.protocol, f.name) for f in settings_of(type(run.protocol))},
+            **finals,
             "model": run.label, "run_id": run.run_id, "group_id": run.group_id,
             "protocol_id": run.protocol_id, "protocol": run.protocol.describe(),
             "name": record.get("name"), "params": record["parameters"].get("total"),
@@ -220,6 +236,7 @@ def _row(record: dict, path: Path) -> dict:
             "final_test_loss": last.get("test_loss"),
             "final_train_loss": last.get("train_loss"),
             "final_val_accuracy": last.get("val_accuracy"),
+            "score": finals.get(f"final_{task.score}"),
             "epochs_done": len(hist), "diverged_epoch": record.get("diverged_epoch"),
             "wall_time": record.get("wall_time"), "device": record.get("device"),
             **{k: record.get("cost", {}).get(k) for k in COST_COLUMNS},

@@ -1,30 +1,31 @@
 """The runs of a study: train what has no record yet, write one record per run, with resume."""
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 from tqdm.auto import tqdm
 
 from .config import StudyConfig, SummaryConfig, TheoryConfig, smoke_protocol
 from .data import Data
-from .devices import resolve_device
+from .devices import as_device, resolve_device
 from .engine import train_many
+from .stacking import stack_key, train_stacked
 from .methods import METHODS, ORIGINAL_METHODS, method_for_init
 from .planning import stackable
 from .protocol import Protocol, RunConfig
 from .results import check_writable, has_record, load_records, make_record, save_record
-from .tasks import TASKS, build_model
+from .tasks import TASKS
 from .theory import trained_singular_values
-from .training import train
 
 
 def run_result(run: RunConfig, data: Data, device="auto", progress: bool = True,
                analyze=None):
-    """Build and train one run with the plain loop; return its TrainResult."""
-    model = build_model(run)
-    policy = METHODS[run.method].param_groups
-    groups = policy(model, run.lr) if policy is not None else None
-    return train(model, data, run.protocol, seed=run.seed, device=device, progress=progress,
-                 desc=run.label, param_groups=groups, analyze=analyze)
+    """Build and train one run with the one training loop (:func:`~lowrank_helpers.trainer.fit`:
+    the method's groups, optimizer and hooks); return its TrainResult."""
+    from .trainer import fit
+    return _as_record_result(run, fit(run, data, device=as_device(device),
+                                      progress=progress, analyze=analyze))
 
 
 def run_one(run: RunConfig, data: Data, device="auto", progress: bool = True) -> dict:
@@ -36,6 +37,26 @@ def _data_key(run: RunConfig) -> tuple:
     """Runs with equal keys train on the same data splits."""
     p = run.protocol
     return (run.task, p.train_subset, p.test_subset, p.val_size)
+
+
+def _stacks(runs: list[RunConfig]) -> list[list[RunConfig]]:
+    """``runs`` grouped by :func:`~lowrank_helpers.stacking.stack_key`."""
+    groups: dict[tuple, list[RunConfig]] = {}
+    for r in runs:
+        groups.setdefault(stack_key(r), []).append(r)
+    return list(groups.values())
+
+
+def _as_record_result(run: RunConfig, result):
+    """A TrainResult of the one loop or the generic stacked path under the names the MLP
+    records use (the initial test metrics, the epoch a run diverged at)."""
+    if run.task_spec.entry == "epoch":
+        result.init_test_accuracy = result.init.get("test_accuracy")
+        result.init_test_loss = result.init.get("test_loss")
+        bad = [h["epoch"] for h in result.history
+               if not all(math.isfinite(v) for v in h.values() if isinstance(v, float))]
+        result.diverged_epoch = bad[0] if bad else None
+    return result
 
 
 def run_records(runs: list[RunConfig], results_dir, *, data_root=None, device="auto",
@@ -75,13 +96,19 @@ def run_records(runs: list[RunConfig], results_dir, *, data_root=None, device="a
         first = part[0]
         data = TASKS[first.task].load(first.protocol, data_root, dev)
         stacked = [r for r in part if engine and stackable(r)]
-        alone = [r for r in part if r not in stacked]
+        generic = [r for r in part if engine and r not in stacked
+                   and METHODS[r.method].stackable and analyze is None]
+        alone = [r for r in part if r not in stacked and r not in generic]
         print(f"data: {data}; " + ", ".join(
-            f"{n} {how}" for n, how in ((len(stacked), "stacked"), (len(alone), "one at a time"))
-            if n))
+            f"{n} {how}" for n, how in ((len(stacked), "stacked"),
+                                        (len(generic), "stacked (torch.func)"),
+                                        (len(alone), "one at a time")) if n))
         if stacked:  # records are saved as each stack or group ends
             train_many(stacked, data, dev, progress, on_group_done=save, analyze=analyze,
                        workers=workers if dev.type == "cpu" else 1)
+        for group in _stacks(generic):
+            save(group, [_as_record_result(r, res) for r, res in
+                         zip(group, train_stacked(group, data, device=dev))])
         for run in tqdm(alone, desc="runs", unit="run", disable=not progress or not alone):
             save([run], [run_result(run, data, dev, progress, analyze)])
     return load_records(results_dir, run_id=[r.run_id for r in runs])

@@ -5,31 +5,27 @@ on the same batches (:func:`epoch_batches`) with the same optimizer and schedule
 """
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from .batch import report_progress
 from .data import Data
-from .devices import as_device, device_name, peak_memory, reset_peak_memory
+from .devices import as_device as resolve
 from .protocol import Protocol
 
 
 def make_optimizer(params, protocol: Protocol, capturable: bool = False) -> torch.optim.Optimizer:
     """The protocol's optimizer over ``params`` (tensors, or parameter groups whose own
-    ``lr`` overrides the protocol's). ``capturable``: AdamW keeps its step count on the
-    device, as CUDA graph capture requires (SGD needs nothing)."""
+    ``lr`` or ``weight_decay`` overrides the protocol's). ``capturable``: AdamW keeps its
+    step count on the device, as CUDA graph capture requires (SGD needs nothing)."""
     if protocol.optimizer == "sgd":
         return torch.optim.SGD(params, lr=protocol.lr, momentum=protocol.momentum,
                                weight_decay=protocol.weight_decay)
-    return torch.optim.AdamW(params, lr=protocol.lr, weight_decay=protocol.weight_decay,
-                             capturable=capturable)
+    return torch.optim.AdamW(params, lr=protocol.lr, betas=(protocol.beta1, protocol.beta2),
+                             weight_decay=protocol.weight_decay, capturable=capturable)
 
 
 class Schedule:
@@ -80,6 +76,11 @@ class TrainResult:
     engine: str = "plain"                              # "plain" loop or "stacked" engine
     step_mode: str = "eager"                           # "eager", "fused sgd", or "cuda graph"
     analysis: dict = field(default_factory=dict)       # of the trained model, if asked for
+    init: dict = field(default_factory=dict)           # the task's metrics before training
+    final: dict = field(default_factory=dict)          # ... after it (every sample read)
+    diverged: int | None = None                        # the step whose evaluation diverged
+    optimizer_state_bytes: int | None = None           # measured from the state tensors
+    model: object = None                               # the trained model (the trainer's)
 
 
 def epoch_batches(X: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool,
@@ -106,8 +107,10 @@ def epoch_record(epoch: int, test, train_loss: float, seconds: float, val=None) 
 def train(model: nn.Module, data: Data, protocol: Protocol | None = None, *, seed: int = 0,
           device="auto", progress: bool = True, desc: str | None = None, param_groups=None,
           analyze: Callable[[nn.Module], dict] | None = None) -> TrainResult:
-    """Train ``model`` on ``data`` with minibatch gradient descent; evaluate after every epoch
-    on the test split (and on the validation split, if the data have one).
+    """Train ``model`` (an MLP of any method) on ``data`` with minibatch gradient descent;
+    evaluate after every epoch on the test split (and on the validation split, if the data
+    have one): the one training loop (:func:`lowrank_helpers.trainer.fit`) for a model of
+    one's own.
 
     Defaults are the original study's protocol (see :class:`Protocol`). ``seed`` drives the
     shuffling order when ``protocol.shuffle``; the model's init is the caller's (see
@@ -115,45 +118,14 @@ def train(model: nn.Module, data: Data, protocol: Protocol | None = None, *, see
     all parameters at the protocol's lr). ``analyze(model)``: a dict of the trained model kept
     in the result. A NaN or inf loss ends the run, marked diverged at that epoch.
     """
+    from .protocol import RunConfig
+    from .trainer import fit
     protocol = protocol or Protocol()
-    dev = as_device(device)
-    model.to(dev)
-    if data.device != dev:
-        data = data.to(dev)
-    X, y = data.X_train, data.y_train
-    steps = math.ceil(len(X) / protocol.batch_size)
-    opt = make_optimizer(param_groups or model.parameters(), protocol)
-    schedule = Schedule(opt, protocol, protocol.epochs * steps)
-    shuffle_gen = torch.Generator().manual_seed(seed)
-    result = TrainResult(device=device_name(dev))
-    reset_peak_memory(dev)
-    result.init_test_accuracy, result.init_test_loss = evaluate(model, data.X_test, data.y_test)
-    start = time.perf_counter()
-    model.train()
-    bar = tqdm(range(1, protocol.epochs + 1), desc=desc, disable=not progress, unit="epoch",
-               leave=False)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), dtype=X.dtype, device=dev)  # on device: no sync per step
-        for xb, yb in epoch_batches(X, y, protocol.batch_size, protocol.shuffle, shuffle_gen):
-            schedule.next()
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach()
-        train_loss = loss_sum.item() / steps
-        test = evaluate(model, data.X_test, data.y_test)
-        val = evaluate(model, data.X_val, data.y_val) if len(data.y_val) else None
-        result.history.append(epoch_record(epoch, test, train_loss, time.perf_counter() - t0, val))
-        bar.set_postfix(test_acc=f"{test[0]:.2%}", loss=f"{train_loss:.3f}")
-        report_progress(epoch, protocol.epochs)  # to a batch runner, if one started us
-        if not (math.isfinite(train_loss) and math.isfinite(test[1])):
-            result.diverged_epoch = epoch
-            break
-    bar.close()
-    result.wall_time = time.perf_counter() - start
-    result.peak_memory = peak_memory(dev)
-    if analyze is not None:
-        result.analysis = analyze(model)
+    widths = getattr(model, "widths", None)
+    run = RunConfig(data.name, "full", widths=widths, seed=seed, protocol=protocol)
+    result = fit(run, data, device=resolve(device), progress=progress, model=model,
+                 groups=param_groups, analyze=analyze, desc=desc)
+    result.init_test_accuracy = result.init["test_accuracy"]
+    result.init_test_loss = result.init["test_loss"]
+    result.diverged_epoch = result.history[-1]["epoch"] if result.diverged else None
     return result

@@ -56,6 +56,10 @@ class Task:
     def check_shape(self, shape):
         raise NotImplementedError
 
+    def shape_label(self, shape) -> str:
+        """The shape as one short, hashable cell of a table."""
+        return str(shape)
+
     def check_targets(self, targets: str | None) -> str | None:
         """``targets`` (None: the default), or ValueError naming the task's sets."""
         if targets is None:
@@ -81,6 +85,16 @@ class Task:
         raise NotImplementedError
 
     # -- training ---------------------------------------------------------------------------
+    def to_device(self, data, device):
+        """The splits where training reads them (default: moved to ``device``)."""
+        return data.to(device) if hasattr(data, "to") else data
+
+    def param_groups(self, model: torch.nn.Module, protocol: "Protocol") -> list[dict]:
+        """The optimizer's groups when the method has none: one group, every parameter at
+        the protocol's weight decay."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad],
+                 "weight_decay": protocol.weight_decay}]
+
     def steps_per_epoch(self, protocol: "Protocol", data) -> int | None:
         """Optimizer steps of one pass over the training split (None: no epochs)."""
         return None
@@ -96,6 +110,11 @@ class Task:
 
     def evaluate(self, model: torch.nn.Module, data, protocol: "Protocol",
                  final: bool = False) -> dict[str, float]:
+        raise NotImplementedError
+
+    def evaluate_many(self, forward, run: "RunConfig", data, final: bool = False) -> list[dict]:
+        """:meth:`evaluate` of many stacked models of ``run``'s shape at once, one dict per
+        model: ``forward(x)`` gives every model's output (M, ...) on the same input."""
         raise NotImplementedError
 
     # -- costs ------------------------------------------------------------------------------

@@ -87,6 +87,10 @@ class CharLM(Task):
                              f"its fields), got {shape!r}")
         return shape
 
+    def shape_label(self, shape) -> str:
+        return (f"L{shape.n_layer}-H{shape.n_head}-D{shape.d_model}-T{shape.block_size}"
+                f"-V{shape.vocab_size}")
+
     def check_rank(self, rank: int, shape, targets, method) -> None:
         check_lm_rank(rank, shape.d_model)
 
@@ -114,6 +118,21 @@ class CharLM(Task):
         return split_text(read_corpus(self.corpus, root), protocol.val_size, self.corpus)
 
     # -- training ---------------------------------------------------------------------------
+    def to_device(self, data, device):
+        """The corpus stays on the CPU: windows are drawn there (the same on every device)
+        and moved with each batch."""
+        return data
+
+    def param_groups(self, model, protocol: "Protocol") -> list[dict]:
+        """nanoGPT's groups: tensors of ≥ 2 dimensions (matrices, embeddings) decay, the
+        LayerNorms' weights do not."""
+        from ..lm_training import decay_mask
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        mask = decay_mask(named)
+        return [{"params": [p for (_, p), d in zip(named, mask) if d],
+                 "weight_decay": protocol.weight_decay},
+                {"params": [p for (_, p), d in zip(named, mask) if not d], "weight_decay": 0.0}]
+
     def batches(self, run: "RunConfig", data):
         """nanoGPT's random windows, from a generator of the run's own (seed-paired runs see
         the same windows, whatever trains beside them)."""
@@ -126,6 +145,7 @@ class CharLM(Task):
         from ..lm_training import windows
         block = model.shape.block_size
         n = None if final else protocol.eval_samples
+        device = next(model.parameters()).device
         out = {}
         was = model.training
         model.eval()
@@ -134,13 +154,39 @@ class CharLM(Task):
                 tokens = getattr(data, split)
                 if len(tokens) <= block:
                     continue
-                x, y = windows(tokens, block, n)
+                x, y = (t.to(device) for t in windows(tokens, block, n))
                 total = 0.0
                 for i in range(0, len(x), 128):
                     total += self.loss(model(x[i:i + 128]), y[i:i + 128]).item() * len(x[i:i + 128])
                 out[f"{split}_loss"] = total / len(x)
         model.train(was)
         return out
+
+    def evaluate_many(self, forward, run: "RunConfig", data, final: bool = False) -> list[dict]:
+        """:meth:`evaluate` of stacked models at once: ``forward(x)`` gives every model's
+        logits (M, N, T, vocab) on the same windows."""
+        import torch.nn.functional as F
+        from ..lm_training import windows
+        block, vocab = run.shape.block_size, run.shape.vocab_size
+        n = None if final else run.protocol.eval_samples
+        out = None
+        for split in ("val", "tune"):
+            tokens = getattr(data, split)
+            if len(tokens) <= block:
+                continue
+            x, y = windows(tokens, block, n)
+            total = None
+            for i in range(0, len(x), 128):
+                logits = forward(x[i:i + 128])                         # (M, n, T, V)
+                m = logits.shape[0]
+                yb = y[i:i + 128].to(logits.device).reshape(1, -1).expand(m, -1)
+                ce = F.cross_entropy(logits.reshape(m, -1, vocab).transpose(1, 2), yb,
+                                     reduction="none").mean(1).double() * len(x[i:i + 128])
+                total = ce if total is None else total + ce
+            out = out or [{} for _ in range(len(total))]
+            for k in range(len(total)):
+                out[k][f"{split}_loss"] = (total[k] / len(x)).item()
+        return out or []
 
     # -- costs ------------------------------------------------------------------------------
     def parameters(self, run: "RunConfig") -> dict[str, int]:

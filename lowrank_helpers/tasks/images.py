@@ -65,6 +65,9 @@ class ImageClassification(Task):
 
     check_shape = check_widths
 
+    def shape_label(self, shape) -> str:
+        return "-".join(map(str, shape))
+
     def check_rank(self, rank: int, shape, targets, method) -> None:
         from ..protocol import check_rank_fits
         check_rank_fits(rank, shape, method.dense_output)
@@ -110,6 +113,28 @@ class ImageClassification(Task):
         if len(data.y_val):
             out.update(zip(("val_accuracy", "val_loss"), evaluate(model, data.X_val, data.y_val)))
         return out
+
+    def evaluate_many(self, forward, run: "RunConfig", data, final: bool = False) -> list[dict]:
+        """:meth:`evaluate` of stacked models at once: ``forward(x)`` gives every model's
+        logits (M, N, classes) on the same images."""
+        import torch.nn.functional as F
+        out = None
+        for split, X, y in (("test", data.X_test, data.y_test), ("val", data.X_val, data.y_val)):
+            if not len(y):
+                continue
+            correct = loss = None
+            for i in range(0, len(X), 1024):
+                logits = forward(X[i:i + 1024])                            # (M, n, C)
+                m = logits.shape[0]
+                yb = y[i:i + 1024].to(logits.device).expand(m, -1)
+                lo = F.cross_entropy(logits.transpose(1, 2), yb, reduction="none").sum(1)
+                co = (logits.argmax(2) == yb).sum(1)
+                loss, correct = (lo, co) if loss is None else (loss + lo, correct + co)
+            out = out or [{} for _ in range(len(loss))]
+            for k in range(len(loss)):
+                out[k][f"{split}_accuracy"] = correct[k].item() / len(X)
+                out[k][f"{split}_loss"] = loss[k].item() / len(X)
+        return out or []
 
     # -- costs ------------------------------------------------------------------------------
     def parameters(self, run: "RunConfig") -> dict[str, int]:
