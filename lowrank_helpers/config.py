@@ -87,7 +87,8 @@ class NotebookParams:
         mine = {f.name for f in settings_of(cls)}
         own = {k: v for k, v in params.items() if k in mine}   # a setting the config declares
         if cls._has_protocol():                                  # ... is never the protocol's
-            own["protocol"] = Protocol(**{k: v for k, v in params.items() if k not in mine})
+            own["protocol"] = task_protocol(own.get("task", "fashion_mnist"),
+                                            {k: v for k, v in params.items() if k not in mine})
         return cls(**own)
 
     @classmethod
@@ -123,6 +124,26 @@ class NotebookParams:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in own.items()}
 
 
+def task_protocol(task: str, given: dict) -> Protocol:
+    """The protocol of ``task`` with ``given`` fields: a field given at the reference
+    protocol's default (as the notebooks' parameters cells spell every field out) takes the
+    task's own default instead (nanoGPT's for the character transformer)."""
+    from .settings import normalize
+    base = TASKS[task].default_protocol if task in TASKS else Protocol()
+    ref = {f.name: f for f in settings_of(Protocol)}
+    changes = {}
+    for k, v in given.items():
+        if k not in ref:
+            continue
+        try:
+            same = normalize(k, ref[k].metadata["kind"], v) == ref[k].default
+        except (TypeError, ValueError):
+            same = False   # a bad value: the protocol's own check names it
+        if not same:
+            changes[k] = v
+    return replace(base, **changes)
+
+
 def refuse_smoke_overrides(cfg, smoke_values: dict) -> None:
     """Smoke mode replaces settings with its own small values (``smoke_values``); one given a
     value other than its default (and other than smoke's) would be dropped without a word, so
@@ -136,6 +157,12 @@ def refuse_smoke_overrides(cfg, smoke_values: dict) -> None:
         given = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in clash)
         raise ValueError(f"smoke mode sets {', '.join(clash)} itself ({given} would be "
                          f"ignored): drop {'it' if len(clash) == 1 else 'them'} or drop smoke")
+
+
+def _task_shape(task: str, hidden_sizes):
+    """A study's model shape: the MLP's widths from its hidden sizes, else the task's own."""
+    t = TASKS[task]
+    return t.widths_with(hidden_sizes) if hasattr(t, "widths_with") else t.check_shape(None)
 
 
 def _task_setting(help="the task (data and model family)"):
@@ -155,6 +182,8 @@ class StudyConfig(NotebookParams):
                            check=all_of(each(_rank_check), distinct))
     init: str | None = setting(None, "str|None", "init of the methods that take one (None: "
                                "their own)", choices=lambda: tuple(sorted(INITS)))
+    targets: str | None = setting(None, "str|None", "the layers the method builds (None: the "
+                                  "task's default set; the transformer: both, attn or mlp)")
     hidden_sizes: tuple = setting(HIDDEN_SIZES, "list[int]", "hidden widths of the MLP",
                                   check=each(positive))
     seeds: tuple = setting((0, 1, 2), "list[int]", "one run per seed",
@@ -184,16 +213,21 @@ class StudyConfig(NotebookParams):
             raise ValueError(f"init {self.init!r} applies to method(s) "
                              f"{', '.join(init_methods())} only; methods "
                              f"{', '.join(self.methods)} ignore it")
+        object.__setattr__(self, "_shape", _task_shape(self.task, self.hidden_sizes))
         if self.smoke:  # the one place where smoke mode shrinks the study
-            object.__setattr__(self, "ranks", self.ranks[:SMOKE["max_ranks"]])
-            object.__setattr__(self, "seeds", self.seeds[:SMOKE["max_seeds"]])
-            object.__setattr__(self, "protocol", smoke_protocol(self.protocol))
-            object.__setattr__(self, "results_dir", smoke_dir(self.results_dir))
+            task, shape, protocol = TASKS[self.task].smoke(self._shape, self.protocol)
+            for name, value in (("task", task), ("_shape", shape), ("protocol", protocol),
+                                ("ranks", self.ranks[:SMOKE["max_ranks"]]),
+                                ("seeds", self.seeds[:SMOKE["max_seeds"]]),
+                                ("results_dir", smoke_dir(self.results_dir))):
+                object.__setattr__(self, name, value)
         self.runs()  # every run's own checks (widths, init, ...) fail here, before any training
 
     @property
-    def widths(self) -> tuple:
-        return TASKS[self.task].widths_with(self.hidden_sizes)
+    def widths(self):
+        """The models' shape: the MLP's widths (its hidden sizes between the task's input and
+        classes), the transformer's LMShape (the task's)."""
+        return self._shape
 
     def runs(self) -> list[RunConfig]:
         """Every run of the study: a dense method once per seed, a factorized one per rank and
@@ -204,8 +238,9 @@ class StudyConfig(NotebookParams):
                 m = METHODS[method]
                 init = self.init if m.takes_init() else None
                 for rank in (self.ranks if m.factorized else [None]):
-                    runs.append(RunConfig(self.task, method, rank, init, self.widths, seed,
-                                          self.protocol))
+                    runs.append(RunConfig(self.task, method, rank, init, seed=seed,
+                                          shape=self.widths, protocol=self.protocol,
+                                          targets=self.targets))
         return runs
 
 
@@ -223,21 +258,24 @@ class SummaryConfig(NotebookParams):
 
     def __post_init__(self):
         check_settings(self)
+        object.__setattr__(self, "_shape", _task_shape(self.task, self.hidden_sizes))
         if self.smoke:
-            object.__setattr__(self, "protocol", smoke_protocol(self.protocol))
-            object.__setattr__(self, "results_dir", smoke_dir(self.results_dir))
-            object.__setattr__(self, "img_dir", smoke_dir(self.img_dir))
+            task, shape, protocol = TASKS[self.task].smoke(self._shape, self.protocol)
+            for name, value in (("task", task), ("_shape", shape), ("protocol", protocol),
+                                ("results_dir", smoke_dir(self.results_dir)),
+                                ("img_dir", smoke_dir(self.img_dir))):
+                object.__setattr__(self, name, value)
 
     @property
     def protocol_id(self) -> str:
         """The ``protocol_id`` of the records drawn."""
-        return RunConfig(self.task, widths=TASKS[self.task].widths_with(self.hidden_sizes),
-                         protocol=self.protocol).protocol_id
+        return RunConfig(self.task, shape=self._shape, protocol=self.protocol).protocol_id
 
     def study(self, **kwargs) -> StudyConfig:
         """The study whose records this summary draws."""
-        return StudyConfig(task=self.task, hidden_sizes=self.hidden_sizes,
-                           results_dir=self.results_dir, protocol=self.protocol, **kwargs)
+        cfg = StudyConfig(task=self.task, hidden_sizes=self.hidden_sizes,
+                          results_dir=self.results_dir, protocol=self.protocol, **kwargs)
+        return cfg
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from .config import NotebookParams, _not_empty, refuse_smoke_overrides, smoke_di
 from .devices import check_device, resolve_device
 from .layers import INITS
 from .lm_training import LMProtocol, LMRun, lm_record, stack_key, train_lms
+from .tasks.chars import SMOKE_SIZES
 from .protocol import RunConfig
 from .results import check_writable, read_record, save_record
 from .settings import all_of, check_settings, distinct, each, non_negative, positive, setting
@@ -42,11 +43,9 @@ from .tuning import next_rate, rungs_beyond
 STUDENTS = "teacher_student/students.json"
 PHASES = ("anchor", "search", "seeds", "narrow", "partial", "inits")
 #: What ``smoke=True`` shrinks the study to (CI, tests): a text every Python has, a tiny model.
-LM_SMOKE = {"corpus": "python_stdlib", "n_layer": 1, "n_head": 2, "d_model": 16,
-            "block_size": 16, "batch_size": 4, "iters": 12, "ranks": (2, 4), "seeds": 2,
-            "lrs": (1e-3, 1e-2), "tune_chars": 4000, "eval_every": 6, "eval_windows": 8,
-            "anchor_seeds": 2, "narrow_ranks": (2,), "partial_rank": 2, "sample_chars": 40,
-            "extra_inits": ("he",)}
+LM_SMOKE = {"corpus": "python_stdlib", **SMOKE_SIZES, "ranks": (2, 4), "seeds": 2,
+            "lrs": (1e-3, 1e-2), "anchor_seeds": 2, "narrow_ranks": (2,), "partial_rank": 2,
+            "sample_chars": 40, "extra_inits": ("he",)}
 
 
 def _inits(name, values):

@@ -108,10 +108,25 @@ def count_parameters(method: str, rank: int | None = None,
     return counts
 
 
-def parameter_table(ranks: Sequence[int] = RANKS,
-                    widths: Sequence[int] = DEFAULT_WIDTHS):
-    """Parameters per layer and in total for the full-rank MLP and each rank (pandas)."""
+def parameter_table(ranks: Sequence[int] = RANKS, widths=DEFAULT_WIDTHS,
+                    task: str = "fashion_mnist"):
+    """Parameters per layer and in total for the full-rank model and each rank (pandas): the
+    MLP's per layer (``widths``), another task's (``widths``: its shape) in total only."""
     import pandas as pd
+    from .tasks import TASKS
+    if not hasattr(TASKS[task], "widths_with"):
+        from .protocol import RunConfig
+
+        def total(method, rank=None):
+            run = RunConfig(task, method, rank, shape=widths)
+            return run.task_spec.parameters(run)["total"]
+        full = total("full")
+        d_max = min(getattr(widths, "d_model", max(ranks)), max(ranks))
+        rows = [{"model": "full-rank", "total": full}]
+        rows += [{"model": f"rank {r}", "total": total("lora", r)} for r in ranks if r <= d_max]
+        table = pd.DataFrame(rows).set_index("model")
+        table["% of full"] = (100 * table["total"] / full).round(2)
+        return table
     full = count_parameters("full", widths=widths)
     rows = [{"model": "full-rank", **full}]
     rows += [{"model": f"rank {r}", **count_parameters("lora", r, widths)} for r in ranks]

@@ -35,9 +35,17 @@ def _no_records(ax):
     return ax.figure
 
 
+def _entry(runs: pd.DataFrame) -> str:
+    """What the runs' history entries are keyed by: "epoch" or "iter" (their task's)."""
+    tasks = set(runs.task) if len(runs) and "task" in runs else set()
+    return TASKS[next(iter(tasks))].entry if len(tasks) == 1 and next(iter(tasks)) in TASKS \
+        else "epoch"
+
+
 def plot_curves(runs: pd.DataFrame, metric: str = "test_accuracy", ax=None, title=None,
                 band: str = "std"):
-    """Test accuracy (or another per-epoch metric) against epoch, one line per model.
+    """Test accuracy (or another metric of the history) against epoch (or step, for a task
+    that evaluates every so many steps), one line per model.
 
     Full-rank in black, one colour per rank, autoencoder layers dashed, as in the original.
     With several seeds per model: the mean line and a band (``band="std"``: ±1 standard
@@ -50,29 +58,31 @@ def plot_curves(runs: pd.DataFrame, metric: str = "test_accuracy", ax=None, titl
         return _no_records(ax)
     runs = runs.assign(_protocol=protocol_labels(runs))
     scale = 100 if metric.endswith("accuracy") else 1
+    key = _entry(runs)
     lines = 0
     for _, g in runs.groupby("group_id", sort=False):
         first = g.iloc[0]
         epochs = epochs_frame(g)
         if epochs.empty or metric not in epochs:
             continue
-        stats = mean_band(epochs, "epoch", metric)
+        stats = mean_band(epochs, key, metric)
         n_seeds = int(stats["count"].max())
         label = _with_protocol(first.model, first._protocol)
         if n_seeds > 1:
             label += f" ({n_seeds} seeds)"
         color = rank_color(first["rank"])
-        ax.plot(stats.epoch, stats["mean"] * scale, linestyle(first.method), color=color,
+        ax.plot(stats[key], stats["mean"] * scale, linestyle(first.method), color=color,
                 label=label, lw=1.5)
         lines += 1
         if n_seeds > 1:
             lo, hi = ((stats["mean"] - stats["std"], stats["mean"] + stats["std"])
                       if band == "std" else (stats["min"], stats["max"]))
-            ax.fill_between(stats.epoch, lo * scale, hi * scale, color=color, alpha=0.2, lw=0)
-    ax.set_xlabel("epoch")
+            ax.fill_between(stats[key], lo * scale, hi * scale, color=color, alpha=0.2, lw=0)
+    ax.set_xlabel("epoch" if key == "epoch" else "step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric.replace("_", " ") + (" (%)" if scale == 100 else ""))
-    ax.set_title(title or f"{metric.replace('_', ' ').capitalize()} per epoch")
+    ax.set_title(title or f"{metric.replace('_', ' ').capitalize()} per "
+                 f"{'epoch' if key == 'epoch' else 'step'}")
     ax.grid(alpha=0.3)
     if lines:
         ax.legend(fontsize=8, loc="lower right" if scale == 100 else "upper right",
@@ -118,34 +128,39 @@ def plot_final_vs(runs: pd.DataFrame, x: str = "rank", metric: str = "final_test
         ax.set_xticks(ranks, [str(r) for r in ranks])
     ax.set_xlabel("rank r" if x == "rank" else "trainable parameters")
     what = "epoch-1" if metric.startswith("epoch1") else "final"
-    ax.set_ylabel(f"{what} test accuracy (%)" if scale == 100 else metric.replace("_", " "))
-    ax.set_title(title or f"{what.capitalize()} test accuracy against "
+    shown = metric.replace("final_", "").replace("epoch1_", "").replace("_", " ")
+    ax.set_ylabel(f"{what} {shown} (%)" if scale == 100 else f"{what} {shown}")
+    ax.set_title(title or f"{what.capitalize()} {shown} against "
                  f"{'rank' if x == 'rank' else 'parameters'}")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="lower right" if scale == 100 else "upper right")
     return fig
 
 
 def study_figures(runs: pd.DataFrame, task: str) -> dict[str, plt.Figure]:
     """The study's standard figures of one task, keyed by the file name they are saved under:
-    each factorized method against full-rank, all models, and final accuracy against rank and
+    each factorized method against full-rank, all models, and the task's headline metric
+    (final test accuracy for the MLP, held-out loss for the transformer) against rank and
     against parameters."""
     runs = runs[runs.task == task] if len(runs) else runs
     name = TASKS[task].title if task in TASKS else task
+    metric = TASKS[task].score if task in TASKS else "test_accuracy"
+    what = "accuracy" if metric == "test_accuracy" else metric
     present = set(runs.method) if len(runs) else set()
     dense = [m for m, spec in METHODS.items() if not spec.factorized and m in present]
     figures = {}
     for method, spec in METHODS.items():
         if spec.factorized and method in present:
             figures[f"{task}_{method}_vs_full.png"] = plot_curves(
-                runs[runs.method.isin([*dense, method])],
+                runs[runs.method.isin([*dense, method])], metric,
                 title=f"{name}: {spec.label} vs "
                       f"{' and '.join(METHODS[d].label for d in dense) or 'no dense model'}")
-    figures[f"{task}_all.png"] = plot_curves(runs, title=f"{name}: all models")
-    figures[f"{task}_accuracy_vs_rank.png"] = plot_final_vs(
-        runs, "rank", title=f"{name}: final test accuracy against rank")
-    figures[f"{task}_accuracy_vs_params.png"] = plot_final_vs(
-        runs, "params", title=f"{name}: final test accuracy against parameters")
+    figures[f"{task}_all.png"] = plot_curves(runs, metric, title=f"{name}: all models")
+    shown = metric.replace("_", " ")
+    figures[f"{task}_{what}_vs_rank.png"] = plot_final_vs(
+        runs, "rank", f"final_{metric}", title=f"{name}: final {shown} against rank")
+    figures[f"{task}_{what}_vs_params.png"] = plot_final_vs(
+        runs, "params", f"final_{metric}", title=f"{name}: final {shown} against parameters")
     return figures
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from .methods import METHODS
 from .results import is_reference, one_protocol, protocol_labels, replicates
+from .tasks import TASKS
 
 #: (method, rank) -> (epoch-1 accuracy, epoch-100 accuracy) in %, as text (some are ranges).
 ORIGINAL = {
@@ -72,14 +73,56 @@ def _groups(runs: pd.DataFrame):
         yield g.iloc[0], g.sort_values("seed")
 
 
+def _score_task(runs: pd.DataFrame):
+    """The one task of ``runs`` if its headline metric is not test accuracy, else None."""
+    tasks = set(runs.task) if len(runs) else set()
+    if len(tasks) == 1 and next(iter(tasks)) in TASKS:
+        task = TASKS[next(iter(tasks))]
+        return task if task.score != "test_accuracy" else None
+    return None
+
+
+def _fmt_score(values: pd.Series) -> str:
+    values = values.dropna()
+    if len(values) == 0:
+        return "—"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.3f}"
+    return f"{values.mean():.3f} ± {values.std():.3f}"
+
+
+def score_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """:func:`comparison_table` of a task whose headline metric is not accuracy (the
+    transformer's held-out loss): per model the metric at the first evaluation and at the end
+    (read on the whole split), mean ± std over seeds."""
+    task = _score_task(runs)
+    metric = task.score
+    rows = []
+    for first, g in _groups(runs):
+        start = [h[0].get(metric) for h in g.history if h]
+        rows.append({"model": first.model, "protocol": first._protocol,
+                     "parameters": f"{int(first.params):,}", "seeds": len(g),
+                     f"{metric} at {task.entry} {g.history.iloc[0][0][task.entry]}"
+                     if len(g.history.iloc[0]) else "first": _fmt_score(pd.Series(start)),
+                     "budget": first.protocol,
+                     f"final {metric}": _fmt_score(g[f"final_{metric}"])})
+    table = pd.DataFrame(rows)
+    if not table.empty and not (table.protocol != "").any():
+        table = table.drop(columns="protocol")
+    return table
+
+
 def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Epoch-1 and final test accuracy per model (mean ± std over seeds when there are several)
     and, for runs of the original's protocol, the original's numbers and the final difference
     to the original's midpoint. One row per model and protocol; a ``protocol`` column names
-    what differs where the records mix protocols.
+    what differs where the records mix protocols. A task whose headline metric is another
+    (the transformer's held-out loss) gets :func:`score_table`.
 
     ``runs`` is :func:`lowrank_helpers.load_records` output.
     """
+    if _score_task(runs) is not None:
+        return score_table(runs)
     rows = []
     for first, g in _groups(runs):
         orig = original_of(first)
@@ -190,9 +233,51 @@ def _passing(part: pd.DataFrame) -> str:
     return text
 
 
+def score_discussion(runs: pd.DataFrame) -> str:
+    """:func:`discussion` of a task whose headline metric is not accuracy: each factorized
+    model's final metric against the dense model's, Welch's interval and Holm's correction over
+    the factorized models (one family)."""
+    from .prose import count_of
+    from .stats import correct, welch
+    task = _score_task(runs)
+    metric, better = task.score, ("higher" if task.higher_is_better else "lower")
+    runs = replicates(one_protocol(runs, "the discussion"))
+    col = f"final_{metric}"
+    groups = list(_groups(runs))
+    seeds = max(len(g) for _, g in groups)
+    out = [f"*Computed from {len(runs)} records of {task.title}: up to {seeds} seed"
+           f"{'s' if seeds > 1 else ''} per model; final {metric.replace('_', ' ')} "
+           f"({better} is better), mean over seeds; {training_minutes(runs):.1f} minutes of "
+           "training.*", ""]
+    dense = [(f, g) for f, g in groups if pd.isna(f["rank"]) and f.method == "full"]
+    fact = [(f, g) for f, g in groups if not pd.isna(f["rank"])]
+    for f, g in groups:
+        out.append(f"- **{f.model}**: {_fmt_score(g[col])} ({len(g)} seed"
+                   f"{'s' if len(g) > 1 else ''}, {int(f.params):,} parameters).")
+    if dense and fact:
+        ref = dense[0][1][col].dropna()
+        diffs = correct([welch(g[col].dropna(), ref) if len(g[col].dropna()) > 1 and len(ref) > 1
+                         else None for _, g in fact])
+        worse = [f.model for (f, _), d in zip(fact, diffs) if d and d.real
+                 and (d.diff < 0) == task.higher_is_better]
+        tested = sum(d is not None for d in diffs)
+        if tested:
+            out.append(f"- **Against {dense[0][0].model}** (Welch, Holm over {tested}): "
+                       f"{count_of(len(worse), tested, 'factorized models')} are detectably "
+                       "worse" + (f" ({', '.join(worse)})" if worse else "") + "; " + "; ".join(
+                           f"{f.model} {d.describe(scale=1.0, unit='')}" for (f, _), d
+                           in zip(fact, diffs) if d) + ".")
+        else:
+            out.append("- Fewer than 2 seeds per model: no interval against the dense model.")
+    return "\n".join(out)
+
+
 def discussion(runs: pd.DataFrame) -> str:
     """A short discussion in Markdown whose every number is computed from ``runs`` (records
-    of one protocol; ValueError naming the fields that differ otherwise)."""
+    of one protocol; ValueError naming the fields that differ otherwise). A task whose headline
+    metric is not accuracy gets :func:`score_discussion`."""
+    if _score_task(runs) is not None:
+        return score_discussion(runs)
     m = _per_model(runs)
     full = m[m["rank"].isna()]  # the dense model
     seeds = int(m.seeds.max()) if len(m) else 0

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from .devices import as_device, device_name
+from .devices import as_device, device_name, peak_memory, reset_peak_memory
 from .methods import METHODS
 from .protocol import RunConfig
 from .training import TrainResult
@@ -195,6 +195,7 @@ def train_stacked(runs: list[RunConfig], data, *, device="cpu", dtype=torch.floa
                for _ in runs]
     for res, init in zip(results, task.evaluate_many(stack.logits, runs[0], data)):
         res.init = init
+    reset_peak_memory(dev)
     iters = [task.batches(r, data) for r in runs]
     seen = torch.zeros(len(runs), dtype=torch.float64)
     start = last = time.perf_counter()
@@ -231,9 +232,9 @@ def train_stacked(runs: list[RunConfig], data, *, device="cpu", dtype=torch.floa
     seconds = time.perf_counter() - start
     finals = task.evaluate_many(stack.logits, runs[0], data, final=True)
     stack.unstack(models)
-    state = opt.state_bytes()
+    state, memory = opt.state_bytes(), peak_memory(dev)
     for i, res in enumerate(results):
-        res.final, res.wall_time = finals[i], seconds
+        res.final, res.wall_time, res.peak_memory = finals[i], seconds, memory
         res.optimizer_state_bytes = state
         res.model = models[i].cpu()
     return results

@@ -75,6 +75,11 @@ class Task:
     def build(self, run: "RunConfig") -> torch.nn.Module:
         raise NotImplementedError
 
+    def smoke(self, shape, protocol: "Protocol") -> tuple[str, object, "Protocol"]:
+        """(task, shape, protocol) of a smoke run of this task: tiny sizes for tests and CI,
+        on data every machine has."""
+        raise NotImplementedError
+
     # -- data -------------------------------------------------------------------------------
     def prepare(self, root=None) -> None:
         """Make sure the task's data are on disk (found, copied or downloaded), before

@@ -60,6 +60,15 @@ def lm_protocol(**changes) -> "Protocol":
     return Protocol(**{**base, **changes})
 
 
+#: What smoke mode shrinks the character task to (CI, tests): a text every Python has, a tiny
+#: model, a few steps.
+SMOKE_SIZES = {"n_layer": 1, "n_head": 2, "d_model": 16, "block_size": 16, "batch_size": 4,
+               "iters": 12, "tune_chars": 4000, "eval_every": 6, "eval_windows": 8}
+#: The task a smoke run of a character task runs instead, and each task's corpus.
+TASKS_SMOKE = {"shakespeare_char": "python_char"}
+TASKS_CORPUS = {"shakespeare_char": "tinyshakespeare", "python_char": "python_stdlib"}
+
+
 @lru_cache(maxsize=None)
 def _vocab_size(corpus: str, root) -> int:
     from ..text import read_corpus
@@ -107,6 +116,19 @@ class CharLM(Task):
                                     run.init or "lora", method=run.method)
         METHODS[run.method].prepare(model, run.options)
         return model
+
+    def smoke(self, shape, protocol: "Protocol"):
+        """A one-block model of width 16 on the Python standard library's source (which every
+        machine has), 12 steps of 4 windows of 16 characters, at the protocol's rate."""
+        from dataclasses import replace
+        task = TASKS_SMOKE.get(self.name, self.name)
+        vocab = _vocab_size(TASKS_CORPUS[task], None)
+        s = SMOKE_SIZES
+        tiny = LMShape(s["n_layer"], s["n_head"], s["d_model"], s["block_size"], vocab)
+        return task, tiny, replace(protocol, steps=s["iters"], batch_size=s["batch_size"],
+                                   val_size=s["tune_chars"], eval_every=s["eval_every"],
+                                   eval_samples=s["eval_windows"],
+                                   warmup_steps=min(protocol.warmup_steps, 2))
 
     # -- data -------------------------------------------------------------------------------
     def prepare(self, root=None) -> None:

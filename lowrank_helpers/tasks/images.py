@@ -81,6 +81,12 @@ class ImageClassification(Task):
         METHODS[run.method].prepare(model, run.options)
         return model
 
+    def smoke(self, shape, protocol: "Protocol"):
+        """The same task and model on 1,024 training and 512 test images, 2 epochs."""
+        from ..config import SMOKE
+        return self.name, shape, protocol.smoke(SMOKE["epochs"], SMOKE["train_subset"],
+                                                SMOKE["test_subset"])
+
     # -- data -------------------------------------------------------------------------------
     def load(self, protocol: "Protocol", root=None, device="cpu") -> data_mod.Data:
         return data_mod.load_data(self.dataset, root, device, protocol.train_subset,
@@ -138,7 +144,13 @@ class ImageClassification(Task):
 
     # -- costs ------------------------------------------------------------------------------
     def parameters(self, run: "RunConfig") -> dict[str, int]:
-        return count_parameters(run.method, run.rank, run.widths)
+        """Trainable parameters per linear layer and in total: the formula for a plain
+        method, counted on the built model for one that changes it (freezes a factor)."""
+        from ..methods import METHODS, Method
+        if type(METHODS[run.method]) is Method:
+            return count_parameters(run.method, run.rank, run.widths)
+        from ..models import parameter_counts
+        return parameter_counts(self.build(run))
 
     def training_flops(self, run: "RunConfig") -> int:
         return training_flops_per_sample(run.method, run.rank, run.widths)

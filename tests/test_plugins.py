@@ -1,0 +1,83 @@
+"""A method is one new file: dropped into lowrank_helpers/methods/, it runs on both tasks,
+stacked and alone, through the command line, with no other file edited."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lowrank_helpers
+
+METHODS_DIR = Path(lowrank_helpers.__file__).parent / "methods"
+ROOT = Path(__file__).resolve().parent.parent
+
+#: A method in one file: A drawn once (the init's) and frozen, only B (and the biases) trained.
+FROZEN_A = '''"""A drawn once and frozen; only B and the biases train (a test's plug-in)."""
+from ..layers import LowRankLinear
+from .base import Method, register_method
+
+
+class FrozenA(Method):
+    def prepare(self, model, options):
+        super().prepare(model, options)
+        for layer in model.modules():
+            if isinstance(layer, LowRankLinear):
+                layer.A.requires_grad_(False)
+
+
+register_method(FrozenA("frozen_a", "frozen-A layers", factorized=True, default_init="he"))
+'''
+
+
+@pytest.fixture
+def frozen_a_file():
+    """The file, found by every new process (the command line's, its notebooks' kernels);
+    this one imports it too, to read the records back."""
+    import importlib
+    from lowrank_helpers.methods import METHODS
+    path = METHODS_DIR / "zz_test_frozen_a.py"
+    path.write_text(FROZEN_A)
+    try:
+        importlib.import_module("lowrank_helpers.methods.zz_test_frozen_a")
+        yield path
+    finally:
+        path.unlink()
+        METHODS.pop("frozen_a", None)
+        sys.modules.pop("lowrank_helpers.methods.zz_test_frozen_a", None)
+
+
+def _cli(tmp_path, *args):
+    env = {**os.environ, "LOWRANK_DATA": os.environ["LOWRANK_DATA"]}
+    return subprocess.run([sys.executable, "-m", "lowrank_helpers", *args, "--smoke",
+                           "--no-summary", "--runs-dir", str(tmp_path / "runs"),
+                           "--notebook", str(ROOT / "notebooks" / "study.ipynb")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("task", ["fashion_mnist", "shakespeare_char"])
+def test_a_method_in_one_new_file_runs_on_both_tasks_stacked_and_alone(tmp_path, task,
+                                                                       frozen_a_file):
+    finals = {}
+    for how, flags in (("stacked", []), ("alone", ["--no-engine"])):
+        out = _cli(tmp_path, "--task", task, "--methods", "frozen_a", "--ranks", "2",
+                   "--results-dir", str(tmp_path / how), *flags)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+        [path] = (tmp_path / how / "smoke").glob("*.json")
+        record = json.loads(path.read_text())
+        assert record["cost"]["engine"] == ("stacked" if how == "stacked" else "plain")
+        finals[how] = record
+    import lowrank_helpers as lh
+    run = lh.RunConfig.from_dict(finals["alone"]["config"])
+    assert run.method == "frozen_a" and run.init == "he"
+    model = run.build()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for n, p in model.named_parameters() if n.endswith(".A"))
+    assert frozen > 0 and finals["alone"]["parameters"]["total"] == trainable
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n.endswith(".A"))
+    # stacked and alone train the same model (float32: equal up to rounding)
+    score = run.task_spec.score
+    a, s = (finals[h]["history"][-1][score] for h in ("alone", "stacked"))
+    assert a == pytest.approx(s, rel=1e-3, abs=1e-3)
