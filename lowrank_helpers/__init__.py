@@ -36,7 +36,9 @@ from .planning import plan_stacks
 from .plots import plot_curves, plot_final_vs, save_figures, study_figures
 from .protocol import OPTIMIZERS, REFERENCE, SCHEDULES, Protocol, RunConfig
 from .readme import update_readme
-from .report import ORIGINAL, comparison_table, cost_table, discussion
+from . import answers
+from .answers import discussion
+from .report import ORIGINAL, comparison_table, cost_table
 from .results import (ResultsDirError, epochs_frame, load_records, make_record, read_record,
                       replicates, save_record)
 from .stacked import StackedMLP
@@ -52,7 +54,8 @@ from .tuning import TUNED_PROTOCOLS, TunedConfig, run_tuning, tuned_table
 __version__ = "0.1.0"
 
 __all__ = [
-    "theory", "SMOKE", "ExplorerConfig", "StudyConfig", "SummaryConfig", "TheoryConfig",
+    "theory", "answers", "SMOKE", "ExplorerConfig", "StudyConfig", "SummaryConfig",
+    "TheoryConfig",
     "DATASETS", "Data", "DataNotFoundError", "load_data", "resolve_device",
     "train_group", "train_many", "INITS", "LowRankLinear", "register_init",
     "METHODS", "LayerSpec", "Method", "lowrank", "method_for_init", "model_label",

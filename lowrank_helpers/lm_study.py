@@ -37,7 +37,7 @@ from .protocol import RunConfig
 from .results import check_writable, read_record, save_record
 from .settings import all_of, check_settings, distinct, each, non_negative, positive, setting
 from .text import CORPORA, read_corpus, split_text
-from .tuning import next_rate, rungs_beyond
+from .search import next_rate, rungs_beyond
 
 #: Where the teacher–student students are stored, under the study's results directory.
 STUDENTS = "teacher_student/students.json"

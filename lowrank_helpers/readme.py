@@ -4,7 +4,7 @@ A block is ``<!-- generated: KIND PATH -->`` … ``<!-- end -->``; PATH is relat
 README. Kinds: ``table`` (:func:`~lowrank_helpers.report.comparison_table`) and ``discussion``
 of the reference-protocol records in a results directory; ``agreement`` of two directories
 ``other:reference`` (:func:`~lowrank_helpers.report.agreement`); ``inits`` of several
-directories ``a:b:...`` compared by init (:func:`~lowrank_helpers.report.init_answer`);
+directories ``a:b:...`` compared by init (:func:`~lowrank_helpers.answers.init_answer`);
 ``tuned``, ``tuned-tables`` and ``tuned-headline`` of the tuned comparison's records
 (:func:`~lowrank_helpers.tuned_report.tuned_answer`, ``tuned_tables_markdown``,
 ``tuned_headline``); ``lm`` and ``lm-table`` of the language-model study's records
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .report import agreement, comparison_table, discussion, init_answer
+from .answers import discussion, init_answer
+from .report import agreement, comparison_table
 from .results import is_reference, load_records
 
 README_BLOCK = re.compile(

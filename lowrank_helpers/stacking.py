@@ -144,16 +144,50 @@ class Stack:
                     own[n].copy_(self.params[n][i])
 
 
-def stack_key(run: RunConfig) -> tuple:
+def stack_key(run: RunConfig, pad: bool = False) -> tuple:
     """Runs with equal keys can train together: same task, shape, method, targets, rank,
-    options and schedule (lr, min_lr, seed and init may differ)."""
+    options and schedule (lr, min_lr, seed and init may differ). With ``pad``, factorized
+    runs of different ranks share a key by the rank they would be padded to
+    (:func:`~lowrank_helpers.planning.stack_rank`: up to 16 together, then each power of 2)."""
     from dataclasses import replace
+
+    from .planning import stack_rank
     proto = replace(run.protocol, lr=1.0, min_lr=0.0)
-    return (run.task, run.shape, run.method, run.targets, run.rank, run.options, proto)
+    rank = stack_rank(run.rank) if pad else run.rank
+    return (run.task, run.shape, run.method, run.targets, rank, run.options, proto)
 
 
-def check_stack(runs: list[RunConfig]) -> None:
-    keys = {stack_key(r) for r in runs}
+@torch.no_grad()
+def pad_ranks(model: torch.nn.Module, rank: int) -> list:
+    """Widen every :class:`~lowrank_helpers.layers.LowRankLinear` of ``model`` to ``rank``
+    with zero rows of A and zero columns of B: the same function, and the padding's gradients
+    are zero (∂L/∂A_pad = B_padᵀ δ xᵀ, ∂L/∂B_pad = δ (A_pad x)ᵀ), so it stays zero under SGD
+    and AdamW, with or without weight decay or clipping. Returns (layer, own rank) pairs for
+    :func:`unpad_ranks`."""
+    from .layers import LowRankLinear
+    done = []
+    for layer in model.modules():
+        if isinstance(layer, LowRankLinear) and layer.rank < rank:
+            r = layer.rank
+            A = layer.A.new_zeros(rank, layer.in_features)    # (rank, d_in)
+            B = layer.B.new_zeros(layer.out_features, rank)   # (d_out, rank)
+            A[:r], B[:, :r] = layer.A, layer.B
+            layer.A = torch.nn.Parameter(A, requires_grad=layer.A.requires_grad)
+            layer.B = torch.nn.Parameter(B, requires_grad=layer.B.requires_grad)
+            done.append((layer, r))
+    return done
+
+
+@torch.no_grad()
+def unpad_ranks(padded: list) -> None:
+    """Cut the layers :func:`pad_ranks` widened back to their own rank."""
+    for layer, r in padded:
+        layer.A = torch.nn.Parameter(layer.A[:r].clone(), requires_grad=layer.A.requires_grad)
+        layer.B = torch.nn.Parameter(layer.B[:, :r].clone(), requires_grad=layer.B.requires_grad)
+
+
+def check_stack(runs: list[RunConfig], pad: bool = False) -> None:
+    keys = {stack_key(r, pad) for r in runs}
     if len(keys) != 1:
         raise ValueError("runs trained together must share task, shape, method, targets, rank "
                          "and protocol (all but lr, min_lr, seed and init); got "
@@ -174,16 +208,20 @@ def _decays(model: torch.nn.Module, run: RunConfig, names: list[str]) -> list[fl
 
 
 def train_stacked(runs: list[RunConfig], data, *, device="cpu", dtype=torch.float32,
-                  progress: Callable[[int], None] | None = None) -> list[TrainResult]:
+                  progress: Callable[[int], None] | None = None,
+                  pad: bool = False) -> list[TrainResult]:
     """Train ``runs`` (one stack, :func:`check_stack`) together on ``data``: each model on its
     own batches, at its own rate, evaluated as :func:`~lowrank_helpers.trainer.fit` evaluates
-    it. ``progress(n)`` after each step. Returns one TrainResult per run, the trained models
-    (on the CPU) in ``result.model``."""
-    check_stack(runs)
+    it; with ``pad``, factorized models of different ranks padded to the largest
+    (:func:`pad_ranks`). ``progress(n)`` after each step. Returns one TrainResult per run, the
+    trained models (on the CPU, at their own ranks) in ``result.model``."""
+    check_stack(runs, pad)
     dev = as_device(device)
     task, protocol = runs[0].task_spec, runs[0].protocol
     data = task.to_device(data, dev)
     models = [r.build().to(device=dev, dtype=dtype) for r in runs]
+    top = max((r.rank or 0) for r in runs)
+    padded = [pad_ranks(m, top) for m in models] if pad and top else [[] for _ in models]
     stack = Stack(models, task.loss)
     decays = _decays(models[0], runs[0], stack.trainable)
     opt = (StackedAdamW if protocol.optimizer == "adamw" else StackedSGD)(
@@ -232,6 +270,8 @@ def train_stacked(runs: list[RunConfig], data, *, device="cpu", dtype=torch.floa
     seconds = time.perf_counter() - start
     finals = task.evaluate_many(stack.logits, runs[0], data, final=True)
     stack.unstack(models)
+    for p in padded:
+        unpad_ranks(p)
     state, memory = opt.state_bytes(), peak_memory(dev)
     for i, res in enumerate(results):
         res.final, res.wall_time, res.peak_memory = finals[i], seconds, memory

@@ -63,3 +63,19 @@ def test_bench_lm_smoke(tmp_path):
     assert got["dense_one_over_nanogpt"] == pytest.approx(
         got["dense"]["tokens_per_s_one"] / got["nanogpt_reference_tokens_per_s"])
     assert "speed-up over one at a time" in proc.stdout
+
+
+def test_bench_engine_smoke(tmp_path):
+    """The engine against the generic stacked path (and one at a time), ratios from the
+    times, and the rule's verdict said."""
+    out = tmp_path / "engine.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_engine.py"), "--epochs", "1",
+         "--train-subset", "256", "--data-root", os.environ["LOWRANK_DATA"],
+         "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(out.read_text())
+    assert got["configurations"] == 17 and got["stacks"] == 9
+    assert got["engine_over_generic"] == pytest.approx(got["generic_s"] / got["engine_s"])
+    assert got["generic_over_alone"] == pytest.approx(got["alone_s"] / got["generic_s"])
+    assert got["engine_stays"] == (got["engine_over_generic"] >= got["rule"])

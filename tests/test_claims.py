@@ -1,5 +1,6 @@
 """Claims say no more than the records carry: Holm's correction, the seed rule read on the
 validation split, and the wording of counts, bounds and convergence in the generated prose."""
+import functools
 import math
 from pathlib import Path
 
@@ -81,25 +82,22 @@ def test_overclaims_finds_a_universal_word_beside_a_short_count():
     assert not overclaims("rank 1 never in 2 of 3 seeds")
 
 
-def _generated_blocks():
-    from lowrank_helpers.readme import README_BLOCK, render_block
-    text = (ROOT / "README.md").read_text()
-    for m in README_BLOCK.finditer(text):
-        where = ":".join(str(ROOT / part) for part in m.group(3).split(":"))
-        yield m.group(2), render_block(m.group(2), where)
-
-
 def test_generated_prose_never_says_all_where_a_count_falls_short():
-    bad = [(kind, s) for kind, text in _generated_blocks() for s in overclaims(text)]
+    from tests.test_readme import rendered_blocks
+    bad = [(kind, s) for kind, _, _, text in rendered_blocks() for s in overclaims(text)]
     assert not bad, f"universal words beside short counts: {bad}"
 
 
-def test_generated_prose_says_converged_only_when_nothing_moves():
+@functools.lru_cache(maxsize=1)
+def _tuned_records():
     from lowrank_helpers.results import load_records
+    return load_records(ROOT / "results" / "tuned")
+
+
+def test_generated_prose_says_converged_only_when_nothing_moves():
     from lowrank_helpers.tuned_report import tuned_answer
     from lowrank_helpers.tuning import split_budget
-    runs = load_records(ROOT / "results" / "tuned")
-    table = tuned_table(runs)
+    table = tuned_table(_tuned_records())
     study = split_budget(table)[0]
     moving = int((study.late_val_gain.abs() >= 0.005).sum())
     text = tuned_answer(table)
@@ -125,8 +123,7 @@ def test_close_calls_read_validation_means_never_test():
 
 def test_the_table_uses_the_seeds_of_the_rule_only():
     """Seeds beyond the rule (trained under an earlier rule) are on disk but in no number."""
-    from lowrank_helpers.results import load_records
-    runs = load_records(ROOT / "results" / "tuned")
+    runs = _tuned_records()
     table = tuned_table(runs)
     assert set(table.seeds) <= {3, 5}
     rule3 = tuned_table(runs, seeds=3, close_seeds=3)

@@ -48,36 +48,43 @@ def frozen_a_file():
         sys.modules.pop("lowrank_helpers.methods.zz_test_frozen_a", None)
 
 
-def _cli(tmp_path, *args):
+def _cli(tmp_path, *args) -> subprocess.Popen:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "LOWRANK_DATA": os.environ["LOWRANK_DATA"]}
-    return subprocess.run([sys.executable, "-m", "lowrank_helpers", *args, "--smoke",
-                           "--no-summary", "--runs-dir", str(tmp_path / "runs"),
-                           "--notebook", str(ROOT / "notebooks" / "study.ipynb")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    return subprocess.Popen([sys.executable, "-m", "lowrank_helpers", *args, "--smoke",
+                             "--no-summary", "--runs-dir", str(tmp_path / "runs"),
+                             "--notebook", str(ROOT / "notebooks" / "study.ipynb")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp_path)
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("task", ["fashion_mnist", "shakespeare_char"])
-def test_a_method_in_one_new_file_runs_on_both_tasks_stacked_and_alone(tmp_path, task,
+def test_a_method_in_one_new_file_runs_on_both_tasks_stacked_and_alone(tmp_path,
                                                                        frozen_a_file):
-    finals = {}
-    for how, flags in (("stacked", []), ("alone", ["--no-engine"])):
-        out = _cli(tmp_path, "--task", task, "--methods", "frozen_a", "--ranks", "2",
-                   "--results-dir", str(tmp_path / how), *flags)
-        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-        [path] = (tmp_path / how / "smoke").glob("*.json")
-        record = json.loads(path.read_text())
-        assert record["cost"]["engine"] == ("stacked" if how == "stacked" else "plain")
-        finals[how] = record
     import lowrank_helpers as lh
-    run = lh.RunConfig.from_dict(finals["alone"]["config"])
-    assert run.method == "frozen_a" and run.init == "he"
-    model = run.build()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for n, p in model.named_parameters() if n.endswith(".A"))
-    assert frozen > 0 and finals["alone"]["parameters"]["total"] == trainable
-    assert not any(p.requires_grad for n, p in model.named_parameters() if n.endswith(".A"))
-    # stacked and alone train the same model (float32: equal up to rounding)
-    score = run.task_spec.score
-    a, s = (finals[h]["history"][-1][score] for h in ("alone", "stacked"))
-    assert a == pytest.approx(s, rel=1e-3, abs=1e-3)
+    cases = [(task, how) for task in ("fashion_mnist", "shakespeare_char")
+             for how in ("stacked", "alone")]
+    procs = {(task, how): _cli(tmp_path / task, "--task", task, "--methods", "frozen_a",
+                               "--ranks", "2", "--results-dir", str(tmp_path / task / how),
+                               *(["--no-engine"] if how == "alone" else []))
+             for task, how in cases}                       # side by side: two cores
+    records = {}
+    for (task, how), proc in procs.items():
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-2000:] + err[-3000:]
+        [path] = (tmp_path / task / how / "smoke").glob("*.json")
+        records[task, how] = record = json.loads(path.read_text())
+        assert record["cost"]["engine"] == ("stacked" if how == "stacked" else "plain")
+    for task in ("fashion_mnist", "shakespeare_char"):
+        run = lh.RunConfig.from_dict(records[task, "alone"]["config"])
+        assert run.method == "frozen_a" and run.init == "he"
+        model = run.build()
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for n, p in model.named_parameters() if n.endswith(".A"))
+        assert frozen > 0 and records[task, "alone"]["parameters"]["total"] == trainable
+        assert not any(p.requires_grad for n, p in model.named_parameters()
+                       if n.endswith(".A"))
+        # stacked and alone train the same model (float32: equal up to rounding)
+        score = run.task_spec.score
+        a, s = (records[task, h]["history"][-1][score] for h in ("alone", "stacked"))
+        assert a == pytest.approx(s, rel=1e-3, abs=1e-3)

@@ -92,3 +92,19 @@ def test_a_methods_hook_runs_every_n_steps_and_its_groups_are_used():
             train_stacked([runs[0].replace(method="counting")], data)
     finally:
         lh.METHODS.pop("counting")
+
+
+@pytest.mark.parametrize("kw", [{"optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.01},
+                                {"optimizer": "adamw", "weight_decay": 0.01}])
+def test_ranks_padded_into_one_stack_train_as_alone(kw):
+    """Models of ranks 1, 2 and 4 padded to 4 with zeros: the padding gets no gradient, so each
+    ends where it would alone, at its own rank."""
+    runs, data = _mlp_runs(**kw)
+    runs = [runs[0].replace(rank=r, seed=i) for i, r in enumerate((1, 2, 4))]
+    stacked = train_stacked(runs, data, dtype=torch.float64, pad=True)
+    for run, st in zip(runs, stacked):
+        alone = fit(run, data, dtype=torch.float64, progress=False)
+        for (name, p), q in zip(alone.model.named_parameters(), st.model.parameters()):
+            assert p.shape == q.shape, name
+            torch.testing.assert_close(p, q, atol=1e-10, rtol=0, msg=name)
+        assert alone.final["test_loss"] == pytest.approx(st.final["test_loss"], abs=1e-9)
