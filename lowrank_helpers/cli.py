@@ -15,6 +15,7 @@ The flags of the study and of its training protocol are generated from their dec
                                           # notebook (lowrank-study tune --help)
     lowrank-study lm                      # the language-model study into
                                           # results/shakespeare_char, then its notebook
+    lowrank-study migrate DIR ...         # rewrite records of an earlier schema as today's
 """
 from __future__ import annotations
 
@@ -347,8 +348,25 @@ def tune(argv) -> int:
     return NOTEBOOK_COMMANDS["tune"](argv)
 
 
+def migrate(argv) -> int:
+    """``lowrank-study migrate DIR ...``: rewrite the records of an earlier schema in each
+    folder as today's (:func:`~lowrank_helpers.migrate.migrate_dir`; nothing retrains)."""
+    from .migrate import migrate_dir
+    p = argparse.ArgumentParser(prog="lowrank-study migrate", description=migrate.__doc__)
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="results folders")
+    dirs = p.parse_args(argv).dirs
+    missing = [d for d in dirs if not Path(d).is_dir()]
+    if missing:
+        raise SystemExit(f"error: not a folder: {', '.join(missing)}")
+    for d in dirs:
+        print(f"{d}: {len(migrate_dir(d))} records rewritten")
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["migrate"]:
+        return migrate(argv[1:])
     if argv[:1] and argv[0] in NOTEBOOK_COMMANDS:
         return NOTEBOOK_COMMANDS[argv[0]](argv[1:])
     args = parse_args(argv)

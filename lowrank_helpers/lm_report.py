@@ -1,7 +1,8 @@
 """The language-model study's tables and answers, computed from its records.
 
-Every model is reported at its chosen rate (:func:`~lowrank_helpers.lm_study.choose_lr`, on the
-tuning slice); every difference is Welch's interval over seeds (:mod:`lowrank_helpers.stats`).
+Every model is reported at its chosen rate (the one search's rule,
+:func:`~lowrank_helpers.search.choose`: the lowest loss on the tuning slice); every difference
+is Welch's interval over seeds (:mod:`lowrank_helpers.stats`).
 Losses are held-out (the corpus's last 10 %), in nats per character; bits are nats / ln 2.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 
 import pandas as pd
 
-from .lm_study import choose_lr
+from .search import choose
 from .stats import welch
 
 #: nanoGPT itself at its CPU configuration on this machine class (issue 11: 4 layers, 4 heads,
@@ -44,7 +45,7 @@ def lm_table(runs: pd.DataFrame) -> pd.DataFrame:
     the models trained in it) and the rates tried."""
     rows = []
     for key, g in study_runs(runs).groupby("model_key"):
-        lr = choose_lr(g)
+        lr = choose(g).lr if (g.seed == 0).any() else None
         tried = sorted(g[g.seed == 0].lr.unique())
         at = g[g.lr == lr] if lr is not None else g.iloc[:0]
         first = g.iloc[0]

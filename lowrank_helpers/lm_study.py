@@ -31,13 +31,13 @@ from .charlm import LMShape, check_lm_rank, lm_parameters, spectra
 from .config import NotebookParams, _not_empty, refuse_smoke_overrides, smoke_dir
 from .devices import check_device, resolve_device
 from .layers import INITS
-from .lm_training import LMProtocol, LMRun, lm_record, stack_key, train_lms
-from .tasks.chars import SMOKE_SIZES
+from .lm_training import LMProtocol, LMRun, _sample, stack_key, train_lms
 from .protocol import RunConfig
-from .results import check_writable, read_record, save_record
+from .results import check_writable, has_record, load_records, read_record, record_path
 from .settings import all_of, check_settings, distinct, each, non_negative, positive, setting
 from .text import CORPORA, read_corpus, split_text
-from .search import next_rate, rungs_beyond
+from .search import search_and_seed
+from .tasks.chars import SMOKE_SIZES, min_lr_for
 
 #: Where the teacher–student students are stored, under the study's results directory.
 STUDENTS = "teacher_student/students.json"
@@ -121,7 +121,8 @@ class LMStudyConfig(NotebookParams):
     def protocol(self, lr: float, tune: bool = True):
         """The study's protocol at peak rate ``lr`` (min_lr = lr/10, nanoGPT's rule of thumb);
         ``tune=False``: trained on the whole training split (the anchor)."""
-        return LMProtocol(steps=self.iters, batch_size=self.batch_size, lr=lr, min_lr=lr / 10,
+        return LMProtocol(steps=self.iters, batch_size=self.batch_size, lr=lr,
+                          min_lr=min_lr_for(lr),
                           val_size=self.tune_chars if tune else 0, eval_every=self.eval_every,
                           eval_samples=self.eval_windows)
 
@@ -158,61 +159,30 @@ def _models(cfg: LMStudyConfig, vocab: int, phase: str) -> list[RunConfig]:
     raise ValueError(phase)
 
 
-def record_file(run: RunConfig, results_dir) -> Path:
-    return Path(results_dir) / f"{run.name}-{run.run_id}.json"
-
-
 def load_lm_records(results_dir) -> pd.DataFrame:
-    """One row per record: the config flat (shape fields, protocol fields), the final losses,
-    parameters and cost."""
-    import warnings
-    rows = []
-    for path in sorted(Path(results_dir).glob("*.json")):
-        try:
-            rec = read_record(path)
-            if rec.get("schema") != "lm-1":
-                continue
-            run = RunConfig.from_dict(rec["config"])
-            c = rec["config"]
-            rows.append({**{k: v for k, v in c.items() if k != "protocol"}, **c["protocol"],
-                         **rec["final"], "parameters": rec["parameters"]["total"],
-                         "diverged_iter": rec["diverged_iter"], **rec["cost"],
-                         "torch_threads": rec.get("torch_threads"),
-                         "run_id": rec["run_id"], "model_key": run.model_key,
-                         "group_id": run.group_id, "label": run.label, "path": str(path)})
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            warnings.warn(f"skipping corrupt record {path}: {type(exc).__name__}: {exc}",
-                          stacklevel=2)
-    return pd.DataFrame(rows)
+    """The character tasks' records under ``results_dir``: the one loader's rows
+    (:func:`~lowrank_helpers.results.load_records`) with the language-model study's columns
+    beside them (:meth:`~lowrank_helpers.tasks.chars.CharLM.record_columns`)."""
+    from .tasks import TASKS
+    runs = load_records(results_dir)
+    if runs.empty:
+        return runs
+    return runs[runs.task.map(lambda t: TASKS[t].entry == "iter")].reset_index(drop=True)
 
 
-def choose_lr(rows: pd.DataFrame) -> float | None:
-    """The rate with the lowest final tuning-slice loss of seed 0 (diverged runs excluded;
-    ties go to the lower rate); None if every rate failed."""
-    ok = rows[(rows.seed == 0) & rows.diverged_iter.isna() & rows.tune_loss.notna()]
-    if ok.empty:
-        return None
-    ok = ok.sort_values(["tune_loss", "lr"])
-    return float(ok.lr.iloc[0])
+def _train(runs: list[RunConfig], cfg: LMStudyConfig, bar) -> None:
+    """Train the runs without a record through the one runner
+    (:func:`~lowrank_helpers.study.run_records`: stacked, resumed, one record schema), each
+    record holding its model's sample and, for a dense model, :func:`learned_analysis`."""
+    from .study import run_records
 
-
-def _train(runs: list[LMRun], cfg: LMStudyConfig, splits, bar) -> None:
-    """Train the runs without a record, stack by stack, writing each record when done."""
-    todo = [r for r in runs if not record_file(r, cfg.results_dir).exists()]
-    stacks = defaultdict(list)
-    for r in todo:
-        stacks[stack_key(r)].append(r)
-    for group in stacks.values():
-        if bar is not None:
-            bar.set_postfix_str(f"{group[0].label} ×{len(group)}")
-        results = train_lms(group, splits, progress=(lambda n: bar.update(n * len(group)))
-                            if bar is not None else None, sample_chars=cfg.sample_chars,
-                            device=resolve_device(cfg.device))
-        for run, res in zip(group, results):
-            rec = lm_record(run, res)
-            if run.method == "full":
-                rec["analysis"] = learned_analysis(run, res.model)
-            save_record(rec, cfg.results_dir)
+    def finish(run, result, data):
+        if cfg.sample_chars:
+            result.final["sample"] = _sample(result.model, data, cfg.sample_chars, run.seed)
+        if run.method == "full":
+            result.analysis = learned_analysis(run, result.model)
+    run_records(runs, cfg.results_dir, data_root=cfg.data_root, device=cfg.device,
+                progress=False, finish=finish, bar=bar, verbose=False)
 
 
 #: How far (absolute, in singular value) a retrained dense model's spectrum may lie from its
@@ -238,7 +208,7 @@ def complete_analysis(runs: list[RunConfig], cfg: LMStudyConfig, splits, bar=Non
     from .results import _write_atomic
     todo = []
     for run in runs:
-        path = record_file(run, cfg.results_dir)
+        path = record_path(run, cfg.results_dir)
         if not path.exists():
             continue
         rec = read_record(path)
@@ -274,46 +244,16 @@ def complete_analysis(runs: list[RunConfig], cfg: LMStudyConfig, splits, bar=Non
     return refused
 
 
-def extension(rows: pd.DataFrame, cfg: "LMStudyConfig") -> float | None:
-    """The next rung of the 1–3–10 ladder beyond a choice that sits at the edge of the rates
-    tried (a failed rate beyond it counts as tried), while fewer than ``max_extend`` rungs lie
-    beyond the grid on that side; else None."""
-    lr = choose_lr(rows)
-    if lr is None:
-        return None
-    tried = sorted(rows[rows.seed == 0].lr.unique())
-    if lr == tried[-1] and rungs_beyond(tried, max(cfg.lrs), +1) < cfg.max_extend:
-        return next_rate(tried, +1)
-    if lr == tried[0] and rungs_beyond(tried, min(cfg.lrs), -1) < cfg.max_extend:
-        return next_rate(tried, -1)
-    return None
-
-
-def _rows(runs: pd.DataFrame, model: RunConfig) -> pd.DataFrame:
-    return runs[runs.model_key == model.model_key] if len(runs) else runs
-
-
-def _search_and_seeds(models, cfg, splits, bar, seeds: int) -> None:
-    """Seed 0 of ``models`` at every rate of the grid, and beyond an edge where the choice
-    sits there (:func:`extension`); then seeds 1…``seeds``-1 at each one's chosen rate."""
-    _train([m.replace(lr=lr, min_lr=lr / 10) for m in models for lr in cfg.lrs], cfg, splits,
-           bar)
-    while True:
-        runs = load_lm_records(cfg.results_dir)
-        more = [(m, extension(_rows(runs, m), cfg)) for m in models if len(_rows(runs, m))]
-        more = [m.replace(lr=lr, min_lr=lr / 10) for m, lr in more if lr is not None]
-        if not more:
-            break
-        _train(more, cfg, splits, bar)
-    if seeds < 2:
-        return
-    todo = []
-    for m in models:
-        rows = _rows(runs, m)
-        lr = choose_lr(rows) if len(rows) else None
-        if lr is not None:
-            todo += [m.replace(lr=lr, min_lr=lr / 10, seed=s) for s in range(1, seeds)]
-    _train(todo, cfg, splits, bar)
+def _search_and_seeds(models, cfg, bar, seeds: int) -> None:
+    """The one search and seed rule (:func:`~lowrank_helpers.search.search_and_seed`): seed 0
+    of ``models`` at every rate of ``lrs``, extended beyond an edge where the choice sits
+    there; then seeds 1…``seeds``-1 at each one's chosen rate."""
+    def train(runs, what):
+        todo = [r for r in runs if not has_record(r, cfg.results_dir)]
+        _train(todo, cfg, bar)
+        return len(todo)
+    search_and_seed(models, {m.model_key: cfg.lrs for m in models}, train,
+                    lambda: load_records(cfg.results_dir), cfg.max_extend, range(1, seeds))
 
 
 def run_lm_study(cfg: LMStudyConfig, progress: bool = True) -> pd.DataFrame:
@@ -331,12 +271,11 @@ def run_lm_study(cfg: LMStudyConfig, progress: bool = True) -> pd.DataFrame:
                 run = LMRun(cfg.corpus, cfg.shape(full.vocab_size),
                             protocol=cfg.protocol(1e-3, tune=False))
                 anchors = [run.replace(seed=s) for s in range(cfg.anchor_seeds)]
-                _train(anchors, cfg, full, bar)
+                _train(anchors, cfg, bar)
                 complete_analysis(anchors, cfg, full, bar)
             else:
                 seeds = {"search": 1, "inits": cfg.extra_init_seeds}.get(phase, cfg.seeds)
-                _search_and_seeds(_models(cfg, splits.vocab_size, phase), cfg, splits, bar,
-                                  seeds)
+                _search_and_seeds(_models(cfg, splits.vocab_size, phase), cfg, bar, seeds)
     finally:
         bar.close()
     return load_lm_records(cfg.results_dir)

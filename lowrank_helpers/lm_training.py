@@ -17,7 +17,6 @@ at a time: the reference the batched one is tested and benchmarked against.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -148,27 +147,3 @@ def train_lm_eager(run: RunConfig, splits: Splits, dtype=torch.float32
     from .trainer import fit
     result = fit(run, splits, dtype=dtype, progress=False, final_eval=False)
     return result.model, result.history
-
-
-def lm_record(run: RunConfig, result: LMResult) -> dict:
-    """The record of a finished LM run: config (the shape under its own names beside the
-    protocol), parameters, history, final losses, cost and provenance."""
-    from . import __version__
-    from .results import _finite_or_none, git_commit
-    import platform
-    tokens = run.protocol.total_steps() * run.protocol.batch_size * run.shape.block_size
-    return _finite_or_none({
-        "schema": "lm-1", "run_id": run.run_id, "name": run.name, "config": run.to_dict(),
-        "parameters": run.task_spec.parameters(run), "history": result.history,
-        "final": result.final,
-        "diverged_iter": result.diverged_iter,
-        "cost": {"training_flops_per_token": run.task_spec.training_flops(run),
-                 "tokens": tokens, "seconds": result.seconds, "stack_size": result.stack_size,
-                 "tokens_per_second": tokens * result.stack_size / result.seconds
-                 if result.seconds else None},
-        "device": result.device, "torch_threads": torch.get_num_threads(),
-        "versions": {"lowrank_helpers": __version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
-        "git_commit": git_commit(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })

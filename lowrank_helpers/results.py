@@ -24,9 +24,6 @@ from .settings import settings_of
 from .tasks import TASKS
 
 REQUIRED = ("run_id", "config", "history", "parameters")
-#: Record schemas of other studies, which :func:`load_records` passes over (the language-model
-#: study's: :func:`~lowrank_helpers.lm_study.load_lm_records`).
-OTHER_SCHEMAS = ("lm-1",)
 #: Cost columns that load_records takes from each record's "cost" (None in older records).
 COST_COLUMNS = ("training_flops_per_sample", "optimizer_state_bytes", "peak_memory_bytes",
                 "peak_memory_kind", "seconds_per_epoch", "stack_size", "engine", "step_mode")
@@ -187,11 +184,18 @@ def save_record(record: dict, results_dir) -> Path:
 
 
 def read_record(path) -> dict:
-    """Load one record; raise ValueError if it is not a valid record."""
+    """Load one record, in today's schema (an earlier one is upgraded,
+    :func:`~lowrank_helpers.migrate.upgrade`); raise ValueError if it is not a valid record."""
+    from .migrate import upgrade
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"unreadable record {path}: {exc}") from exc
+    try:
+        record = upgrade(record)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"record {path} of schema {record.get('schema')!r} cannot be "
+                         f"read: {type(exc).__name__}: {exc}") from exc
     missing = [k for k in REQUIRED if not isinstance(record, dict) or k not in record]
     if missing:
         raise ValueError(f"record {path} lacks {', '.join(missing)}")
@@ -227,6 +231,7 @@ def _row(record: dict, path: Path) -> dict:
             **{f.name: getattr(run.protocol, f.name) for f in settings_of(type(run.protocol))},
             **finals,
             "model": run.label, "run_id": run.run_id, "group_id": run.group_id,
+            "model_key": run.model_key,
             "protocol_id": run.protocol_id, "protocol": run.protocol.describe(),
             "name": record.get("name"), "params": record["parameters"].get("total"),
             "init_test_accuracy": record.get("init_test_accuracy"),
@@ -238,11 +243,14 @@ def _row(record: dict, path: Path) -> dict:
             "final_val_accuracy": last.get("val_accuracy"),
             "score": finals.get(f"final_{task.score}"),
             "epochs_done": len(hist), "diverged_epoch": record.get("diverged_epoch"),
+            "diverged_step": record.get("diverged"),
             "wall_time": record.get("wall_time"), "device": record.get("device"),
+            "torch_threads": record.get("torch_threads"),
             **{k: record.get("cost", {}).get(k) for k in COST_COLUMNS},
             "torch": record.get("versions", {}).get("torch"),
             "git_commit": record.get("git_commit"), "history": hist,
-            "analysis": record.get("analysis"), "path": str(path)}
+            "analysis": record.get("analysis"), "path": str(path),
+            **task.record_columns(record, run)}
 
 
 def load_records(results_dir, **where) -> pd.DataFrame:
@@ -259,8 +267,6 @@ def load_records(results_dir, **where) -> pd.DataFrame:
     for path in sorted(p for d in dirs for p in Path(d).glob("*.json")):
         try:
             record = read_record(path)
-            if record.get("schema") in OTHER_SCHEMAS:  # another study's records: not corrupt
-                continue
             rows.append(_row(record, path))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             warnings.warn(f"skipping corrupt record {path}: {exc}", stacklevel=2)

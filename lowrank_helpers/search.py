@@ -1,16 +1,29 @@
-"""The learning-rate search's rules, for every study: the rate grid and how it grows at an
-edge, and which rate a model's search chooses.
+"""The learning-rate search and the seed rule, one for every study and task.
 
 Rates live on the ladder 1, 3, 10, 30, … × 10^k (a grid half a decade apart), or on any grid
-of one's own, which grows at an edge by its own spacing there (:func:`next_rate`). A model's
-choice (:func:`choose`) is the rate with the best final validation score of seed 0, leaving
-out every rate at which any seed failed (diverged, or ended near chance), ties going to the
-lower rate.
+of one's own, which grows at an edge by its own spacing there (:func:`next_rate`).
+
+- **choice** (:func:`choose`): among one model's seed-0 runs, the rate that ranks best by its
+  task's ``selection`` metrics on the validation or tuning split (the MLP: final validation
+  accuracy, then validation loss; the transformer: final tuning-slice loss), leaving out every
+  rate at which any seed failed (:func:`failed`: diverged, or ended near chance), ties going
+  to the lower rate; where every rate is out, the lowest, so that the grid extends downwards;
+- **search** (:func:`search`): seed 0 at every rate of a model's starting grid; a choice at an
+  edge of the rates tried adds the next rate beyond it, until the choice lies inside or
+  ``max_extend`` rates lie beyond the starting grid on that side;
+- **seeds** (:func:`search_and_seed`): seeds 1 … at each choice; where one of them fails there,
+  the choice moves and the new one gets its seeds (at most :data:`STABILITY_ROUNDS` times).
+
+A study brings how it trains runs (``train(runs, what)``, which skips recorded ones: the
+resume) and reads its records (``records()``, :func:`~lowrank_helpers.results.load_records`
+rows); the task brings its selection metrics and how a rate enters its protocol
+(:meth:`~lowrank_helpers.tasks.base.Task.at_rate`). Test metrics decide nothing here.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import pandas as pd
 
@@ -64,15 +77,39 @@ def rungs_beyond(tried, bound: float, direction: int) -> int:
     return sum(1 for x in tried if (x > bound if direction > 0 else x < bound))
 
 
-def _score(row) -> tuple:
-    """A search run's standing: final validation accuracy, then lower validation loss, then
-    the lower rate (so that where every rate diverges or stays at chance, the lowest is
-    chosen and the grid extends downwards); a diverged run (no finite metric) last."""
-    acc = row.final_val_accuracy
-    if row.diverged_epoch is not None and not pd.isna(row.diverged_epoch) or pd.isna(acc):
-        return (-math.inf, -math.inf, -row.lr)
-    loss = row.history[-1].get("val_loss", math.inf) if row.history else math.inf
-    return (acc, -loss if math.isfinite(loss) else -math.inf, -row.lr)
+#: How often a model's choice may move (a seed failed at it) before its seeds are left as
+#: they are.
+STABILITY_ROUNDS = 4
+
+
+def _diverged(row) -> bool:
+    return any(getattr(row, k, None) is not None and not pd.isna(getattr(row, k))
+               for k in ("diverged_epoch", "diverged_step"))
+
+
+def failed(row) -> bool:
+    """The run diverged (a loss became NaN or inf), or ended near chance on the validation
+    split (a classification task: below twice chance, 2/classes)."""
+    from .tasks import TASKS
+    loss = row.final_train_loss
+    if _diverged(row) or loss is None or not math.isfinite(loss):
+        return True
+    classes = TASKS[row.task].classes
+    acc = getattr(row, "final_val_accuracy", None)
+    return bool(classes) and acc is not None and not pd.isna(acc) and acc < 2 / classes
+
+
+def standing(row) -> tuple:
+    """A search run's rank: its task's selection metrics (signed: higher is better), then the
+    lower rate (so that where nothing learns, the lowest rate wins and the grid extends
+    downwards); a diverged run, or one without the first metric, last."""
+    from .tasks import TASKS
+    values = [getattr(row, f"final_{m}", None) for m, _ in TASKS[row.task].selection]
+    if _diverged(row) or values[0] is None or pd.isna(values[0]):
+        return (*[-math.inf] * len(values), -row.lr)
+    signed = [sign * v if v is not None and math.isfinite(v) else -math.inf
+              for v, (_, sign) in zip(values, TASKS[row.task].selection)]
+    return (*signed, -row.lr)
 
 
 @dataclass(frozen=True)
@@ -81,35 +118,77 @@ class Choice:
     key: str
     lr: float           # the chosen rate
     tried: tuple        # every rate searched, ascending
-    val_accuracy: float
-    edge: str | None    # "low"/"high": the choice is at the grid's edge (not extended further)
-    unstable: tuple = ()  # rates left out because a seed failed there (diverged, or chance)
-
-
-def _failed(row) -> bool:
-    """The run diverged (a loss became NaN or inf) or ended near chance on the validation
-    split (below twice chance, 1/classes)."""
-    from .tasks import TASKS
-    if (row.diverged_epoch is not None and not pd.isna(row.diverged_epoch)) or \
-            not math.isfinite(row.final_train_loss if row.final_train_loss is not None
-                              else math.nan):
-        return True
-    classes = getattr(TASKS.get(row.task), "classes", None)
-    acc = row.final_val_accuracy
-    return bool(classes) and acc is not None and not pd.isna(acc) and acc < 2 / classes
+    score: float        # the first selection metric at the choice (seed 0)
+    edge: str | None    # "low"/"high": the choice is at an edge of the rates tried
+    unstable: tuple = ()  # rates left out because a seed failed there
 
 
 def choose(runs: pd.DataFrame) -> Choice:
-    """The rate with the best final validation accuracy among one model's seed-0 records,
-    leaving out every rate at which some seed failed (:func:`_failed`: a rate that only seed
-    0 survives is not a setting to report); where every rate is out, the lowest, so that the
-    grid extends downwards."""
+    """One model's choice from its records ``runs`` (any seeds; see the module doc)."""
+    from .tasks import TASKS
     rows = [r for r in runs.itertuples() if r.seed == 0]
-    unstable = tuple(sorted({r.lr for r in runs.itertuples() if _failed(r)}))
+    unstable = tuple(sorted({r.lr for r in runs.itertuples() if failed(r)}))
     stable = [r for r in rows if r.lr not in unstable]
-    best = max(stable, key=_score) if stable else min(rows, key=lambda r: r.lr)
+    best = max(stable, key=standing) if stable else min(rows, key=lambda r: r.lr)
     tried = tuple(sorted(r.lr for r in rows))
     edge = "low" if best.lr == tried[0] else "high" if best.lr == tried[-1] else None
-    from .tuning import _config, model_key
-    return Choice(model_key(RunConfig.from_dict(_config(best))), best.lr, tried,
-                  best.final_val_accuracy, edge, unstable)
+    metric = TASKS[best.task].selection[0][0]
+    return Choice(best.model_key, best.lr, tried, getattr(best, f"final_{metric}", math.nan),
+                  edge, unstable)
+
+
+def choices(runs: pd.DataFrame) -> dict[str, Choice]:
+    """Each model's current choice (:func:`choose`), by model key, from load_records rows."""
+    if runs.empty:
+        return {}
+    return {key: choose(part) for key, part in runs.groupby("model_key", sort=False)
+            if (part.seed == 0).any()}
+
+
+def at_rate(run: RunConfig, lr: float) -> RunConfig:
+    """``run`` at rate ``lr`` (its task's rule: :meth:`~lowrank_helpers.tasks.base.Task.at_rate`)."""
+    return run.task_spec.at_rate(run, lr)
+
+
+def search(models: list[RunConfig], grids: dict, train: Callable, records: Callable,
+           max_extend: int, below: int = 1) -> dict[str, Choice]:
+    """Seed 0 of ``models`` at every rate of its starting grid (``grids[model.model_key]``),
+    extended at an edge (module doc); ``train(runs, what)`` trains those without a record,
+    ``records()`` returns the study's records. A rate is out where one of the seeds below
+    ``below`` failed. Returns each model's choice."""
+    grown = {m.model_key: (m, set(grids[m.model_key])) for m in models}
+    for round_ in range(1, 2 * max_extend + 2):
+        train([at_rate(m, lr) for m, lrs in grown.values() for lr in sorted(lrs)],
+              f"learning-rate search, round {round_}")
+        runs = records()
+        chosen = choices(runs[runs.seed < below] if len(runs) else runs)
+        more = False
+        for key, (m, lrs) in grown.items():
+            c = chosen.get(key)
+            if c is None or c.edge is None:
+                continue
+            step = +1 if c.edge == "high" else -1
+            bound = max(grids[key]) if step > 0 else min(grids[key])
+            if rungs_beyond(c.tried, bound, step) < max_extend:
+                lrs.add(next_rate(c.tried, step))
+                more = True
+        if not more:
+            break
+    return {k: chosen[k] for k in grown if k in chosen}
+
+
+def search_and_seed(models: list[RunConfig], grids: dict, train: Callable, records: Callable,
+                    max_extend: int, seeds: range, what: str = "seeds of the chosen rates"
+                    ) -> dict[str, Choice]:
+    """:func:`search`, then ``seeds`` at each choice, again where a seed failed there and the
+    choice moved (the module doc's seed rule); resumes from the records. Returns the final
+    choices."""
+    below = max(seeds, default=0) + 1
+    picked = {}
+    for _ in range(STABILITY_ROUNDS):
+        picked = search(models, grids, train, records, max_extend, below)
+        todo = [at_rate(m, picked[m.model_key].lr).replace(seed=s) for m in models
+                if m.model_key in picked for s in seeds]
+        if not todo or not train(todo, what):
+            break
+    return picked

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -61,7 +62,8 @@ def _as_record_result(run: RunConfig, result):
 
 def run_records(runs: list[RunConfig], results_dir, *, data_root=None, device="auto",
                 engine: bool = True, progress: bool = True, analyze=None,
-                workers: int = 1) -> pd.DataFrame:
+                workers: int = 1, finish=None, bar=None, verbose: bool = True
+                ) -> pd.DataFrame:
     """Train every run of ``runs`` that has no record in ``results_dir``; return the records
     of all of them.
 
@@ -71,19 +73,25 @@ def run_records(runs: list[RunConfig], results_dir, *, data_root=None, device="a
     plain loop, each record saved as its run ends. An interrupted study keeps what was saved
     and a rerun resumes with the rest. A diverged run is recorded as such and the study goes
     on. ``analyze(model)``: a dict of each trained model, stored in its record. ``workers``:
-    CPU processes for the stacked runs (on a GPU, one).
+    CPU processes for the stacked runs (on a GPU, one). ``finish(run, result, data)``: called
+    on each result before its record is written (a study's additions: samples, analyses of the
+    trained ``result.model``). ``bar``: a tqdm bar that the generic stacked path advances by
+    model-steps (the language-model study's); ``verbose``: print what is trained how.
     """
+    say = print if verbose else (lambda *a, **k: None)
     results_dir = check_writable(results_dir)  # fail before training, not after
     runs = list({r.run_id: r for r in runs}.values())
     todo = [r for r in runs if not has_record(r, results_dir)]
-    print(f"{len(runs)} runs: {len(runs) - len(todo)} already recorded in {results_dir}, "
-          f"{len(todo)} to train")
+    say(f"{len(runs)} runs: {len(runs) - len(todo)} already recorded in {results_dir}, "
+        f"{len(todo)} to train")
     if not todo:
         return load_records(results_dir, run_id=[r.run_id for r in runs])
     dev = resolve_device(device)
 
-    def save(done_runs, results):
+    def save(done_runs, results, data=None):
         for run, result in zip(done_runs, results):
+            if finish is not None:
+                finish(run, result, data)
             record = make_record(run, result)
             save_record(record, results_dir)
             if record["diverged_epoch"] is not None:
@@ -99,18 +107,23 @@ def run_records(runs: list[RunConfig], results_dir, *, data_root=None, device="a
         generic = [r for r in part if engine and r not in stacked
                    and METHODS[r.method].stackable and analyze is None]
         alone = [r for r in part if r not in stacked and r not in generic]
-        print(f"data: {data}; " + ", ".join(
+        say(f"data: {data}; " + ", ".join(
             f"{n} {how}" for n, how in ((len(stacked), "stacked"),
                                         (len(generic), "stacked (torch.func)"),
                                         (len(alone), "one at a time")) if n))
         if stacked:  # records are saved as each stack or group ends
-            train_many(stacked, data, dev, progress, on_group_done=save, analyze=analyze,
-                       workers=workers if dev.type == "cpu" else 1)
+            train_many(stacked, data, dev, progress, on_group_done=partial(save, data=data),
+                       analyze=analyze, workers=workers if dev.type == "cpu" else 1)
         for group in _stacks(generic):
+            step = None
+            if bar is not None:
+                bar.set_postfix_str(f"{group[0].label} ×{len(group)}")
+                step = partial(lambda n, k: bar.update(n * k), k=len(group))
             save(group, [_as_record_result(r, res) for r, res in
-                         zip(group, train_stacked(group, data, device=dev))])
+                         zip(group, train_stacked(group, data, device=dev, progress=step))],
+                 data)
         for run in tqdm(alone, desc="runs", unit="run", disable=not progress or not alone):
-            save([run], [run_result(run, data, dev, progress, analyze)])
+            save([run], [run_result(run, data, dev, progress, analyze)], data)
     return load_records(results_dir, run_id=[r.run_id for r in runs])
 
 

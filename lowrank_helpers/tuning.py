@@ -20,7 +20,6 @@ other records lie beside them); it enters only the rows of chosen rates.
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -33,8 +32,7 @@ from .methods import METHODS, method_for_init
 from .models import RANKS
 from .protocol import Protocol, RunConfig
 from .results import has_record, load_records, replicates
-from .search import (Choice, _failed, _score, choose, ladder_index, ladder_lr,  # noqa: F401
-                     next_rate, rungs_beyond)
+from .search import choices, ladder_index, ladder_lr, search_and_seed
 from .settings import all_of, check_settings, distinct, each, positive, setting
 
 #: The tuned protocols: what each optimizer trains under (lr is each model's own).
@@ -65,19 +63,7 @@ TUNED_DIR = f"{RESULTS_DIR}/tuned"
 
 def model_key(run: RunConfig) -> str:
     """Every field but the seed and the learning rate: the runs of one model's search."""
-    return run.replace(seed=0, lr=1.0).group_id
-
-
-def _config(row) -> dict:
-    """A record's stored config (the run exactly as trained), read once per file."""
-    return _config_at(row.path)
-
-
-@functools.lru_cache(maxsize=None)
-def _config_at(path: str) -> dict:
-    import json
-    from pathlib import Path
-    return json.loads(Path(path).read_text())["config"]
+    return run.model_key
 
 
 def _check_optimizers(name, values):
@@ -221,57 +207,28 @@ def _records(cfg: TunedConfig, seeds: int | None = None) -> pd.DataFrame:
 
 
 def _keyed(runs: pd.DataFrame) -> pd.DataFrame:
-    if runs.empty:
-        return runs.assign(key=[])
-    keys = [model_key(RunConfig.from_dict(_config(r))) for r in runs.itertuples()]
-    return runs.assign(key=keys)
+    return runs.assign(key=runs.model_key if len(runs) else [])
 
 
-def choices(runs: pd.DataFrame) -> dict[str, Choice]:
-    """Each model's current choice, from the records of ``runs`` (keyed): :func:`choose`."""
-    return {key: choose(part) for key, part in runs.groupby("key", sort=False)
-            if (part.seed == 0).any()}
-
-
-def _train(runs: list[RunConfig], cfg: TunedConfig, what: str, progress: bool) -> None:
+def _train(runs: list[RunConfig], cfg: TunedConfig, what: str, progress: bool) -> int:
+    """Train the runs of ``runs`` without a record; return how many those were."""
     from .study import run_records
+    todo = [r for r in {r.run_id: r for r in runs}.values()
+            if not has_record(r, cfg.results_dir)]
     if runs:
         print(f"{what}: {len(runs)} runs")
         run_records(runs, cfg.results_dir, data_root=cfg.data_root, device=cfg.device,
                     progress=progress, workers=cfg.workers)
+    return len(todo)
 
 
-def search(models: list[RunConfig], cfg: TunedConfig, progress: bool = True,
-           start: dict | None = None, seeds: int | None = None) -> dict:
-    """Step 1 for ``models``: train the grid (``start[key]``: a model's own starting rates;
-    default its optimizer's grid), extend it at the edges; return the choices (read from the
-    records of seeds below ``seeds``, default ``cfg.seeds``: a rate where one of them failed
-    is left out)."""
+def _stable_seeds(models, cfg, seeds, what, progress, start=None) -> None:
+    """The one search and seed rule (:func:`~lowrank_helpers.search.search_and_seed`) for
+    ``models``, each starting at its optimizer's grid or at ``start[key]``."""
     start = start or {}
-    begin = {model_key(m): tuple(start.get(model_key(m), GRIDS[m.optimizer])) for m in models}
-    grids = {model_key(m): (m, set(begin[model_key(m)])) for m in models}
-    for round_ in range(1, 2 * cfg.max_extend + 2):
-        _train([m.replace(lr=lr) for m, lrs in grids.values() for lr in sorted(lrs)], cfg,
-               f"learning-rate search, round {round_}", progress)
-        chosen = choices(_keyed(_records(cfg, seeds or cfg.seeds)))
-        grown = False
-        for key, (m, lrs) in grids.items():
-            c = chosen[key]
-            rungs = [ladder_index(x) for x in begin[key]]
-            if c.edge is None:
-                continue
-            step = -1 if c.edge == "low" else 1
-            nxt = ladder_index(c.lr) + step
-            if abs(nxt - (min(rungs) if step < 0 else max(rungs))) <= cfg.max_extend:
-                lrs.add(ladder_lr(nxt))
-                grown = True
-        if not grown:
-            return {k: chosen[k] for k in grids}
-    return {k: chosen[k] for k in grids}
-
-
-def seed_runs(models: list[RunConfig], picked: dict, seeds) -> list[RunConfig]:
-    return [m.replace(lr=picked[model_key(m)].lr, seed=s) for m in models for s in seeds]
+    grids = {m.model_key: tuple(start.get(m.model_key, GRIDS[m.optimizer])) for m in models}
+    search_and_seed(models, grids, lambda runs, w: _train(runs, cfg, w, progress),
+                    lambda: _records(cfg), cfg.max_extend, seeds, what)
 
 
 def split_budget(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -361,23 +318,6 @@ def _table(runs: pd.DataFrame) -> pd.DataFrame:
                      "epochs": int(first.epochs), "diverged": int(part.diverged_epoch.notna().sum()),
                      "test_values": list(acc), "epoch1_values": list(part.epoch1_test_accuracy)})
     return pd.DataFrame(rows)
-
-
-#: How often a model's choice may move (a seed diverged at it) before its seeds are left as
-#: they are.
-STABILITY_ROUNDS = 4
-
-
-def _stable_seeds(models, cfg, seeds, what, progress, start=None) -> None:
-    """Search ``models`` (resumes), train ``seeds`` at each choice, and again where a seed
-    diverged there and the choice moved, until every choice has its seeds."""
-    for _ in range(STABILITY_ROUNDS):
-        picked = search(models, cfg, progress, start, max(seeds, default=0) + 1)
-        todo = [r for r in seed_runs(models, picked, seeds)
-                if not has_record(r, cfg.results_dir)]
-        if not todo:
-            return
-        _train(todo, cfg, what, progress)
 
 
 def run_tuning(cfg: TunedConfig, progress: bool = True) -> pd.DataFrame:

@@ -14,7 +14,7 @@ from lowrank_helpers import text
 from lowrank_helpers.charlm import FACTORIZE, lm_parameters, lm_training_flops
 from lowrank_helpers.data import DataNotFoundError
 from lowrank_helpers.layers import LowRankLinear
-from lowrank_helpers.lm_study import choose_lr, narrow_width
+from lowrank_helpers.lm_study import narrow_width
 from lowrank_helpers.lm_training import StackedAdamW, get_batch, windows
 from lowrank_helpers.teacher import floor, teacher
 
@@ -232,15 +232,6 @@ def test_windows_cover_the_split_once():
     assert xb.shape == (5, 8) and torch.equal(yb, xb + 1)
 
 
-def test_choose_lr_skips_diverged_runs():
-    import pandas as pd
-    rows = pd.DataFrame({"seed": [0, 0, 0, 1], "lr": [1e-3, 3e-3, 1e-2, 1e-2],
-                         "tune_loss": [2.0, 1.9, 1.5, 1.4],
-                         "diverged_iter": [None, None, 7, None]})
-    assert choose_lr(rows) == 3e-3
-    assert choose_lr(rows.assign(diverged_iter=1)) is None
-
-
 def test_narrow_width_matches_parameters():
     shape = lh.LMShape()
     target = lm_parameters(shape, "both", 16)["total"]
@@ -305,23 +296,6 @@ def test_training_on_the_gpu_is_training_on_the_cpu():
     for a, b in zip(cpu, gpu):
         assert b.device != "cpu"
         assert b.final["val_loss"] == pytest.approx(a.final["val_loss"], abs=1e-8)
-
-
-def test_a_choice_at_an_edge_extends_the_grid_by_one_rung():
-    import pandas as pd
-    from lowrank_helpers.lm_study import extension
-    cfg = lh.LMStudyConfig(lrs=(1e-3, 3e-3, 1e-2), max_extend=1)
-
-    def rows(lrs, losses, diverged=None):
-        return pd.DataFrame({"seed": 0, "lr": lrs, "tune_loss": losses,
-                             "diverged_iter": diverged or [None] * len(lrs)})
-    grid = [1e-3, 3e-3, 1e-2]
-    assert extension(rows(grid, [2.0, 1.9, 1.8]), cfg) == 3e-2
-    assert extension(rows(grid, [1.7, 1.9, 2.0]), cfg) == 3e-4
-    assert extension(rows(grid, [2.0, 1.7, 1.8]), cfg) is None
-    assert extension(rows(grid + [3e-2], [2.0, 1.9, 1.8, 1.7]), cfg) is None   # max_extend
-    assert extension(rows(grid + [3e-2], [2.0, 1.9, 1.8, 9.9], [None, None, None, 5]),
-                     cfg) is None                                   # the rung beyond failed
 
 
 def test_the_learned_part_is_stored_and_backfilled(tmp_path):

@@ -77,12 +77,12 @@ def test_lm_smoke_trains_each_run_once(tmp_path, monkeypatch):
 # -- learning rates -----------------------------------------------------------------------------
 
 def test_lrs_off_the_ladder_extend_geometrically_and_nan_is_named():
-    import pandas as pd
-    from lowrank_helpers.lm_study import extension
-    cfg = LMStudyConfig(lrs=(0.002, 0.004), max_extend=1)
-    rows = pd.DataFrame({"seed": 0, "lr": [0.002, 0.004], "tune_loss": [2.0, 1.9],
-                         "diverged_iter": [None, None]})
-    assert extension(rows, cfg) == pytest.approx(0.008)
+    from lowrank_helpers.search import search
+    from tests.test_search import MODEL, Study
+    study = Study(lambda lr, seed: -lr)                    # the choice sits at the top edge
+    c = search([MODEL], {MODEL.model_key: (0.002, 0.004)}, study.train, study.records,
+               max_extend=1)[MODEL.model_key]
+    assert c.tried == pytest.approx((0.002, 0.004, 0.008))
     with pytest.raises(ValueError, match="lrs must be a finite number"):
         LMStudyConfig.from_params({"lrs": [float("nan")]})
 

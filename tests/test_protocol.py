@@ -17,15 +17,17 @@ SHIPPED = sorted(ROOT.glob("results/**/*.json"))
 def test_every_shipped_record_keeps_its_id():
     """The ids of the records written before the protocol had its own object (schema 1: flat,
     ``dataset`` for the task) are the ids today's code computes from their configs; so are the
-    language-model study's (schema "lm-1"): one run type and one id rule for every task, and
-    nothing needs migrating."""
+    language-model study's (written as schema "lm-1", rewritten by ``lowrank-study migrate``:
+    tests/test_migrate.py): one run type, one id rule and one schema for every task."""
     records = [(p, json.loads(p.read_text())) for p in SHIPPED]
     records = [(p, r) for p, r in records if "run_id" in r]   # not the teacher's students
-    assert len(records) >= 51 and any(r.get("schema") == "lm-1" for _, r in records)
+    assert len(records) >= 51 and not any(r.get("schema") == "lm-1" for _, r in records)
+    lm = [r for _, r in records if RunConfig.from_dict(r["config"]).task_spec.entry == "iter"]
+    assert len(lm) >= 95 and all(r["schema"] == 2 for r in lm)
     for path, record in records:
         run = RunConfig.from_dict(record["config"])
         assert run.run_id == record["run_id"], path
-        if record.get("schema") in (2, "lm-1"):           # stored as today's code stores it
+        if record.get("schema") == 2:                     # stored as today's code stores it
             assert run.to_dict() == record["config"], path
         assert path.name == f"{run.name}-{run.run_id}.json"
 

@@ -164,17 +164,26 @@ def test_cli_tune_smoke_and_bad_input(tmp_path, capsys):
 
 def test_score_prefers_the_lower_rate_when_nothing_learns():
     """Where every rate diverges (or ties at chance), the lowest wins, so the grid extends
-    downwards; otherwise validation accuracy, then validation loss, decide."""
-    from types import SimpleNamespace as Row
+    downwards; otherwise the task's selection metrics decide: validation accuracy, then
+    validation loss, for the MLP; the tuning-slice loss for the transformer."""
+    from types import SimpleNamespace
 
-    from lowrank_helpers.tuning import _score
-    diverged = [Row(lr=lr, final_val_accuracy=float("nan"), diverged_epoch=1, history=[])
+    from lowrank_helpers.search import standing
+
+    def Row(task="fashion_mnist", **kw):
+        return SimpleNamespace(task=task, diverged_step=None, **kw)
+    diverged = [Row(lr=lr, final_val_accuracy=float("nan"), diverged_epoch=1, final_val_loss=None)
                 for lr in (0.01, 0.003, 0.03)]
-    assert max(diverged, key=_score).lr == 0.003
+    assert max(diverged, key=standing).lr == 0.003
     chance = [Row(lr=lr, final_val_accuracy=0.1, diverged_epoch=None,
-                  history=[{"val_loss": float("nan")}]) for lr in (0.1, 0.03)]
-    assert max(chance, key=_score).lr == 0.03
-    good = [Row(lr=0.1, final_val_accuracy=0.85, diverged_epoch=None, history=[{"val_loss": 0.5}]),
-            Row(lr=0.03, final_val_accuracy=0.85, diverged_epoch=None, history=[{"val_loss": 0.4}]),
-            Row(lr=0.01, final_val_accuracy=0.80, diverged_epoch=None, history=[{"val_loss": 0.3}])]
-    assert max(good, key=_score).lr == 0.03
+                  final_val_loss=float("nan")) for lr in (0.1, 0.03)]
+    assert max(chance, key=standing).lr == 0.03
+    good = [Row(lr=0.1, final_val_accuracy=0.85, diverged_epoch=None, final_val_loss=0.5),
+            Row(lr=0.03, final_val_accuracy=0.85, diverged_epoch=None, final_val_loss=0.4),
+            Row(lr=0.01, final_val_accuracy=0.80, diverged_epoch=None, final_val_loss=0.3)]
+    assert max(good, key=standing).lr == 0.03
+    lm = [Row("shakespeare_char", lr=lr, final_tune_loss=loss, diverged_epoch=None)
+          for lr, loss in ((1e-3, 1.6), (3e-3, 1.5), (1e-2, 1.5))]
+    assert max(lm, key=standing).lr == 3e-3
+    lm[1].diverged_step = 750
+    assert max(lm, key=standing).lr == 1e-2

@@ -46,12 +46,22 @@ class Task:
     higher_is_better: bool = True
     #: what a history entry is keyed by: "epoch" or "iter"
     entry: str = "epoch"
+    #: what a learning-rate search ranks a run by, on the validation (or tuning) split: final
+    #: metrics, each with +1 (more is better) or -1, compared in order
+    selection: tuple = (("val_accuracy", 1), ("val_loss", -1))
+    #: classes of a classification task (a run that ends below twice chance has failed)
+    classes: int | None = None
 
     # -- the protocol and the model ---------------------------------------------------------
     @property
     def default_protocol(self) -> "Protocol":
         from ..protocol import Protocol
         return Protocol()
+
+    def at_rate(self, run: "RunConfig", lr: float) -> "RunConfig":
+        """``run`` at peak learning rate ``lr``, with whatever the task's protocol ties to it
+        (default: nothing else)."""
+        return run.replace(lr=lr)
 
     def check_shape(self, shape):
         raise NotImplementedError
@@ -121,6 +131,11 @@ class Task:
         """:meth:`evaluate` of many stacked models of ``run``'s shape at once, one dict per
         model: ``forward(x)`` gives every model's output (M, ...) on the same input."""
         raise NotImplementedError
+
+    def record_columns(self, record: dict, run: "RunConfig") -> dict:
+        """Columns of the task's own beside :func:`~lowrank_helpers.results.load_records`'
+        common ones (default: none)."""
+        return {}
 
     # -- costs ------------------------------------------------------------------------------
     def parameters(self, run: "RunConfig") -> dict[str, int]:

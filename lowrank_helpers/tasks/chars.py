@@ -45,6 +45,11 @@ _LEGACY = {"steps": "iters", "batch_size": "batch_size", "lr": "lr", "min_lr": "
            "eval_every": "eval_every", "eval_samples": "eval_windows"}
 
 
+def min_lr_for(lr: float) -> float:
+    """nanoGPT's rule of thumb for the cosine's floor: a tenth of the peak rate."""
+    return lr / 10
+
+
 def lm_protocol(**changes) -> "Protocol":
     """nanoGPT's ``train_shakespeare_char`` settings at its CPU size (batch 12, 2,000 steps,
     cosine decay over all of them, no dropout), with ``changes``. The legacy names ``iters``,
@@ -83,6 +88,10 @@ class CharLM(Task):
     @property
     def default_protocol(self) -> "Protocol":
         return lm_protocol()
+
+    def at_rate(self, run: "RunConfig", lr: float) -> "RunConfig":
+        """The rate and the cosine's floor with it (:func:`min_lr_for`)."""
+        return run.replace(lr=lr, min_lr=min_lr_for(lr))
 
     # -- the model --------------------------------------------------------------------------
     def check_shape(self, shape) -> LMShape:
@@ -225,6 +234,27 @@ class CharLM(Task):
     def training_flops(self, run: "RunConfig") -> int:
         return lm_training_flops(run.shape, self.factorize(run), run.rank)
 
+    def record_columns(self, record: dict, run: "RunConfig") -> dict:
+        """The language-model study's names: the config flat (shape fields, the protocol's
+        under their first names), the final losses in nats and bits and the sample, the step
+        a run diverged at, parameters, FLOPs per token, tokens, seconds, tokens per second."""
+        from ..lm_training import LN2
+        c, cost = record["config"], record.get("cost") or {}
+        final = dict(record.get("final") or {})
+        for k in [k for k in final if k.endswith("_loss")]:
+            final.setdefault(k.replace("_loss", "_bits"),
+                             final[k] / LN2 if final[k] is not None else None)
+        p = run.protocol
+        tokens = p.total_steps() * p.batch_size * run.shape.block_size
+        seconds, stack = record.get("wall_time"), cost.get("stack_size") or 1
+        return {**{k: v for k, v in c.items() if k not in ("protocol", "rank", "init", "seed")},
+                **c["protocol"], **final, "parameters": record["parameters"]["total"],
+                "diverged_iter": record.get("diverged"),
+                "training_flops_per_token": cost.get("training_flops_per_sample"),
+                "tokens": tokens, "seconds": seconds,
+                "tokens_per_second": tokens * stack / seconds if seconds else None,
+                "label": run.label}
+
     # -- ids --------------------------------------------------------------------------------
     def canonical(self, run: "RunConfig", seed: bool = True, model: bool = True) -> dict:
         """The language-model study's first record layout (schema lm-1), which its shipped
@@ -283,8 +313,8 @@ class CharLM(Task):
 register_task(CharLM("shakespeare_char", "tiny-shakespeare", LM_METRICS,
                      targets={k: v for k, v in FACTORIZE.items() if k != "none"},
                      default_targets="both", score="val_loss", higher_is_better=False,
-                     entry="iter", corpus="tinyshakespeare"))
+                     entry="iter", selection=(("tune_loss", -1),), corpus="tinyshakespeare"))
 register_task(CharLM("python_char", "Python standard-library source", LM_METRICS,
                      targets={k: v for k, v in FACTORIZE.items() if k != "none"},
                      default_targets="both", score="val_loss", higher_is_better=False,
-                     entry="iter", corpus="python_stdlib"))
+                     entry="iter", selection=(("tune_loss", -1),), corpus="python_stdlib"))

@@ -38,7 +38,7 @@ class ImageClassification(Task):
     """Images flattened to vectors, classified by an MLP with dense or factorized layers."""
     dataset: str = "fashion_mnist"           # in lowrank_helpers.data.DATASETS
     input_size: int = 784
-    classes: int = 10
+    classes: int | None = 10
     hidden_sizes: tuple = DEFAULT_WIDTHS[1:-1]  # the PyTorch quickstart's MLP
 
     # -- the model --------------------------------------------------------------------------
