@@ -61,16 +61,40 @@ def report_progress(epoch: int, epochs: int) -> None:
 
 @dataclass
 class Job:
-    name: str            # a dense method ("full"), or the ranks of a stack ("r001-r016")
-    config: StudyConfig  # the notebook's parameters for this job
+    """One notebook run of a study: the reference study's jobs are a dense method ("full") or
+    a stack of ranks ("r001-r016"), whose runs are known in advance (``config.runs()``); a
+    study that chooses its runs as it goes (a learning-rate search) plans none, and its job
+    may write any run's record."""
+    name: str
+    config: object       # the notebook's parameters for this job (a NotebookParams config)
+
+    def runs(self) -> list | None:
+        return self.config.runs() if hasattr(self.config, "runs") else None
+
+    def run_ids(self) -> set[str] | None:
+        """The ids of the runs the job may write (None: any)."""
+        runs = self.runs()
+        return None if runs is None else {r.run_id for r in runs}
 
     def done(self) -> bool:
-        return all(has_record(run, self.config.results_dir) for run in self.config.runs())
+        """Every planned run is recorded (a job without planned runs is run again: it resumes
+        from the records)."""
+        runs = self.runs()
+        return runs is not None and all(has_record(r, self.config.results_dir) for r in runs)
 
     def records(self) -> list[dict]:
-        """The records its runs already have (a job that stopped half way has some)."""
-        return [read_record(record_path(run, self.config.results_dir))
-                for run in self.config.runs() if has_record(run, self.config.results_dir)]
+        """The records it starts from (a job that stopped half way has some): those of its
+        planned runs, or every record of the results folder."""
+        runs, folder = self.runs(), Path(self.config.results_dir)
+        if runs is not None:
+            return [read_record(record_path(r, folder)) for r in runs if has_record(r, folder)]
+        out = []
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+            try:
+                out.append(read_record(path))
+            except ValueError:
+                pass
+        return out
 
 
 def plan_jobs(cfg: StudyConfig) -> list[Job]:
@@ -302,6 +326,16 @@ class LocalRunner:
     def stop(self) -> None:
         """Stop every running job (each is interrupted, then killed after a grace period)."""
         self._stop.set()
+
+
+def make_runner(jobs: int = 1, scheduler: str | None = None, timeout: float | None = None,
+                results_dir="results"):
+    """The local runner of ``jobs`` at a time, or the Dask one for ``scheduler`` (an address,
+    or "local"; it connects on entering)."""
+    if scheduler is None:
+        return LocalRunner(jobs, timeout)
+    from .cluster import DaskRunner
+    return DaskRunner(scheduler, jobs, timeout, results_dir)
 
 
 class JobProgress:

@@ -26,12 +26,11 @@ import hashlib
 import json
 import signal
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from .batch import JobProgress, JobSpec, LocalRunner, plan_jobs, run_job
+from .batch import JobProgress, JobSpec, LocalRunner, make_runner, plan_jobs, run_job
 from .config import StudyConfig, SummaryConfig, smoke_dir
-from .data import DataError, DataNotFoundError
+from .data import DataNotFoundError
 from .protocol import REFERENCE, Protocol
 from .results import ResultsDirError, check_writable
 from .settings import choices_of, default_of, settings_of
@@ -56,14 +55,6 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def make_runner(args, results_dir):
-    """The local runner, or the Dask one for ``--scheduler`` (which connects on entering)."""
-    if args.scheduler is None:
-        return LocalRunner(args.jobs, args.job_timeout)
-    from .cluster import DaskRunner
-    return DaskRunner(args.scheduler, args.jobs, args.job_timeout, results_dir)
-
-
 def run_batch(cfg: StudyConfig, args) -> int:
     runs_dir = Path(args.runs_dir)
     check_writable(cfg.results_dir)
@@ -80,7 +71,8 @@ def run_batch(cfg: StudyConfig, args) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a kill stops like Ctrl-C
     try:
         # nothing to run: no cluster to reach, straight to the summary
-        with make_runner(args, cfg.results_dir) if todo else LocalRunner() as runner:
+        with make_runner(args.jobs, args.scheduler, args.job_timeout, cfg.results_dir) \
+                if todo else LocalRunner() as runner:
             print(f"{len(jobs)} jobs ({len(cfg.runs())} runs): {len(jobs) - len(todo)} done "
                   f"already in {cfg.results_dir}, {len(todo)} to run"
                   f"{', ' + runner.describe() if todo else ''}; "
@@ -241,113 +233,6 @@ def study_config(args) -> StudyConfig:
         "smoke": args.smoke})
 
 
-#: Settings the notebook commands set themselves (paths resolved here, smoke's own folders).
-_NOTEBOOK_OWN = ("results_dir", "data_root", "img_dir", "reference_dirs", "smoke")
-
-
-@dataclass(frozen=True)
-class NotebookCommand:
-    """A study that trains what its records lack, then runs its notebook for the tables and
-    figures: ``lowrank-study tune``, ``lowrank-study lm``."""
-    name: str
-    description: str
-    config: str          # "module:Class" of its NotebookParams config
-    train: str           # "module:function" that trains from the config
-    results: str         # default results directory, relative to the working directory
-    notebook: str        # file name in notebooks/
-    smoke_help: str
-
-    def _load(self, spec):
-        import importlib
-        module, attr = spec.split(":")
-        return getattr(importlib.import_module(f"lowrank_helpers.{module}"), attr)
-
-    def parser(self) -> argparse.ArgumentParser:
-        p = argparse.ArgumentParser(prog=f"lowrank-study {self.name}",
-                                    description=self.description)
-        _add_settings(p.add_argument_group(f"the {self.name} study"), self._load(self.config),
-                      skip=_NOTEBOOK_OWN)
-        p.add_argument("--results-dir", default=None, help=f"run records (default: "
-                       f"{self.results}; with --smoke: {self.results}/smoke)")
-        p.add_argument("--runs-dir", default="runs", help="the executed notebook (default: runs)")
-        p.add_argument("--img-dir", default="img", help="figures (default: img)")
-        p.add_argument("--data-root", default=None, help="data directory")
-        p.add_argument("--notebook", default=None, help=f"default: notebooks/{self.notebook}")
-        p.add_argument("--no-notebook", action="store_true", help="train only")
-        p.add_argument("--smoke", action="store_true", help=self.smoke_help)
-        return p
-
-    def __call__(self, argv) -> int:
-        cls, p = self._load(self.config), self.parser()
-        args = p.parse_args(argv)
-        given = {f.name: getattr(args, f.name) for f in settings_of(cls)
-                 if f.metadata["flag"] and f.name not in _NOTEBOOK_OWN
-                 and getattr(args, f.name, None) is not None}
-        params = {**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()},
-                  "results_dir": str(Path(args.results_dir or self.results).resolve()),
-                  "img_dir": str(Path(args.img_dir).resolve()), "smoke": args.smoke,
-                  "data_root": str(Path(args.data_root).resolve()) if args.data_root else None}
-        if "reference_dirs" in cls.parameter_names():
-            params["reference_dirs"] = [str(Path(d).resolve())
-                                        for d in ("results", "results/inits")]
-        try:
-            cfg = cls.from_params(params)
-        except (ValueError, TypeError) as exc:
-            p.error(str(exc))
-        try:
-            self._load(self.train)(cfg)
-        except (ResultsDirError, DataNotFoundError, DataError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print(f"\ninterrupted: finished runs are kept in {cfg.results_dir}; run the same "
-                  "command again to resume", file=sys.stderr)
-            return 130
-        if args.no_notebook:
-            return 0
-        notebook = _find_notebook(args.notebook, self.notebook)
-        runs_dir = Path(smoke_dir(args.runs_dir) if args.smoke else args.runs_dir)
-        nb_params = cfg.to_dict()  # its sizes and folders as trained here (smoke: idempotent)
-        try:
-            outcome = run_job(notebook, runs_dir / self.notebook, nb_params, name=self.name)
-        except KeyboardInterrupt:
-            print(f"\ninterrupted while the notebook ran: the records are kept in "
-                  f"{cfg.results_dir}; run the same command again for the notebook",
-                  file=sys.stderr)
-            return 130
-        if not outcome.ok:
-            print(outcome.report(label="notebook"), file=sys.stderr)
-            return 1
-        print(f"figures written to {nb_params['img_dir']}/; notebook: "
-              f"{runs_dir / self.notebook}")
-        return 0
-
-
-NOTEBOOK_COMMANDS = {c.name: c for c in (
-    NotebookCommand("tune", "The fair comparison: every model's learning rate tuned on a "
-                    "validation split under SGD with momentum and under AdamW, then seeds "
-                    "(resumes from the records), then notebooks/tuned.ipynb for the tables and "
-                    "figures.", "tuning:TunedConfig", "tuning:run_tuning", "results/tuned",
-                    "tuned.ipynb", "tiny data, 2 ranks, 1 epoch"),
-    NotebookCommand("lm", "The language-model study: nanoGPT's character transformer on "
-                    "tiny-shakespeare, dense against factorized projections, each model's "
-                    "rate tuned on a slice of the training split, then seeds and controls "
-                    "(resumes from the records), then notebooks/shakespeare_char.ipynb.",
-                    "lm_study:LMStudyConfig", "lm_study:run_lm_study",
-                    "results/shakespeare_char", "shakespeare_char.ipynb",
-                    "a tiny model on Python source text, a few steps"),
-)}
-
-
-def build_tune_parser() -> argparse.ArgumentParser:
-    return NOTEBOOK_COMMANDS["tune"].parser()
-
-
-def tune(argv) -> int:
-    """``lowrank-study tune``: train what the tuned study lacks, then run its notebook."""
-    return NOTEBOOK_COMMANDS["tune"](argv)
-
-
 def migrate(argv) -> int:
     """``lowrank-study migrate DIR ...``: rewrite the records of an earlier schema in each
     folder as today's (:func:`~lowrank_helpers.migrate.migrate_dir`; nothing retrains)."""
@@ -367,8 +252,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["migrate"]:
         return migrate(argv[1:])
-    if argv[:1] and argv[0] in NOTEBOOK_COMMANDS:
-        return NOTEBOOK_COMMANDS[argv[0]](argv[1:])
+    from .presets import PRESETS
+    if argv[:1] and argv[0] in PRESETS:
+        return PRESETS[argv[0]](argv[1:])
     args = parse_args(argv)
     args.results_dir = args.results_dir or "results"
     args.runs_dir = args.runs_dir or "runs"

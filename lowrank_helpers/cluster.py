@@ -128,7 +128,7 @@ def remote_job(name: str, notebook_name: str, notebook: bytes, params: dict, rec
     with tempfile.TemporaryDirectory(prefix=f"lowrank-{name}-") as tmp:
         # named as the client's (".../smoke" stays "smoke"), so that the notebook reads and
         # writes its records right here
-        results = Path(tmp) / "results" / Path(params["results_dir"]).name
+        results = Path(tmp) / "results" / Path(_results_dir(params)).name
         nb = Path(tmp) / "notebook" / notebook_name
         for record in (*records, *earlier):
             save_record(record, results)
@@ -136,7 +136,7 @@ def remote_job(name: str, notebook_name: str, notebook: bytes, params: dict, rec
         nb.parent.mkdir()
         nb.write_bytes(notebook)
         outcome = run_job(
-            nb, Path(tmp) / "executed" / notebook_name, {**params, "results_dir": str(results)},
+            nb, Path(tmp) / "executed" / notebook_name, _results_dir(params, str(results)),
             name=name, env={**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads},
             timeout=timeout, on_progress=lambda info: send("progress", **info), watch=results,
             on_record=record_written, stopped=cancelled)
@@ -146,6 +146,18 @@ def remote_job(name: str, notebook_name: str, notebook: bytes, params: dict, rec
                 "failed": outcome.notebook is not None and outcome.status != "done",
                 "records": [r for r in map(_record_or_none, sorted(set(results.rglob("*.json"))
                                                                    - given)) if r]}
+
+
+def _results_dir(params: dict, new: str | None = None):
+    """The results folder of a job's parameters (a study notebook's own, or the ``config``
+    of :data:`~lowrank_helpers.presets.JOB_NOTEBOOK`'s); with ``new``: the parameters with it
+    replaced."""
+    nested = "config" in params and isinstance(params["config"], dict)
+    own = params["config"] if nested else params
+    if new is None:
+        return own["results_dir"]
+    own = {**own, "results_dir": new}
+    return {**params, "config": own} if nested else own
 
 
 def _record_or_none(path: Path) -> dict | None:
@@ -166,7 +178,8 @@ class DaskRunner:
         self.topic = f"lowrank-batch-{uuid.uuid4().hex[:12]}"
         self.lock = threading.Lock()
         self.written = 0
-        self.expected: dict[str, set[str]] = {}  # job -> the run ids it was sent to do
+        self.expected: dict[str, set[str] | None] = {}  # job -> the run ids it may write
+                                                         # (None: any, a search's job)
         self.refused: dict[str, set[str]] = {}    # job -> run ids it sent but was not given
         self.client = self.cluster = None
         self._prepare = None
@@ -203,7 +216,8 @@ class DaskRunner:
         """Write ``record`` into the results directory unless it is already there, or is not
         one of the runs ``job`` was sent to do (a worker configured otherwise)."""
         with self.lock:
-            if record.get("run_id") not in self.expected.get(job, ()):
+            expected = self.expected.get(job, ())
+            if expected is not None and record.get("run_id") not in expected:
                 refused = self.refused.setdefault(job, set())
                 if record.get("run_id") not in refused:
                     refused.add(record.get("run_id"))
@@ -248,7 +262,7 @@ class DaskRunner:
         try:
             for spec in specs:
                 name = spec.job.name
-                self.expected[name] = {run.run_id for run in spec.job.config.runs()}
+                self.expected[name] = spec.job.run_ids()
                 self.client.subscribe_topic(f"{self.topic}-records-{name}", self._event)
                 spec.out.parent.mkdir(parents=True, exist_ok=True)
                 spec.out.with_suffix(".params.json").write_text(json.dumps(spec.params,

@@ -71,6 +71,10 @@ def lm_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def dense_row(table: pd.DataFrame, d_model: int | None = None) -> pd.Series:
     dense = table[table.factorize == "none"]
+    if dense.empty:
+        raise ValueError("the records hold no dense model of the study (tuned on the tuning "
+                         "slice), which every comparison is against: run the search phase "
+                         "first (lowrank-study lm --phases search ...)")
     d_model = d_model or int(dense.d_model.max())
     return dense[dense.d_model == d_model].iloc[0]
 

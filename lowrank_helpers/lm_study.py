@@ -256,6 +256,23 @@ def _search_and_seeds(models, cfg, bar, seeds: int) -> None:
                     lambda: load_records(cfg.results_dir), cfg.max_extend, range(1, seeds))
 
 
+#: The phases each job of the batch runner runs (independent of each other).
+JOB_PHASES = (("anchor",), ("search", "seeds"), ("narrow",), ("partial",), ("inits",))
+
+
+def plan_jobs(cfg: LMStudyConfig) -> list:
+    """The study as jobs of the batch runner: the anchor, the search with its seeds, and each
+    control (the phases of ``cfg.phases`` only)."""
+    from dataclasses import replace
+    from .batch import Job
+    jobs = []
+    for group in JOB_PHASES:
+        phases = tuple(p for p in group if p in cfg.phases)
+        if phases:
+            jobs.append(Job("-".join(phases), replace(cfg, phases=phases)))
+    return jobs
+
+
 def run_lm_study(cfg: LMStudyConfig, progress: bool = True) -> pd.DataFrame:
     """Run the phases of ``cfg.phases`` in order (see the module doc) and return the records."""
     from tqdm.auto import tqdm

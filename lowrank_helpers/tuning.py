@@ -320,6 +320,13 @@ def _table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def plan_jobs(cfg: TunedConfig) -> list:
+    """The tuned study as jobs of the batch runner: one per optimizer (their searches, seeds,
+    close calls and convergence checks are independent of each other)."""
+    from .batch import Job
+    return [Job(opt, replace(cfg, optimizers=(opt,))) for opt in cfg.optimizers]
+
+
 def run_tuning(cfg: TunedConfig, progress: bool = True) -> pd.DataFrame:
     """All steps, for the comparison's models first, then the controls, the close calls'
     extra seeds (a choice at which a seed diverges moves to the next best rate, whose seeds

@@ -135,11 +135,11 @@ def test_a_record_with_an_empty_config_is_named_and_skipped(tmp_path):
 
 
 def test_ctrl_c_while_the_lm_notebook_runs_is_one_line(tmp_path, capsys, monkeypatch):
-    import lowrank_helpers.cli as cli
+    import lowrank_helpers.presets as presets
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(cli, "run_job", interrupted)
+    monkeypatch.setattr(presets, "run_job", interrupted)
     rc = main(["lm", "--smoke", "--results-dir", str(tmp_path / "r"), "--runs-dir",
                str(tmp_path / "runs"), "--data-root", str(tmp_path / "data"),
                "--phases", "anchor"])
