@@ -6,12 +6,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .methods import init_color
+from .methods import init_color, linestyle
 from .theory import lr_multiplier
 from .tuned_report import OPTIMIZER_LABELS, _family, _main, head_control, rescale_control
-from .tuning import TUNED_PROTOCOLS, split_budget
-
-DENSE_STYLES = {"full": "-", "full_he": "--"}
+from .tuning import DENSE, TUNED_PROTOCOLS, split_budget
 
 
 def _err(s: pd.Series) -> np.ndarray:
@@ -26,7 +24,7 @@ def _err(s: pd.Series) -> np.ndarray:
 def _dense_lines(ax, table, opt, x_span=None):
     for r in table[(table.optimizer == opt) & table["rank"].isna()].itertuples():
         half = _err(pd.Series([r.test_values]))[0]
-        ax.axhline(100 * r.mean_test, color="black", ls=DENSE_STYLES.get(r.method, ":"),
+        ax.axhline(100 * r.mean_test, color="black", ls=linestyle(r.method),
                    lw=1.2, label=f"{r.model} (lr {r.lr:g})")
         ax.axhspan(100 * (r.mean_test - half), 100 * (r.mean_test + half), color="black",
                    alpha=0.08)
@@ -100,7 +98,7 @@ def lr_vs_rank(table: pd.DataFrame) -> plt.Figure:
     for ax, opt in zip(axes[0], opts):
         part = table[table.optimizer == opt]
         main = _main(part)
-        dense = part[(part.method == "full")]
+        dense = part[part.method == DENSE[0]]   # the task's own dense init
         for init, p in main.groupby("init", sort=False):
             p = p.sort_values("rank")
             ax.plot(p["rank"].astype(int), p.lr, color=init_color(init), marker="o", ms=4,
@@ -113,7 +111,7 @@ def lr_vs_rank(table: pd.DataFrame) -> plt.Figure:
                 ax.plot(ranks, [base / lr_multiplier(init, r, "directional") for r in ranks],
                         color=init_color(init), ls=":", lw=0.9, alpha=0.7)
         for d in part[part["rank"].isna()].itertuples():
-            ax.axhline(d.lr, color="black", ls=DENSE_STYLES.get(d.method, ":"), lw=1,
+            ax.axhline(d.lr, color="black", ls=linestyle(d.method), lw=1,
                        label=f"{d.model}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -143,7 +141,7 @@ def accuracy_vs_params(table: pd.DataFrame) -> plt.Figure:
                         color=init_color(init), marker="o", ms=3, capsize=2, label=_family(init))
         for d in part[part["rank"].isna()].itertuples():
             ax.errorbar([d.params], [100 * d.mean_test], yerr=[100 * _err(pd.Series([d.test_values]))[0]],
-                        color="black", marker="s" if d.method == "full" else "D", ms=6,
+                        color="black", marker="s" if linestyle(d.method) == "-" else "D", ms=6,
                         ls="none", label=d.model)
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters")
