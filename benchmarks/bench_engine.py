@@ -6,10 +6,10 @@ epoch) for ``--epochs`` epochs, trained three ways in this process with the same
 
 1. the hand-written stacked engine (:func:`lowrank_helpers.train_many`: written-out backward,
    SGD fused into the weights, ranks up to 16 padded into one stack);
-2. the generic stacked path (:func:`lowrank_helpers.stacking.train_stacked`: torch.func's
+2. the generic stacked path (:func:`lowrank_helpers.training.stacking.train_stacked`: torch.func's
    ``vmap`` over ``functional_call``, autograd, per-model SGD; the same stacks, ranks padded
    the same way);
-3. one model at a time through the one training loop (:func:`lowrank_helpers.trainer.fit`).
+3. one model at a time through the one training loop (:func:`lowrank_helpers.training.trainer.fit`).
 
 The issue's rule: the engine stays only if it is at least 1.3x faster than the generic path.
 Prints the times and ratios and writes them to benchmarks/bench_engine.json (``--out``).
@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 import lowrank_helpers as lh
-from lowrank_helpers.models import RANKS
-from lowrank_helpers.stacking import stack_key, train_stacked
-from lowrank_helpers.trainer import fit
+from lowrank_helpers.models.mlp import RANKS
+from lowrank_helpers.training.stacking import stack_key, train_stacked
+from lowrank_helpers.training.trainer import fit
 
 RULE = 1.3   # the engine stays only if it is at least this much faster than the generic path
 

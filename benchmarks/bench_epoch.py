@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 import lowrank_helpers as lh
-from lowrank_helpers.data import default_root
+from lowrank_helpers.tasks.images_data import default_root
 
 
 def original_epoch(model, train_loader, test_loader, device) -> float:

@@ -38,9 +38,9 @@ import torch
 
 import lowrank_helpers as lh
 from lowrank_helpers.methods import ORIGINAL_METHODS
-from lowrank_helpers.models import RANKS
-from lowrank_helpers.tuning import TUNED_PROTOCOLS
-from lowrank_helpers.report import training_minutes
+from lowrank_helpers.models.mlp import RANKS
+from lowrank_helpers.studies.tuned import TUNED_PROTOCOLS
+from lowrank_helpers.reports.reference import training_minutes
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_epoch import compare_epoch  # noqa: E402
@@ -88,7 +88,7 @@ def matmul_time_cpu(runs: list[lh.RunConfig], data, workers: int, steps: int = 1
     (the profiler's own cost lands in "the rest")."""
     from torch.profiler import ProfilerActivity, profile
 
-    from lowrank_helpers.planning import worker_stacks
+    from lowrank_helpers.training.planning import worker_stacks
     run = runs[0]
     bs, n = run.batch_size, len(data.y_train)
     total_steps = run.epochs * math.ceil(n / bs)

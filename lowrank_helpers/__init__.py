@@ -18,38 +18,38 @@ The language-model study: text (character corpora, split as nanoGPT splits them)
 runs at once through torch.func), lm_study (the phases, with resume), lm_report (tables,
 computed prose), lm_plots (figures), teacher (the teacher–student control).
 """
-from . import theory
-from .config import (SMOKE, ExplorerConfig, StudyConfig, SummaryConfig, TheoryConfig)
-from .data import DATASETS, Data, DataNotFoundError, load_data
-from .devices import resolve_device
-from .engine import train_group, train_many
-from .charlm import CharTransformer, LMShape
-from .layers import INITS, LowRankLinear, register_init
-from .lm_plots import lm_figures
-from .lm_report import anchor_summary, lm_answer, lm_table, lm_tables_markdown
-from .lm_study import LMStudyConfig, load_lm_records, run_lm_study
-from .lm_training import LMProtocol, LMRun, train_lm_eager, train_lms
+from .studies import theory
+from .core.config import (SMOKE, ExplorerConfig, StudyConfig, SummaryConfig, TheoryConfig)
+from .tasks.images_data import DATASETS, Data, DataNotFoundError, load_data
+from .core.devices import resolve_device
+from .training.engine import train_group, train_many
+from .models.charlm import CharTransformer, LMShape
+from .models.layers import INITS, LowRankLinear, register_init
+from .reports.lm_plots import lm_figures
+from .reports.lm import anchor_summary, lm_answer, lm_table, lm_tables_markdown
+from .studies.lm import LMStudyConfig, load_lm_records, run_lm_study
+from .training.lm import LMProtocol, LMRun, train_lm_eager, train_lms
 from .methods import (METHODS, LayerSpec, Method, lowrank, method_for_init, model_label,
                       register_method)
-from .models import MLP, count_parameters, parameter_counts, parameter_table
-from .planning import plan_stacks
-from .plots import plot_curves, plot_final_vs, save_figures, study_figures
-from .protocol import OPTIMIZERS, REFERENCE, SCHEDULES, Protocol, RunConfig
+from .models.mlp import MLP, count_parameters, parameter_counts, parameter_table
+from .training.planning import plan_stacks
+from .reports.plots import plot_curves, plot_final_vs, save_figures, study_figures
+from .core.protocol import OPTIMIZERS, REFERENCE, SCHEDULES, Protocol, RunConfig
 from .readme import update_readme
-from . import answers
-from .answers import discussion
-from .report import ORIGINAL, comparison_table, cost_table
-from .results import (ResultsDirError, epochs_frame, load_records, make_record, read_record,
+from .reports import answers
+from .reports.answers import discussion
+from .reports.reference import ORIGINAL, comparison_table, cost_table
+from .core.results import (ResultsDirError, epochs_frame, load_records, make_record, read_record,
                       replicates, save_record)
-from .stacked import StackedMLP
-from .study import (init_study_records, run_one, run_records, run_study, spectra_records,
+from .training.stacked import StackedMLP
+from .studies.reference import (init_study_records, run_one, run_records, run_study, spectra_records,
                     summary_records)
-from .teacher import TeacherConfig, best_students, teacher_results
+from .studies.teacher import TeacherConfig, best_students, teacher_results
 from .tasks import TASKS, Task, build_model, register_task
-from .training import TrainResult, evaluate, train
-from .tuned_plots import tuned_figures
-from .tuned_report import tuned_answer, tuned_summary
-from .tuning import TUNED_PROTOCOLS, TunedConfig, run_tuning, tuned_table
+from .training.loop import TrainResult, evaluate, train
+from .reports.tuned_plots import tuned_figures
+from .reports.tuned import tuned_answer, tuned_summary
+from .studies.tuned import TUNED_PROTOCOLS, TunedConfig, run_tuning, tuned_table
 
 __version__ = "0.1.0"
 

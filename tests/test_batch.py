@@ -1,4 +1,4 @@
-"""One job in its child process (lowrank_helpers.batch.run_job), on tiny notebooks: progress,
+"""One job in its child process (lowrank_helpers.batch.jobs.run_job), on tiny notebooks: progress,
 records as they appear, a timeout, a stop, and no kernel left behind by any of them."""
 import json
 import time
@@ -8,7 +8,7 @@ import nbformat
 import psutil
 import pytest
 
-from lowrank_helpers.batch import PROGRESS_ENV, report_progress, run_job
+from lowrank_helpers.batch.jobs import PROGRESS_ENV, report_progress, run_job
 
 pytestmark = pytest.mark.notebook
 
@@ -58,7 +58,7 @@ def test_progress_and_records_reach_the_runner_while_the_job_runs(tmp_path):
     watch.mkdir()
     (watch / "old.json").write_text("{}")  # there before: not reported
     nb = notebook(tmp_path / "nb.ipynb",
-                  "import time\nfrom lowrank_helpers.batch import report_progress",
+                  "import time\nfrom lowrank_helpers.batch.jobs import report_progress",
                   "report_progress(1, 3); time.sleep(1.5)",
                   f"open(r'{watch / 'new.json'}', 'w').write('{{}}')\n"
                   "report_progress(2, 3); time.sleep(1.5)",
@@ -114,7 +114,7 @@ def test_the_job_process_takes_its_kernel_down_when_its_runner_dies(tmp_path):
     marker = tmp_path / "kernel.pid"
     nb = notebook(tmp_path / "nb.ipynb", kernel_pid_cell(marker), "time.sleep(600)")
     runner = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from pathlib import Path; from lowrank_helpers.batch import run_job\n"
+        "import sys; from pathlib import Path; from lowrank_helpers.batch.jobs import run_job\n"
         f"run_job(Path(r'{nb}'), Path(r'{tmp_path / 'runs' / 'nb.ipynb'}'), {{}})")])
     deadline = time.time() + 120
     while not (marker.exists() and marker.read_text()) and time.time() < deadline:
@@ -130,7 +130,7 @@ def test_a_failing_callback_stops_the_job_and_its_kernel(tmp_path):
     that raises) takes the job down with it and leaves no half-written notebook."""
     marker = tmp_path / "kernel.pid"
     nb = notebook(tmp_path / "nb.ipynb", kernel_pid_cell(marker),
-                  "from lowrank_helpers.batch import report_progress\nreport_progress(1, 2)\n"
+                  "from lowrank_helpers.batch.jobs import report_progress\nreport_progress(1, 2)\n"
                   "time.sleep(600)")
 
     def broken(info):
@@ -147,7 +147,7 @@ def test_the_dask_client_writes_each_asked_record_once(tmp_path, capsys):
     (a corrupt file in its place is replaced); one it was not given is refused."""
     pytest.importorskip("distributed")
     from lowrank_helpers import RunConfig
-    from lowrank_helpers.cluster import DaskRunner
+    from lowrank_helpers.batch.cluster import DaskRunner
 
     from .test_results import fake_record
     asked, other = RunConfig(method="full", epochs=1), RunConfig(method="full", epochs=2)

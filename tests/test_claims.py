@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from lowrank_helpers.prose import count_of, overclaims, settled_phrase, upper_bound
-from lowrank_helpers.stats import (correct, holm, noninferior, spread_caveat,
+from lowrank_helpers.reports.prose import count_of, overclaims, settled_phrase, upper_bound
+from lowrank_helpers.core.stats import (correct, holm, noninferior, spread_caveat,
                                    std_factor_range, welch)
-from lowrank_helpers.tuning import close_models, tuned_table
+from lowrank_helpers.studies.tuned import close_models, tuned_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,13 +90,13 @@ def test_generated_prose_never_says_all_where_a_count_falls_short():
 
 @functools.lru_cache(maxsize=1)
 def _tuned_records():
-    from lowrank_helpers.results import load_records
+    from lowrank_helpers.core.results import load_records
     return load_records(ROOT / "results" / "tuned")
 
 
 def test_generated_prose_says_converged_only_when_nothing_moves():
-    from lowrank_helpers.tuned_report import tuned_answer
-    from lowrank_helpers.tuning import split_budget
+    from lowrank_helpers.reports.tuned import tuned_answer
+    from lowrank_helpers.studies.tuned import split_budget
     table = tuned_table(_tuned_records())
     study = split_budget(table)[0]
     moving = int((study.late_val_gain.abs() >= 0.005).sum())

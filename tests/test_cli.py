@@ -147,8 +147,8 @@ def test_unwritable_results_dir_is_one_line(tmp_path):
 def test_every_setting_has_a_flag():
     """The study's and the protocol's settings are the command line's flags: none forgotten."""
     from lowrank_helpers import Protocol, StudyConfig
-    from lowrank_helpers.cli import build_parser, study_config
-    from lowrank_helpers.settings import settings_of
+    from lowrank_helpers.batch.cli import build_parser, study_config
+    from lowrank_helpers.core.settings import settings_of
     dests = {a.dest for a in build_parser()._actions}
     for cls in (StudyConfig, Protocol):
         for f in settings_of(cls):

@@ -189,7 +189,7 @@ def tiny_notebook(tmp_path: Path, behaviour: str) -> Path:
 @pytest.mark.parametrize("runner", [[], ["--scheduler", "local"]], ids=["local", "dask-local"])
 def test_a_job_past_the_timeout_fails_alone_and_progress_shows(tmp_path, runner):
     nb = tiny_notebook(tmp_path, "if job == 'full':\n"
-                       "    from lowrank_helpers.batch import report_progress\n"
+                       "    from lowrank_helpers.batch.jobs import report_progress\n"
                        "    report_progress(1, 2)\n    time.sleep(600)")
     out = batch(tmp_path, "--jobs", "2", *runner, "--job-timeout", "25", "--notebook", str(nb))
     text = out.stdout + out.stderr
@@ -261,7 +261,7 @@ def test_no_scheduler_at_the_address_fails_fast_and_clearly(tmp_path):
 
 def test_a_bad_address_or_timeout_or_no_dask_is_refused_in_one_line(tmp_path, capsys,
                                                                     monkeypatch):
-    from lowrank_helpers.cli import main
+    from lowrank_helpers.batch.cli import main
     assert main(["--smoke", "--scheduler", "myhost:8786", "--results-dir",
                  str(tmp_path)]) == 1
     assert "--scheduler 'myhost:8786' is not an address" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 import pytest
 
 from lowrank_helpers import Protocol, RunConfig, StudyConfig, SummaryConfig
-from lowrank_helpers.config import SMOKE, smoke_dir
+from lowrank_helpers.core.config import SMOKE, smoke_dir
 
 
 def test_defaults_are_the_reference_protocol():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import lowrank_helpers.data as data_mod
+import lowrank_helpers.tasks.images_data as data_mod
 from lowrank_helpers import DataNotFoundError, load_data
 from tests.fakedata import make_split, write_fake_dataset
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from lowrank_helpers import MLP, Protocol, RunConfig, build_model, load_data, train
-from lowrank_helpers.engine import train_group, train_many
-from lowrank_helpers.planning import SMALL_RANK, plan_stacks, stack_rank
-from lowrank_helpers.stacked import GradRule, MomentumRule, SGDRule, StackedMLP
+from lowrank_helpers.training.engine import train_group, train_many
+from lowrank_helpers.training.planning import SMALL_RANK, plan_stacks, stack_rank
+from lowrank_helpers.training.stacked import GradRule, MomentumRule, SGDRule, StackedMLP
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_step_modes_on_cpu(data, config, mode):
 def test_padding_stays_zero(data, config):
     stack = StackedMLP([MLP("lora", 2), MLP("ae", 5)], rank=8)
     opt_params = list(stack.parameters())
-    from lowrank_helpers.training import make_optimizer
+    from lowrank_helpers.training.loop import make_optimizer
     opt = make_optimizer(opt_params, config)
     for i in range(0, 320, 64):
         opt.zero_grad()
@@ -258,7 +258,7 @@ def test_train_many_keeps_order_and_reports_groups(data):
 
 
 def test_out_of_gpu_memory_splits_the_stack(data, monkeypatch, capsys):
-    import lowrank_helpers.engine as engine
+    import lowrank_helpers.training.engine as engine
     real, sizes = engine.train_group, []
 
     def small_memory(models, *args, **kwargs):  # pretend stacks of more than 2 do not fit
@@ -274,7 +274,7 @@ def test_out_of_gpu_memory_splits_the_stack(data, monkeypatch, capsys):
 
 
 def test_lockstep_group_out_of_memory_falls_back_to_stack_after_stack(data, monkeypatch, capsys):
-    import lowrank_helpers.engine as engine
+    import lowrank_helpers.training.engine as engine
     real, calls = engine.train_group, []
 
     def small_memory(models, stacks, *args, **kwargs):  # pretend two stacks do not fit together
@@ -313,7 +313,7 @@ def test_bad_workers_are_refused(data):
 
 
 def test_stack_cost_orders_large_stacks_first():
-    from lowrank_helpers.planning import stack_cost
+    from lowrank_helpers.training.planning import stack_cost
     full = [RunConfig(method="full")]
     small = [RunConfig(method="lora", rank=r) for r in (1, 2, 4, 8, 16)]
     assert stack_cost(full) > stack_cost(small) > stack_cost(small[:1])
@@ -344,7 +344,7 @@ def test_worker_stacks_cover_every_run_once_and_share_out_evenly():
     """Stacks for CPU workers: as in one process (ranks up to 16 padded together), a stack too
     costly for an even share halved, and every worker given a stack where there are models."""
     from lowrank_helpers import StudyConfig
-    from lowrank_helpers.planning import stack_cost, worker_stacks
+    from lowrank_helpers.training.planning import stack_cost, worker_stacks
     small = StudyConfig(methods=["lora", "ae"], ranks=[1, 2, 4, 8, 16], seeds=[0]).runs()
     stacks = worker_stacks(small, 2)
     assert sorted(map(len, stacks)) == [5, 5]

@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 
 import lowrank_helpers as lh
-from lowrank_helpers import text
-from lowrank_helpers.charlm import FACTORIZE, lm_parameters, lm_training_flops
-from lowrank_helpers.data import DataNotFoundError
-from lowrank_helpers.layers import LowRankLinear
-from lowrank_helpers.lm_study import narrow_width
-from lowrank_helpers.lm_training import StackedAdamW, get_batch, windows
-from lowrank_helpers.teacher import floor, teacher
+from lowrank_helpers.tasks import text
+from lowrank_helpers.models.charlm import FACTORIZE, lm_parameters, lm_training_flops
+from lowrank_helpers.tasks.images_data import DataNotFoundError
+from lowrank_helpers.models.layers import LowRankLinear
+from lowrank_helpers.studies.lm import narrow_width
+from lowrank_helpers.training.lm import StackedAdamW, get_batch, windows
+from lowrank_helpers.studies.teacher import floor, teacher
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40
 
@@ -143,7 +143,7 @@ def test_bad_shapes_and_runs_are_refused():
 
 
 def test_run_ids():
-    from lowrank_helpers.lm_training import stack_key
+    from lowrank_helpers.training.lm import stack_key
     run = lh.LMRun(factorize="mlp", rank=8, init="he")
     assert isinstance(run, lh.RunConfig) and run.task == "shakespeare_char"
     assert lh.RunConfig.from_dict(run.to_dict()) == run
@@ -251,7 +251,7 @@ def test_smoke_study_writes_records_and_resumes(tmp_path):
     dense = table[(table.factorize == "none") & (table.d_model == cfg.d_model)].iloc[0]
     assert dense.seeds == cfg.seeds and set(cfg.lrs) <= set(dense.lrs_tried)
     assert set(table[table.factorize == "both"]["rank"]) == set(cfg.ranks)
-    assert len(lh.lm_report.anchor_runs(runs)) == cfg.anchor_seeds
+    assert len(lh.reports.lm.anchor_runs(runs)) == cfg.anchor_seeds
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").glob("*.json")}
     again = lh.run_lm_study(cfg, progress=False)
     assert len(again) == len(runs)
@@ -264,7 +264,7 @@ def test_smoke_study_writes_records_and_resumes(tmp_path):
 
 
 def test_lm_command_smoke(tmp_path):
-    from lowrank_helpers.cli import main
+    from lowrank_helpers.batch.cli import main
     rc = main(["lm", "--smoke", "--no-notebook", "--results-dir", str(tmp_path / "r"),
                "--data-root", str(tmp_path / "data"), "--phases", "anchor"])
     assert rc == 0 and len(list((tmp_path / "r" / "smoke").glob("*.json"))) == 2
@@ -279,7 +279,7 @@ def test_teacher_has_its_spectrum_and_students_respect_the_floor():
     u, sv, vh = torch.linalg.svd(w)
     w4 = u[:, :4] @ torch.diag(sv[:4]) @ vh[:4]
     assert floor(s, 4) == pytest.approx(((w - w4) ** 2).sum().item() / 16)
-    df = lh.teacher.run_teacher_student(lh.TeacherConfig(d=16, ranks=(2, 16), steps=300,
+    df = lh.studies.teacher.run_teacher_student(lh.TeacherConfig(d=16, ranks=(2, 16), steps=300,
                                                          inits=("he",), lrs=(1e-2,)),
                                         progress=False)
     assert (df.loss >= df.floor - 1e-9).all()              # Eckart–Young: nothing beats it
@@ -303,9 +303,9 @@ def test_the_learned_part_is_stored_and_backfilled(tmp_path):
     rebuilt from the seed); a record written without the latter gets it by retraining,
     checked against its W."""
     from pathlib import Path
-    from lowrank_helpers.charlm import spectra
-    from lowrank_helpers.lm_study import complete_analysis
-    from lowrank_helpers.results import _write_atomic
+    from lowrank_helpers.models.charlm import spectra
+    from lowrank_helpers.studies.lm import complete_analysis
+    from lowrank_helpers.core.results import _write_atomic
     cfg = lh.LMStudyConfig(smoke=True, results_dir=str(tmp_path / "r"),
                            data_root=str(tmp_path / "data"), phases=("anchor",))
     runs = lh.run_lm_study(cfg, progress=False)
@@ -324,7 +324,7 @@ def test_the_learned_part_is_stored_and_backfilled(tmp_path):
     assert max(abs(a - b) for k in learned
                for a, b in zip(learned[k], again["learned_singular_values"][k])) < 1e-5
     assert again["learned_from_retraining"]["max_singular_value_difference"] < 1e-4
-    assert lh.lm_report.energy_beyond(runs, (2,), "learned_singular_values")
+    assert lh.reports.lm.energy_beyond(runs, (2,), "learned_singular_values")
     # a record whose W the retraining does not reproduce is left as it was
     rec = lh.read_record(path)
     del rec["analysis"]["learned_singular_values"]
@@ -343,7 +343,7 @@ def test_weight_decay_shrinks_the_init_by_gamma():
     proto = lh.LMProtocol(iters=30, lr=0.05, min_lr=0.005, warmup_steps=5)
     w0 = torch.randn(4, 3, dtype=torch.float64)
     w = w0.clone().unsqueeze(0)
-    opt = lh.lm_training.StackedAdamW([w], [True], proto)
+    opt = lh.training.lm.StackedAdamW([w], [True], proto)
     for it in range(proto.steps):
         w.grad = torch.zeros_like(w)
         opt.step(torch.tensor([proto.lr_at(it, proto.steps)], dtype=torch.float64))
@@ -353,7 +353,7 @@ def test_weight_decay_shrinks_the_init_by_gamma():
 
 def test_the_teacher_line_reports_every_student_and_an_upper_bound():
     import pandas as pd
-    from lowrank_helpers.lm_report import TEACHER_SCOPE, teacher_line
+    from lowrank_helpers.reports.lm import TEACHER_SCOPE, teacher_line
     students = pd.DataFrame({"spectrum": "flat", "init": "he", "rank": [1, 1, 2, 2],
                              "lr": [1e-3, 1e-2, 1e-3, 1e-2], "floor": 0.5,
                              "loss": [0.7, 0.5 + 1.448e-4, 0.5, 0.5 + 1e-5]})

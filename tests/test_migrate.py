@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from lowrank_helpers import RunConfig
-from lowrank_helpers.cli import main
-from lowrank_helpers.lm_study import load_lm_records
-from lowrank_helpers.migrate import migrate_dir, upgrade
-from lowrank_helpers.protocol import SCHEMA
-from lowrank_helpers.results import load_records, read_record
+from lowrank_helpers.batch.cli import main
+from lowrank_helpers.studies.lm import load_lm_records
+from lowrank_helpers.core.migrate import migrate_dir, upgrade
+from lowrank_helpers.core.protocol import SCHEMA
+from lowrank_helpers.core.results import load_records, read_record
 
 DATA = Path(__file__).resolve().parent / "fixtures"
 LEGACY = DATA / "lm1-tinyshakespeare-attn-r016-lora-d128-lr0.003-s0-7590b656cd.json"
@@ -67,7 +67,7 @@ def test_migrating_a_folder_keeps_every_row_and_retrains_nothing(tmp_path, monke
     assert migrate_dir(d) == []                                  # a second time: nothing
     # the one loader of every study reads them too, and the runner finds them all recorded
     assert len(load_records(d)) == 3 and load_records(d).diverged_step.notna().sum() == 1
-    import lowrank_helpers.study as study
+    import lowrank_helpers.studies.reference as study
 
     def no_training(*a, **k):
         raise AssertionError("a migrated run was retrained")

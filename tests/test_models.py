@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lowrank_helpers import MLP, LowRankLinear, count_parameters, parameter_counts
-from lowrank_helpers.models import parameter_table
+from lowrank_helpers.models.mlp import parameter_table
 
 
 def test_full_rank_mlp_parameters():

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lowrank_helpers.cli import main
-from lowrank_helpers.lm_study import LMStudyConfig, load_lm_records
-from lowrank_helpers.tuning import TunedConfig
+from lowrank_helpers.batch.cli import main
+from lowrank_helpers.studies.lm import LMStudyConfig, load_lm_records
+from lowrank_helpers.studies.tuned import TunedConfig
 
 
 def _one_line_error(capsys, argv, message, code=None):
@@ -77,7 +77,7 @@ def test_lm_smoke_trains_each_run_once(tmp_path, monkeypatch):
 # -- learning rates -----------------------------------------------------------------------------
 
 def test_lrs_off_the_ladder_extend_geometrically_and_nan_is_named():
-    from lowrank_helpers.search import search
+    from lowrank_helpers.studies.search import search
     from tests.test_search import MODEL, Study
     study = Study(lambda lr, seed: -lr)                    # the choice sits at the top edge
     c = search([MODEL], {MODEL.model_key: (0.002, 0.004)}, study.train, study.records,
@@ -135,7 +135,7 @@ def test_a_record_with_an_empty_config_is_named_and_skipped(tmp_path):
 
 
 def test_ctrl_c_while_the_lm_notebook_runs_is_one_line(tmp_path, capsys, monkeypatch):
-    import lowrank_helpers.presets as presets
+    import lowrank_helpers.batch.presets as presets
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -184,8 +184,8 @@ def test_unknown_corpus_names_the_corpora():
 
 
 def test_a_failed_lookup_leaves_no_empty_folder(tmp_path, monkeypatch):
-    from lowrank_helpers import text
-    from lowrank_helpers.data import DataNotFoundError
+    from lowrank_helpers.tasks import text
+    from lowrank_helpers.tasks.images_data import DataNotFoundError
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")

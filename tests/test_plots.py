@@ -7,7 +7,7 @@ import pytest  # noqa: E402
 
 from lowrank_helpers import (RunConfig, TrainResult, comparison_table, discussion, load_records,  # noqa: E402
                              make_record, plot_curves, plot_final_vs, save_record, study_figures)
-from lowrank_helpers.explorer import ALL_SEEDS, Explorer  # noqa: E402
+from lowrank_helpers.reports.explorer import ALL_SEEDS, Explorer  # noqa: E402
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: A method in one file: A drawn once (the init's) and frozen, only B (and the biases) trained.
 FROZEN_A = '''"""A drawn once and frozen; only B and the biases train (a test's plug-in)."""
-from ..layers import LowRankLinear
+from ..models.layers import LowRankLinear
 from .base import Method, register_method
 
 

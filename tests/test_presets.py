@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import lowrank_helpers as lh
-from lowrank_helpers.lm_study import plan_jobs as lm_jobs
-from lowrank_helpers.presets import PRESETS
-from lowrank_helpers.tuning import TunedConfig, plan_jobs as tuned_jobs
+from lowrank_helpers.studies.lm import plan_jobs as lm_jobs
+from lowrank_helpers.batch.presets import PRESETS
+from lowrank_helpers.studies.tuned import TunedConfig, plan_jobs as tuned_jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 

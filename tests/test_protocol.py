@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from lowrank_helpers import REFERENCE, Protocol, RunConfig, StudyConfig
-from lowrank_helpers.results import has_record
-from lowrank_helpers.settings import settings_of
+from lowrank_helpers.core.results import has_record
+from lowrank_helpers.core.settings import settings_of
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted(ROOT.glob("results/**/*.json"))

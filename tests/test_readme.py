@@ -44,21 +44,21 @@ def _records(sub="results"):
 
 
 def test_agreement_of_a_run_with_itself_is_exact():
-    from lowrank_helpers.report import agreement
+    from lowrank_helpers.reports.reference import agreement
     runs = _records()
     text = agreement(runs, runs)
     assert f"{len(runs)} pairs" in text and "largest difference 0.00 points" in text
 
 
 def test_training_minutes_count_a_stack_once():
-    from lowrank_helpers.report import training_minutes
+    from lowrank_helpers.reports.reference import training_minutes
     runs = _records("results/h200")  # 51 models trained in one lockstep group
     assert runs.wall_time.nunique() == 1
     assert training_minutes(runs) == runs.wall_time.iloc[0] / 60
 
 
 def test_init_answer_names_the_best_and_worst_init_per_rank():
-    from lowrank_helpers.answers import init_answer, init_summary
+    from lowrank_helpers.reports.answers import init_answer, init_summary
     runs = _records()
     s = init_summary(runs)
     r4 = s[s["rank"] == 4].set_index("init_name")

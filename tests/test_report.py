@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 from lowrank_helpers import (RunConfig, TrainResult, comparison_table, discussion,  # noqa: E402
                              load_records, make_record, plot_curves, save_record)
-from lowrank_helpers.answers import _per_model  # noqa: E402
+from lowrank_helpers.reports.answers import _per_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,12 +3,12 @@ import os
 
 import pytest
 
-import lowrank_helpers.engine as engine_mod
-import lowrank_helpers.study as study_mod
-import lowrank_helpers.results as results_mod
+import lowrank_helpers.training.engine as engine_mod
+import lowrank_helpers.studies.reference as study_mod
+import lowrank_helpers.core.results as results_mod
 from lowrank_helpers import (ResultsDirError, RunConfig, StudyConfig, TrainResult, epochs_frame,
                              load_records, make_record, read_record, run_study, save_record)
-from lowrank_helpers.results import has_record, record_path
+from lowrank_helpers.core.results import has_record, record_path
 
 
 def fake_record(run: RunConfig, acc=0.5, diverged=None):

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 
 import lowrank_helpers as lh
-from lowrank_helpers.search import choose, search, search_and_seed
+from lowrank_helpers.studies.search import choose, search, search_and_seed
 
 
 def _row(run, loss, diverged=None):

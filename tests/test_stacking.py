@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import lowrank_helpers as lh
-from lowrank_helpers import text
-from lowrank_helpers.stacking import train_stacked
-from lowrank_helpers.trainer import fit
+from lowrank_helpers.tasks import text
+from lowrank_helpers.training.stacking import train_stacked
+from lowrank_helpers.training.trainer import fit
 
 TEXT = text._stdlib_text()[:20000]
 

@@ -4,7 +4,7 @@ import os
 import pytest
 
 import lowrank_helpers as lh
-import lowrank_helpers.study as study_mod
+import lowrank_helpers.studies.reference as study_mod
 from lowrank_helpers.methods import METHODS
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lowrank_helpers import MLP, LowRankLinear
-from lowrank_helpers.theory import (break_even_rank, init_variances, layer_gains,
+from lowrank_helpers.studies.theory import (break_even_rank, init_variances, layer_gains,
                                     marchenko_pastur_energy, measure_forward_std,
                                     predict_forward_std)
 
@@ -142,7 +142,7 @@ def test_he_product_variance():
 def test_effective_lr_prediction_and_measurement_agree_on_average():
     """One SGD step's effect on B·A along the dense gradient, averaged over draws, is
     η·r·(Var(A) + Var(B)): 2/3 for the "lora" init at every rank."""
-    from lowrank_helpers.theory import effective_lr, measure_effective_lr
+    from lowrank_helpers.studies.theory import effective_lr, measure_effective_lr
     assert effective_lr("lora", 784, 512, 1) == pytest.approx(2 / 3)
     assert effective_lr("lora", 784, 512, 128) == pytest.approx(2 / 3)
     assert effective_lr("matched", 784, 512, 1) == pytest.approx(2 * math.sqrt(1 / (3 * 784)))
@@ -159,7 +159,7 @@ def test_effective_lr_prediction_and_measurement_agree_on_average():
 def test_softmax_gradient_second_moment_limits():
     """Tiny logits: every class at 1/C, E[(p_j − 1{j=y})²] = (1 − 1/C)/C; saturated logits:
     p is one-hot on a class that is right 1/C of the time, 2(1 − 1/C)/C."""
-    from lowrank_helpers.theory import softmax_delta_second_moment
+    from lowrank_helpers.studies.theory import softmax_delta_second_moment
     assert softmax_delta_second_moment(1e-6, 10) == pytest.approx(0.09, rel=1e-4)
     assert softmax_delta_second_moment(1e4, 10) == pytest.approx(0.18, rel=0.01)
     small, large = (softmax_delta_second_moment(s, 10) for s in (0.5, 5.0))
@@ -169,7 +169,7 @@ def test_softmax_gradient_second_moment_limits():
 def test_marchenko_pastur_singular_sum_matches_svd():
     """The expected sum of the top-r singular values (the spectral init's ‖A‖_F²) from the
     Marchenko–Pastur law against SVDs of a few draws."""
-    from lowrank_helpers.theory import marchenko_pastur_singular_sum
+    from lowrank_helpers.studies.theory import marchenko_pastur_singular_sum
     var = 1 / (3 * 784)
     svs = []
     for seed in range(3):
@@ -188,7 +188,7 @@ def test_measured_gradient_std_of_a_wide_mlp_matches_the_formula(init):
     at the output layer, where the formula's one approximation shows: it takes ‖δ‖² and ‖x‖²
     as uncorrelated across samples, but a sample with larger activations has larger logits and
     a more saturated softmax (11 % for "he", whose logits start largest)."""
-    from lowrank_helpers.theory import measure_backward_std, predict_backward_std
+    from lowrank_helpers.studies.theory import measure_backward_std, predict_backward_std
     widths, rank = (256, 1024, 1024, 10), 128
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(512, 256, generator=g), torch.randint(0, 10, (512,), generator=g)
@@ -207,7 +207,7 @@ def test_measured_gradient_std_of_a_wide_mlp_matches_the_formula(init):
 
 def test_measured_gradient_std_of_a_dense_mlp_is_exact_per_sample():
     """measure_backward_std's per-sample RMS equals the one from explicit per-sample gradients."""
-    from lowrank_helpers.theory import measure_backward_std
+    from lowrank_helpers.studies.theory import measure_backward_std
     torch.manual_seed(0)
     model = MLP("lora", 3, "he", (6, 5, 4))
     x, y = torch.randn(7, 6), torch.randint(0, 4, (7,))

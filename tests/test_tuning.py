@@ -9,11 +9,11 @@ import torch
 from scipy import stats
 
 from lowrank_helpers import MLP, RunConfig, build_model, count_parameters
-from lowrank_helpers.cli import main as cli_main
-from lowrank_helpers.results import load_records
-from lowrank_helpers.stats import welch
-from lowrank_helpers.tuned_report import budget_check, tuned_answer, versus_dense
-from lowrank_helpers.tuning import (GRIDS, TunedConfig, ladder_index, ladder_lr, model_key,
+from lowrank_helpers.batch.cli import main as cli_main
+from lowrank_helpers.core.results import load_records
+from lowrank_helpers.core.stats import welch
+from lowrank_helpers.reports.tuned import budget_check, tuned_answer, versus_dense
+from lowrank_helpers.studies.tuned import (GRIDS, TunedConfig, ladder_index, ladder_lr, model_key,
                                     run_tuning, split_budget, tuned_table)
 
 
@@ -168,7 +168,7 @@ def test_score_prefers_the_lower_rate_when_nothing_learns():
     validation loss, for the MLP; the tuning-slice loss for the transformer."""
     from types import SimpleNamespace
 
-    from lowrank_helpers.search import standing
+    from lowrank_helpers.studies.search import standing
 
     def Row(task="fashion_mnist", **kw):
         return SimpleNamespace(task=task, diverged_step=None, **kw)

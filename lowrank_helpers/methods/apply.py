@@ -6,7 +6,7 @@ import fnmatch
 import torch
 from torch import nn
 
-from ..layers import LowRankLinear, check_rank
+from ..models.layers import LowRankLinear, check_rank
 from .base import LayerSpec, check_init_for, check_method
 
 
@@ -36,7 +36,7 @@ def lowrank(model: nn.Module, rank: int, init: str | None = None, targets=None,
             method: str = "lora", svd: bool = False) -> nn.Module:
     """Replace the ``nn.Linear`` layers of ``model`` whose names match ``targets`` (glob
     patterns on the dotted name or its last part; None: every one) by ``method``'s layers of
-    ``rank`` (:class:`~lowrank_helpers.layers.LowRankLinear` for a factorized method) with
+    ``rank`` (:class:`~lowrank_helpers.models.layers.LowRankLinear` for a factorized method) with
     ``init``, drawn from scratch, or, with ``svd=True``, the truncated SVD of each dense
     weight. Returns ``model`` (changed in place). A rank above a layer's min(d_in, d_out)
     leaves that layer dense, saying so.

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..layers import DENSE_INITS, LowRankLinear, check_dense_init, check_init
+from ..models.layers import DENSE_INITS, LowRankLinear, check_dense_init, check_init
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,11 @@ def register_option(option: Option) -> Option:
 class Method:
     """A kind of layer in a model's target layers, and what it changes in training.
 
-    ``factorized``: B·A of a rank (:class:`~lowrank_helpers.layers.LowRankLinear`), or a
+    ``factorized``: B·A of a rank (:class:`~lowrank_helpers.models.layers.LowRankLinear`), or a
     dense W. ``init``: the init its layers always use (``None``: chosen per run,
     ``default_init`` if not given); a dense method's is one of
-    :data:`~lowrank_helpers.layers.DENSE_INITS` (``"default"``: the task's own dense init), a
-    factorized one's one of :data:`~lowrank_helpers.layers.INITS`. ``dense_output``: the
+    :data:`~lowrank_helpers.models.layers.DENSE_INITS` (``"default"``: the task's own dense init), a
+    factorized one's one of :data:`~lowrank_helpers.models.layers.INITS`. ``dense_output``: the
     model's output layer is not a target (it stays the task's dense layer).
     ``param_groups(model, lr)``: the optimizer's groups (the short way to override
     :meth:`groups`). ``every``: how often :meth:`after_step` runs (None: never).
@@ -141,7 +141,7 @@ class Method:
 
     def make_optimizer(self, params, protocol) -> torch.optim.Optimizer | None:
         """The method's own optimizer over ``params`` (tensors or groups); None: the
-        protocol's (:func:`~lowrank_helpers.training.make_optimizer`)."""
+        protocol's (:func:`~lowrank_helpers.training.loop.make_optimizer`)."""
         return None
 
     def after_step(self, model: nn.Module, optimizer, step: int) -> None:

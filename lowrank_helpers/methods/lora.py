@@ -1,5 +1,5 @@
 """Factorized methods: every target layer a product B·A trained from scratch
-(:class:`~lowrank_helpers.layers.LowRankLinear`; A ∈ R^{r×d_in}, B ∈ R^{d_out×r}).
+(:class:`~lowrank_helpers.models.layers.LowRankLinear`; A ∈ R^{r×d_in}, B ∈ R^{d_out×r}).
 
 ``lora`` ("LoRA layers"): the init is chosen per run, the original study's rank-dependent
 ``lora`` init unless told otherwise. ``ae`` ("autoencoder layers"): always PyTorch's default

@@ -2,7 +2,7 @@
 from the method registry."""
 from __future__ import annotations
 
-from ..layers import INITS
+from ..models.layers import INITS
 from .base import METHODS, check_method
 
 

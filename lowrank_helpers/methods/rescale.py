@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..layers import LowRankLinear
+from ..models.layers import LowRankLinear
 from .base import Option, register_option
 
 

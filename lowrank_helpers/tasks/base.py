@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from ..protocol import Protocol, RunConfig
+    from ..core.protocol import Protocol, RunConfig
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Task:
     # -- the protocol and the model ---------------------------------------------------------
     @property
     def default_protocol(self) -> "Protocol":
-        from ..protocol import Protocol
+        from ..core.protocol import Protocol
         return Protocol()
 
     def at_rate(self, run: "RunConfig", lr: float) -> "RunConfig":
@@ -133,7 +133,7 @@ class Task:
         raise NotImplementedError
 
     def record_columns(self, record: dict, run: "RunConfig") -> dict:
-        """Columns of the task's own beside :func:`~lowrank_helpers.results.load_records`'
+        """Columns of the task's own beside :func:`~lowrank_helpers.core.results.load_records`'
         common ones (default: none)."""
         return {}
 
@@ -153,7 +153,7 @@ class Task:
         raise NotImplementedError
 
     def from_config(self, d: dict) -> dict:
-        """A stored ``config`` as :class:`~lowrank_helpers.protocol.RunConfig`'s arguments."""
+        """A stored ``config`` as :class:`~lowrank_helpers.core.protocol.RunConfig`'s arguments."""
         raise NotImplementedError
 
     def name_of(self, run: "RunConfig") -> str:
@@ -169,7 +169,7 @@ def extra_fields(run: "RunConfig", defaults: "Protocol", skip=()) -> tuple[dict,
     """(run-level, protocol-level) fields of ``run`` a legacy id layout lacks: the method's
     options, and each protocol field not in ``skip`` that differs from ``defaults`` (the
     task's default protocol)."""
-    from ..settings import settings_of
+    from ..core.settings import settings_of
     proto = {f.name: getattr(run.protocol, f.name) for f in settings_of(type(run.protocol))
              if f.name not in skip and getattr(run.protocol, f.name) != getattr(defaults, f.name)}
     return ({"options": dict(sorted(run.options.items()))} if run.options else {}), proto

@@ -1,7 +1,7 @@
 """Character-level language modelling: nanoGPT's transformer on tiny-shakespeare.
 
-The model is :class:`~lowrank_helpers.charlm.CharTransformer` of an
-:class:`~lowrank_helpers.charlm.LMShape`; a run's method builds the block projections its
+The model is :class:`~lowrank_helpers.models.charlm.CharTransformer` of an
+:class:`~lowrank_helpers.models.charlm.LMShape`; a run's method builds the block projections its
 ``targets`` name: all six (``"both"``), the attention's Q, K, V, O (``"attn"``) or the MLP's
 two (``"mlp"``). The protocol is nanoGPT's ``train_shakespeare_char`` at its CPU size (the
 task's default protocol): AdamW (β2 0.99, weight decay 0.1 on matrices and embeddings), a
@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..charlm import FACTORIZE, CharTransformer, LMShape, check_lm_rank, lm_training_flops
+from ..models.charlm import FACTORIZE, CharTransformer, LMShape, check_lm_rank, lm_training_flops
 from .base import Task, extra_fields, register_task
 
 if TYPE_CHECKING:
-    from ..protocol import Protocol, RunConfig
+    from ..core.protocol import Protocol, RunConfig
 
 LN2 = math.log(2.0)
 LM_METRICS = {
@@ -55,7 +55,7 @@ def lm_protocol(**changes) -> "Protocol":
     cosine decay over all of them, no dropout), with ``changes``. The legacy names ``iters``,
     ``tune_chars`` and ``eval_windows`` are accepted for ``steps``, ``val_size`` and
     ``eval_samples``."""
-    from ..protocol import Protocol
+    from ..core.protocol import Protocol
     legacy = {v: k for k, v in _LEGACY.items()}
     changes = {legacy.get(k, k): v for k, v in changes.items()}
     base = dict(epochs=None, steps=2000, batch_size=12, optimizer="adamw", lr=1e-3,
@@ -76,7 +76,7 @@ TASKS_CORPUS = {"shakespeare_char": "tinyshakespeare", "python_char": "python_st
 
 @lru_cache(maxsize=None)
 def _vocab_size(corpus: str, root) -> int:
-    from ..text import read_corpus
+    from .text import read_corpus
     return len(set(read_corpus(corpus, root)))
 
 
@@ -141,11 +141,11 @@ class CharLM(Task):
 
     # -- data -------------------------------------------------------------------------------
     def prepare(self, root=None) -> None:
-        from ..text import corpus_path
+        from .text import corpus_path
         corpus_path(self.corpus, root)
 
     def load(self, protocol: "Protocol", root=None, device="cpu"):
-        from ..text import read_corpus, split_text
+        from .text import read_corpus, split_text
         return split_text(read_corpus(self.corpus, root), protocol.val_size, self.corpus)
 
     # -- training ---------------------------------------------------------------------------
@@ -157,7 +157,7 @@ class CharLM(Task):
     def param_groups(self, model, protocol: "Protocol") -> list[dict]:
         """nanoGPT's groups: tensors of ≥ 2 dimensions (matrices, embeddings) decay, the
         LayerNorms' weights do not."""
-        from ..lm_training import decay_mask
+        from ..training.lm import decay_mask
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         mask = decay_mask(named)
         return [{"params": [p for (_, p), d in zip(named, mask) if d],
@@ -167,13 +167,13 @@ class CharLM(Task):
     def batches(self, run: "RunConfig", data):
         """nanoGPT's random windows, from a generator of the run's own (seed-paired runs see
         the same windows, whatever trains beside them)."""
-        from ..lm_training import batch_generator, get_batch
+        from ..training.lm import batch_generator, get_batch
         gen = batch_generator(run.seed)
         for _ in range(run.protocol.total_steps()):
             yield get_batch(data.train, run.shape.block_size, run.protocol.batch_size, gen)
 
     def evaluate(self, model, data, protocol: "Protocol", final: bool = False) -> dict:
-        from ..lm_training import windows
+        from ..training.lm import windows
         block = model.shape.block_size
         n = None if final else protocol.eval_samples
         device = next(model.parameters()).device
@@ -197,7 +197,7 @@ class CharLM(Task):
         """:meth:`evaluate` of stacked models at once: ``forward(x)`` gives every model's
         logits (M, N, T, vocab) on the same windows."""
         import torch.nn.functional as F
-        from ..lm_training import windows
+        from ..training.lm import windows
         block, vocab = run.shape.block_size, run.shape.vocab_size
         n = None if final else run.protocol.eval_samples
         out = None
@@ -238,7 +238,7 @@ class CharLM(Task):
         """The language-model study's names: the config flat (shape fields, the protocol's
         under their first names), the final losses in nats and bits and the sample, the step
         a run diverged at, parameters, FLOPs per token, tokens, seconds, tokens per second."""
-        from ..lm_training import LN2
+        from ..training.lm import LN2
         c, cost = record["config"], record.get("cost") or {}
         final = dict(record.get("final") or {})
         for k in [k for k in final if k.endswith("_loss")]:

@@ -3,7 +3,7 @@
 Images are flattened to vectors and classified by the PyTorch quickstart's MLP (784 → 512 →
 512 → 10, ReLU), whose linear layers ``fc1`` … ``fcN`` are the method's targets (``"all"``;
 the dense-head control keeps the output layer dense). The data are held in memory as tensors
-(:mod:`lowrank_helpers.data`): the training split's last ``val_size`` images are the
+(:mod:`lowrank_helpers.tasks.images_data`): the training split's last ``val_size`` images are the
 validation split; the test split is read after every epoch.
 """
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .. import data as data_mod
-from ..models import (DEFAULT_WIDTHS, MLP, count_parameters, forward_flops_per_sample,
+from . import images_data as data_mod
+from ..models.mlp import (DEFAULT_WIDTHS, MLP, count_parameters, forward_flops_per_sample,
                      training_flops_per_sample)
 from .base import Task, register_task
 
 if TYPE_CHECKING:
-    from ..protocol import Protocol, RunConfig
+    from ..core.protocol import Protocol, RunConfig
 
 #: per-epoch metrics of a classification task and what they mean
 CLASSIFICATION_METRICS = {
@@ -36,7 +36,7 @@ CLASSIFICATION_METRICS = {
 @dataclass(frozen=True)
 class ImageClassification(Task):
     """Images flattened to vectors, classified by an MLP with dense or factorized layers."""
-    dataset: str = "fashion_mnist"           # in lowrank_helpers.data.DATASETS
+    dataset: str = "fashion_mnist"           # in lowrank_helpers.tasks.images_data.DATASETS
     input_size: int = 784
     classes: int | None = 10
     hidden_sizes: tuple = DEFAULT_WIDTHS[1:-1]  # the PyTorch quickstart's MLP
@@ -69,7 +69,7 @@ class ImageClassification(Task):
         return "-".join(map(str, shape))
 
     def check_rank(self, rank: int, shape, targets, method) -> None:
-        from ..protocol import check_rank_fits
+        from ..core.protocol import check_rank_fits
         check_rank_fits(rank, shape, method.dense_output)
 
     def build(self, run: "RunConfig") -> MLP:
@@ -83,7 +83,7 @@ class ImageClassification(Task):
 
     def smoke(self, shape, protocol: "Protocol"):
         """The same task and model on 1,024 training and 512 test images, 2 epochs."""
-        from ..config import SMOKE
+        from ..core.config import SMOKE
         return self.name, shape, protocol.smoke(SMOKE["epochs"], SMOKE["train_subset"],
                                                 SMOKE["test_subset"])
 
@@ -102,8 +102,8 @@ class ImageClassification(Task):
     def batches(self, run: "RunConfig", data):
         """The epochs' batches in order (or shuffled by a generator of the run's seed), as the
         plain loop and the stacked engine draw them
-        (:func:`~lowrank_helpers.training.epoch_batches`)."""
-        from ..training import epoch_batches
+        (:func:`~lowrank_helpers.training.loop.epoch_batches`)."""
+        from ..training.loop import epoch_batches
         protocol = run.protocol
         gen = torch.Generator().manual_seed(run.seed)
         per_epoch = self.steps_per_epoch(protocol, data)
@@ -113,7 +113,7 @@ class ImageClassification(Task):
                                      protocol.shuffle, gen)
 
     def evaluate(self, model, data, protocol: "Protocol", final: bool = False) -> dict:
-        from ..training import evaluate
+        from ..training.loop import evaluate
         out = dict(zip(("test_accuracy", "test_loss"),
                        evaluate(model, data.X_test, data.y_test)))
         if len(data.y_val):
@@ -149,7 +149,7 @@ class ImageClassification(Task):
         from ..methods import METHODS, Method
         if type(METHODS[run.method]) is Method:
             return count_parameters(run.method, run.rank, run.widths)
-        from ..models import parameter_counts
+        from ..models.mlp import parameter_counts
         return parameter_counts(self.build(run))
 
     def training_flops(self, run: "RunConfig") -> int:
@@ -164,7 +164,7 @@ class ImageClassification(Task):
         the task under its old key ``dataset``). Fields added after schema 1 (protocol fields
         of a later ``since``, the method's options) appear only when they differ from their
         default, so that every shipped id stays valid."""
-        from ..settings import settings_of
+        from ..core.settings import settings_of
         d = {"dataset": run.task, "widths": list(run.widths)}
         if model:
             d.update(method=run.method, rank=run.rank, init=run.init)
@@ -195,7 +195,7 @@ class ImageClassification(Task):
 
     def from_config(self, d: dict) -> dict:
         """Schema 2 (nested protocol) or schema 1 (flat, ``dataset``)."""
-        from ..protocol import PROTOCOL_FIELDS, Protocol
+        from ..core.protocol import PROTOCOL_FIELDS, Protocol
         d = dict(d)
         if "protocol" in d:
             protocol = Protocol(**d.pop("protocol"))

@@ -1,0 +1,411 @@
+"""A batch: the study's runs cut into jobs, and one job (a papermill run of a notebook) run in a
+child process that can be timed out, stopped, and followed epoch by epoch.
+
+The child (:func:`job_main`) runs papermill's ``execute_notebook`` and holds a pipe from whoever
+started it on its stdin: when that pipe closes (the runner exited, or was killed with SIGKILL),
+it kills its kernel and exits, so that no kernel trains on in the background. (The kernel also leaves when its parent dies: ipykernel
+polls ``JPY_PARENT_PID``.) Training reports its epoch through a small file named by
+``$LOWRANK_PROGRESS`` (:func:`report_progress`), which the runner reads once a second.
+
+Both runners, the local one (:class:`LocalRunner`, threads on this machine) and the Dask one
+(:mod:`lowrank_helpers.batch.cluster`), run jobs through :func:`run_job`.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..core.config import StudyConfig
+from ..methods import METHODS
+from ..training.planning import stack_rank
+from ..core.results import has_record, read_record, record_path
+
+#: The file a kernel started by a batch runner writes its progress to (see report_progress).
+PROGRESS_ENV = "LOWRANK_PROGRESS"
+#: The last characters of a job's output kept for its report.
+OUTPUT_TAIL = 20_000
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a SLURM or container allocation, not the machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def report_progress(epoch: int, epochs: int) -> None:
+    """Tell the batch runner that started this kernel, if one did, that training has finished
+    ``epoch`` of ``epochs``: one small JSON file, replaced atomically; a no-op otherwise."""
+    path = os.environ.get(PROGRESS_ENV)
+    if not path:
+        return
+    try:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"epoch": int(epoch), "epochs": int(epochs)}, f)
+        os.replace(tmp, path)
+    except OSError:  # progress is a courtesy: training goes on without it
+        pass
+
+
+@dataclass
+class Job:
+    """One notebook run of a study: the reference study's jobs are a dense method ("full") or
+    a stack of ranks ("r001-r016"), whose runs are known in advance (``config.runs()``); a
+    study that chooses its runs as it goes (a learning-rate search) plans none, and its job
+    may write any run's record."""
+    name: str
+    config: object       # the notebook's parameters for this job (a NotebookParams config)
+
+    def runs(self) -> list | None:
+        return self.config.runs() if hasattr(self.config, "runs") else None
+
+    def run_ids(self) -> set[str] | None:
+        """The ids of the runs the job may write (None: any)."""
+        runs = self.runs()
+        return None if runs is None else {r.run_id for r in runs}
+
+    def done(self) -> bool:
+        """Every planned run is recorded (a job without planned runs is run again: it resumes
+        from the records)."""
+        runs = self.runs()
+        return runs is not None and all(has_record(r, self.config.results_dir) for r in runs)
+
+    def records(self) -> list[dict]:
+        """The records it starts from (a job that stopped half way has some): those of its
+        planned runs, or every record of the results folder."""
+        runs, folder = self.runs(), Path(self.config.results_dir)
+        if runs is not None:
+            return [read_record(record_path(r, folder)) for r in runs if has_record(r, folder)]
+        out = []
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+            try:
+                out.append(read_record(path))
+            except ValueError:
+                pass
+        return out
+
+
+def plan_jobs(cfg: StudyConfig) -> list[Job]:
+    """One job per dense method and one per stack of factorized ranks (ranks up to 16
+    together, then one per power of two; all factorized methods and seeds in each), so that the
+    engine can stack each job's models."""
+    def job(name, methods, ranks):
+        takes = any(METHODS[m].takes_init() for m in methods)
+        return Job(name, dataclasses.replace(cfg, methods=tuple(methods), ranks=tuple(ranks),
+                                             init=cfg.init if takes else None))
+    jobs = [job(m, [m], []) for m in cfg.methods if not METHODS[m].factorized]
+    factorized = [m for m in cfg.methods if METHODS[m].factorized]
+    buckets: dict[int, list[int]] = {}
+    for r in cfg.ranks:
+        buckets.setdefault(stack_rank(r), []).append(r)
+    for ranks in buckets.values() if factorized else ():
+        name = f"r{ranks[0]:03d}" + (f"-r{ranks[-1]:03d}" if len(ranks) > 1 else "")
+        jobs.append(job(name, factorized, ranks))
+    return jobs
+
+
+@dataclass
+class Outcome:
+    """How a job ended: status "done", "failed", "timeout" or "interrupted"."""
+    name: str
+    status: str
+    rc: int
+    output: str = ""
+    notebook: Path | None = None   # the executed notebook (``*.failed.ipynb`` if it failed)
+    detail: str = ""               # why it failed, in words, where the exit code does not say
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "done"
+
+    def report(self, tail: int = 3000, label: str | None = None) -> str:
+        why = self.detail or f"exit {self.rc}"
+        return f"{label or 'job ' + self.name} FAILED ({why}):\n{self.output[-tail:]}"
+
+
+def _kill_tree(proc: subprocess.Popen, grace: float) -> None:
+    """SIGINT (papermill then shuts its kernel down), then after ``grace`` seconds SIGKILL to
+    the child and everything it started."""
+    import psutil
+
+    def tree():
+        try:
+            return psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+    started = tree()
+    try:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=grace)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    for p in [*started, *tree(), proc]:
+        try:
+            p.kill()
+        except (OSError, psutil.Error):
+            pass
+    proc.wait()
+
+
+def _read_progress(path: Path, last: dict | None) -> dict | None:
+    """The progress file's content if it changed since ``last``, else None."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return None if info == last else info
+
+
+def run_job(notebook: Path, out: Path, params: dict, *, name: str | None = None,
+            env: dict | None = None, timeout: float | None = None,
+            on_progress: Callable[[dict], None] | None = None,
+            watch: Path | None = None, on_record: Callable[[Path], None] | None = None,
+            stopped: Callable[[], bool] = lambda: False, grace: float = 20.0,
+            poll: float = 1.0) -> Outcome:
+    """Execute ``notebook`` with ``params`` into ``out`` in a child process (named
+    ``*.running.ipynb`` until it ends, ``*.failed.ipynb`` if it fails; the parameters are kept
+    beside it as ``*.params.json``).
+
+    Once a second: ``on_progress({"epoch", "epochs"})`` when training reported a new epoch,
+    ``on_record(path)`` for each new ``*.json`` under ``watch``, and the job is stopped
+    (status "interrupted") if ``stopped()``, or after ``timeout`` seconds (status "timeout").
+    """
+    name = name or out.stem
+    out.parent.mkdir(parents=True, exist_ok=True)
+    params_file = out.with_suffix(".params.json")  # the job's exact parameters, kept
+    params_file.write_text(json.dumps(params, indent=1))
+    running = out.with_name(out.stem + ".running.ipynb")
+    progress_file = out.with_suffix(".progress.json")
+    progress_file.unlink(missing_ok=True)
+    env = {**(os.environ if env is None else env), PROGRESS_ENV: str(progress_file)}
+    seen = set(watch.rglob("*.json")) if watch is not None else set()
+
+    def new_records():
+        if watch is None:
+            return
+        for path in sorted(set(watch.rglob("*.json")) - seen):
+            seen.add(path)
+            if on_record is not None:
+                on_record(path)
+
+    # own session: a terminal's Ctrl-C reaches only the runner, which passes it on once
+    proc = subprocess.Popen([sys.executable, "-c", _JOB_MAIN, str(notebook), str(running),
+                             str(params_file)], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    tail: collections.deque[str] = collections.deque()
+    size, lock = [0], threading.Lock()
+
+    def read_output():
+        for line in proc.stdout:
+            with lock:
+                tail.append(line)
+                size[0] += len(line)
+                while size[0] > OUTPUT_TAIL and len(tail) > 1:
+                    size[0] -= len(tail.popleft())
+
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
+    status, detail, start, last = None, "", time.monotonic(), None
+    try:
+        while proc.poll() is None:
+            try:
+                proc.wait(timeout=poll)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            info = _read_progress(progress_file, last)
+            if info is not None:
+                last = info
+                if on_progress is not None:
+                    on_progress(info)
+            new_records()
+            if stopped():
+                status = "interrupted"
+            elif timeout is not None and time.monotonic() - start > timeout:
+                status, detail = "timeout", f"timed out after {timeout:g} s"
+            if status is not None:
+                _kill_tree(proc, grace)
+                break
+        new_records()
+    except BaseException:  # Ctrl-C where we run in the main thread, a callback that failed
+        _kill_tree(proc, grace)
+        running.unlink(missing_ok=True)
+        raise
+    finally:
+        proc.stdin.close()  # the child's lifeline, no longer needed
+        reader.join(timeout=5)  # (a kernel outliving papermill may hold the pipe a moment)
+        if not reader.is_alive():
+            proc.stdout.close()
+        progress_file.unlink(missing_ok=True)
+    rc = proc.returncode
+    if status is None:
+        status = "done" if rc == 0 else "failed"
+    executed = None
+    if status == "done":
+        running.replace(out)
+        executed = out
+    elif status == "interrupted":
+        running.unlink(missing_ok=True)  # interrupted, not failed: rerunning redoes it
+    elif running.exists():
+        executed = out.with_name(out.stem + ".failed.ipynb")
+        running.replace(executed)
+    with lock:
+        output = "".join(tail)
+    return Outcome(name, status, rc, output, executed, detail)
+
+
+@dataclass
+class JobSpec:
+    """One job to run: its name, its notebook and parameters, and where its executed notebook
+    goes (the runner's runs directory)."""
+    job: Job
+    notebook: Path
+    out: Path
+    params: dict = field(default_factory=dict)
+
+
+class LocalRunner:
+    """Jobs on this machine, ``jobs`` at a time, each in its own child process; the cores are
+    shared among the jobs (``OMP_NUM_THREADS``) instead of oversubscribed."""
+
+    def __init__(self, jobs: int = 1, timeout: float | None = None):
+        self.jobs, self.timeout = jobs, timeout
+        self.env = dict(os.environ)
+        if jobs > 1:
+            self.env["OMP_NUM_THREADS"] = str(max(1, usable_cores() // jobs))
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def describe(self) -> str:
+        return f"{self.jobs} at a time on this machine"
+
+    def summary(self) -> str:
+        return ""  # the notebooks write their records themselves
+
+    def prepare(self, task_prepare: Callable[[], None]) -> None:
+        task_prepare()  # once, here: parallel jobs must not race to download the data
+
+    def run(self, specs: list[JobSpec], on_progress: Callable[[str, dict], None]
+            ) -> Iterator[Outcome]:
+        pool = ThreadPoolExecutor(max_workers=self.jobs)
+        futures = [pool.submit(self._run_one, s, on_progress) for s in specs]
+        try:
+            for fut in as_completed(futures):
+                yield fut.result()
+        finally:
+            for fut in futures:
+                fut.cancel()
+            self.stop()
+            pool.shutdown(wait=True)
+
+    def _run_one(self, spec: JobSpec, on_progress) -> Outcome:
+        if self._stop.is_set():
+            return Outcome(spec.job.name, "interrupted", 130, "not started: interrupted")
+        return run_job(spec.notebook, spec.out, spec.params, name=spec.job.name, env=self.env,
+                       timeout=self.timeout, stopped=self._stop.is_set,
+                       on_progress=lambda info: on_progress(spec.job.name, info))
+
+    def stop(self) -> None:
+        """Stop every running job (each is interrupted, then killed after a grace period)."""
+        self._stop.set()
+
+
+def make_runner(jobs: int = 1, scheduler: str | None = None, timeout: float | None = None,
+                results_dir="results"):
+    """The local runner of ``jobs`` at a time, or the Dask one for ``scheduler`` (an address,
+    or "local"; it connects on entering)."""
+    if scheduler is None:
+        return LocalRunner(jobs, timeout)
+    from .cluster import DaskRunner
+    return DaskRunner(scheduler, jobs, timeout, results_dir)
+
+
+class JobProgress:
+    """A tqdm bar of the jobs done; after it, the epoch each running job's current stack has
+    reached (``r001-r016 epoch 37/100``). Safe to update from any thread."""
+
+    def __init__(self, total: int):
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=total, desc="jobs", unit="job")
+        self.running: dict[str, str] = {}
+        self.finished: set[str] = set()  # a late report of a finished job is not shown
+        self.lock = threading.Lock()
+
+    def _show(self) -> None:
+        self.bar.set_postfix_str(" · ".join(self.running.values()))
+
+    def update(self, name: str, info: dict) -> None:
+        with self.lock:
+            if name not in self.finished:
+                self.running[name] = f"{name} epoch {info['epoch']}/{info['epochs']}"
+                self._show()
+
+    def finish(self, outcome: Outcome) -> None:
+        with self.lock:
+            self.finished.add(outcome.name)
+            self.running.pop(outcome.name, None)
+            self._show()
+            self.bar.update()
+            self.bar.write(f"job {outcome.name} done" if outcome.ok else outcome.report())
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _exit_when_parent_exits() -> None:
+    """Block until stdin closes (the runner is gone), then kill our kernel and exit."""
+    try:
+        while os.read(0, 4096):  # unbuffered: holds no lock that would block our exit
+            pass
+    except OSError:
+        pass
+    import psutil
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    os._exit(137)
+
+
+#: The job's child process: ``python -c _JOB_MAIN NOTEBOOK OUT PARAMS_JSON``.
+_JOB_MAIN = "import sys; from lowrank_helpers.batch.jobs import job_main; sys.exit(job_main(sys.argv[1:]))"
+
+
+def job_main(argv: list[str]) -> int:
+    """Execute a notebook as a batch runner's child, with the runner's pipe on stdin."""
+    notebook, out, params = argv
+    threading.Thread(target=_exit_when_parent_exits, daemon=True).start()
+    import traceback
+
+    import papermill
+    try:
+        papermill.execute_notebook(notebook, out, parameters=json.loads(Path(params).read_text()),
+                                   kernel_name="python3", cwd=str(Path(notebook).parent),
+                                   progress_bar=False)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        return 130
+    except Exception:  # the failing cell's traceback: the runner shows the tail
+        traceback.print_exc(file=sys.stdout)
+        return 1
+    return 0
+

@@ -1,0 +1,1 @@
+"""Layers and networks: the low-rank layer, the MLP, the character transformer."""

@@ -1,0 +1,1 @@
+"""Tables, prose, figures and widgets from the records; README's blocks."""

@@ -1,0 +1,1 @@
+"""The studies: which runs each trains, the learning-rate search, the theory."""

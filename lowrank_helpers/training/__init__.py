@@ -1,0 +1,1 @@
+"""Training: the one loop, the stacked paths, the MLP's engine."""
