@@ -45,21 +45,21 @@ def test_lm_jobs_on_a_local_dask_cluster_write_what_one_process_writes(tmp_path)
 
     def lm(where, *extra):
         return subprocess.run(
-            [sys.executable, "-m", "lowrank_helpers", "lm", "--smoke", "--phases", "anchor",
-             "partial", "--no-notebook", "--results-dir", str(tmp_path / where / "r"),
+            [sys.executable, "-m", "lowrank_helpers", "lm", "--smoke", "--phases", "partial",
+             "--no-notebook", "--results-dir", str(tmp_path / where / "r"),
              "--runs-dir", str(tmp_path / where / "runs"), *extra],
             cwd=ROOT, capture_output=True, text=True, timeout=600)
     one = lm("one")
     assert one.returncode == 0, one.stdout + one.stderr
-    out = lm("dask", "--scheduler", "local", "--jobs", "2")
+    out = lm("dask", "--scheduler", "local", "--jobs", "1")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "2 jobs of the lm study (anchor, partial), on a local Dask cluster" in out.stdout
+    assert "1 jobs of the lm study (partial), on a local Dask cluster" in out.stdout
     runs = sorted((tmp_path / "dask" / "runs" / "smoke").glob("lm-*.ipynb"))
-    assert [p.name.split("-")[1] for p in runs] == ["anchor", "partial"]
+    assert [p.name.split("-")[1] for p in runs] == ["partial"]
 
     def finals(where):
         recs = [lh.read_record(p) for p in (tmp_path / where / "r" / "smoke").glob("*.json")]
         return {r["run_id"]: r["final"]["val_loss"] for r in recs}
     expected = finals("one")
-    assert len(expected) >= 6 and f"{len(expected)} records written into" in out.stdout
+    assert len(expected) >= 4 and f"{len(expected)} records written into" in out.stdout
     assert finals("dask") == pytest.approx(expected, abs=1e-6)
