@@ -49,7 +49,7 @@ lab: setup
 # character LM one model at a time against many at once (about 2 minutes).
 bench: setup
 	$(BIN)/python benchmarks/bench_sweep.py
-	$(BIN)/python benchmarks/bench_lm.py
+	$(BIN)/python benchmarks/bench_lm.py --profile $(if $(NANOGPT),--nanogpt $(NANOGPT))
 
 table: setup
 	$(BIN)/lowrank-study table

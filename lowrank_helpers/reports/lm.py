@@ -371,24 +371,3 @@ def lm_answer(runs: pd.DataFrame, students: pd.DataFrame | None = None) -> str:
                  f"{int(runs.torch_threads.max())} CPU threads, models trained together in "
                  "stacks.")
     return "\n".join(lines)
-
-
-def lm_speed(path) -> str:
-    """The LM benchmark's table (``benchmarks/bench_lm.py`` JSON at ``path``)."""
-    import json
-    from pathlib import Path
-    b = json.loads(Path(path).read_text())
-    out = [f"| {b['steps']} steps of {b['tokens_per_step']} tokens, {b['models']} models "
-           f"(median of {b['repeats']}, {b['torch_threads']} threads) | one at a time | "
-           "together (torch.func) | speed-up |", "|---|---:|---:|---:|"]
-    for name, g in b.items():
-        if isinstance(g, dict) and "speedup" in g:
-            out.append(f"| {name}: tokens/s | {g['tokens_per_s_one']:,.0f} "
-                       f"({g['ms_per_step_one']:.1f} ms/step) | "
-                       f"{g['tokens_per_s_together']:,.0f} | {g['speedup']:.2f}× |")
-    out.append(f"| nanoGPT's reported {NANOGPT_CPU['ms_per_iter']:g} ms/step (not timed "
-               f"here) | {b['nanogpt_reference_tokens_per_s']:,.0f} | | |")
-    out.append(f"\nDense, one at a time, over nanoGPT's reported rate: "
-               f"{b['dense_one_over_nanogpt']:.2f}×; trained together: "
-               f"{b['dense_together_over_nanogpt']:.2f}×.")
-    return "\n".join(out)
