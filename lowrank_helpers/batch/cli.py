@@ -20,15 +20,13 @@ The flags of the study and of its training protocol are generated from their dec
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
-import hashlib
-import json
 import signal
 import sys
 from pathlib import Path
 
-from .jobs import JobProgress, JobSpec, LocalRunner, make_runner, plan_jobs, run_job
+from .jobs import (JobSpec, LocalRunner, config_tag, make_runner, plan_jobs, run_job,
+                   run_specs)
 from ..core.config import StudyConfig, SummaryConfig, smoke_dir
 from ..tasks.images_data import DataNotFoundError
 from ..core.protocol import REFERENCE, Protocol
@@ -64,7 +62,7 @@ def run_batch(cfg: StudyConfig, args) -> int:
                                                              "summary.ipynb")
     jobs = plan_jobs(cfg)
     todo = [j for j in jobs if not j.done()]
-    tag = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:6]
+    tag = config_tag(cfg)
     specs = [JobSpec(job, study_nb, runs_dir / f"study-{cfg.task}-{job.name}-{tag}.ipynb",
                      job.config.to_dict()) for job in todo]
     failed = []
@@ -79,15 +77,7 @@ def run_batch(cfg: StudyConfig, args) -> int:
                   f"executed notebooks go to {runs_dir}/", flush=True)
             if todo:
                 runner.prepare(functools.partial(TASKS[cfg.task].prepare, cfg.data_root))
-            progress = JobProgress(len(specs))
-            with contextlib.closing(runner.run(specs, progress.update)) as outcomes:
-                for outcome in outcomes:
-                    progress.finish(outcome)
-                    if not outcome.ok:
-                        failed.append(outcome.name)
-            progress.close()
-            if runner.summary():
-                print(runner.summary())
+            failed = run_specs(runner, specs)
         if failed:
             print("summary skipped: some jobs failed", file=sys.stderr)
         elif summary_nb is not None:  # the figures are drawn here, from the records here

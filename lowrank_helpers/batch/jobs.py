@@ -13,6 +13,7 @@ Both runners, the local one (:class:`LocalRunner`, threads on this machine) and 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -336,6 +337,28 @@ def make_runner(jobs: int = 1, scheduler: str | None = None, timeout: float | No
         return LocalRunner(jobs, timeout)
     from .cluster import DaskRunner
     return DaskRunner(scheduler, jobs, timeout, results_dir)
+
+
+def config_tag(cfg) -> str:
+    """A short hash of a study's parameters: its executed notebooks' names."""
+    import hashlib
+    return hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:6]
+
+
+def run_specs(runner, specs: list["JobSpec"]) -> list[str]:
+    """Run ``specs`` on ``runner`` under a :class:`JobProgress` bar, saying how each ended and
+    what the runner wrote; returns the names of the jobs that failed."""
+    failed = []
+    progress = JobProgress(len(specs))
+    with contextlib.closing(runner.run(specs, progress.update)) as outcomes:
+        for outcome in outcomes:
+            progress.finish(outcome)
+            if not outcome.ok:
+                failed.append(outcome.name)
+    progress.close()
+    if runner.summary():
+        print(runner.summary())
+    return failed
 
 
 class JobProgress:

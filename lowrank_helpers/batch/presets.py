@@ -13,15 +13,12 @@ nothing more: every job's runs are recorded).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
-import hashlib
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .jobs import JobProgress, JobSpec, make_runner, run_job
+from .jobs import JobSpec, config_tag, make_runner, run_job, run_specs
 from ..core.config import smoke_dir
 from ..tasks.images_data import DataError, DataNotFoundError
 from ..core.results import ResultsDirError
@@ -104,25 +101,15 @@ class StudyPreset:
         """The study's jobs (``notebook``, :data:`JOB_NOTEBOOK`, once per job) on the runner of
         ``--jobs``/``--scheduler``; returns the names of those that failed."""
         jobs = _load(self.plan)(cfg)
-        tag = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:6]
+        tag = config_tag(cfg)
         specs = [JobSpec(job, notebook, runs_dir / f"{self.name}-{job.name}-{tag}.ipynb",
                          {"study": self.name, "config": job.config.to_dict()})
                  for job in jobs]
-        failed = []
         with make_runner(args.jobs, args.scheduler, args.job_timeout, cfg.results_dir) as runner:
             print(f"{len(specs)} jobs of the {self.name} study ({', '.join(j.name for j in jobs)}),"
                   f" {runner.describe()}; executed notebooks go to {runs_dir}/", flush=True)
             runner.prepare(functools.partial(_task_of(cfg).prepare, cfg.data_root))
-            progress = JobProgress(len(specs))
-            with contextlib.closing(runner.run(specs, progress.update)) as outcomes:
-                for outcome in outcomes:
-                    progress.finish(outcome)
-                    if not outcome.ok:
-                        failed.append(outcome.name)
-            progress.close()
-            if runner.summary():
-                print(runner.summary())
-        return failed
+            return run_specs(runner, specs)
 
     def __call__(self, argv) -> int:
         p = self.parser()
@@ -169,12 +156,10 @@ class StudyPreset:
 
 
 def _task_of(cfg):
+    """The task a study's config trains (the language-model study names its corpus)."""
     from ..tasks import TASKS
-    from ..tasks.chars import TASKS_SMOKE
-    name = getattr(cfg, "task", None)
-    if name is None:  # the language-model study names its corpus
-        name = next(t.name for t in TASKS.values() if getattr(t, "corpus", None) == cfg.corpus)
-    return TASKS[TASKS_SMOKE.get(name, name) if getattr(cfg, "smoke", False) else name]
+    from ..training.lm import _task_of_corpus
+    return TASKS[cfg.task if hasattr(cfg, "task") else _task_of_corpus(cfg.corpus)]
 
 
 def _find_notebook(path: str | None, name: str) -> Path:

@@ -118,7 +118,7 @@ def run_records(runs: list[RunConfig], results_dir, *, data_root=None, device="a
             step = None
             if bar is not None:
                 bar.set_postfix_str(f"{group[0].label} ×{len(group)}")
-                step = partial(lambda n, k: bar.update(n * k), k=len(group))
+                step = partial(lambda n, k: bar.update(n * k), k=len(group))  # model-steps
             save(group, [_as_record_result(r, res) for r, res in
                          zip(group, train_stacked(group, data, device=dev, progress=step))],
                  data)
