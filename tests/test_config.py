@@ -101,9 +101,11 @@ def test_every_notebook_declares_its_configs_parameters():
     from pathlib import Path
 
     from lowrank_helpers import ExplorerConfig, TheoryConfig
+    from lowrank_helpers.studies.lm import LMStudyConfig
     root = Path(__file__).resolve().parent.parent / "notebooks"
     for name, cls in (("study", StudyConfig), ("summary", SummaryConfig),
-                      ("explorer", ExplorerConfig), ("theory", TheoryConfig)):
+                      ("explorer", ExplorerConfig), ("theory", TheoryConfig),
+                      ("shakespeare_char", LMStudyConfig)):
         nb = json.loads((root / f"{name}.ipynb").read_text())
         cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(cells) == 1, f"{name}: one parameters cell"

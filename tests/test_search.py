@@ -74,3 +74,32 @@ def test_seeds_follow_the_choice_and_move_where_a_seed_fails_there():
     n = len(study.trained)        # resumed: a second call trains nothing
     search_and_seed([MODEL], {MODEL.model_key: GRID}, study.train, study.records, 1, range(1, 3))
     assert len(study.trained) == n
+
+
+def test_refinement_adds_midpoints_until_the_choices_neighbours_are_within_the_factor():
+    # the best rate is 4.2e-3, between the ladder's 3e-3 and 1e-2
+    best = math.log10(4.2e-3)
+    study = Study(lambda lr, seed: abs(math.log10(lr) - best))
+    key = MODEL.model_key
+    c = search([MODEL], {key: GRID}, study.train, study.records, max_extend=1,
+               refine={key: 1.5})[key]
+    assert set(GRID) <= set(c.tried) and c.edge is None
+    i = c.tried.index(c.lr)
+    assert c.tried[i + 1] / c.lr <= 1.5 and c.lr / c.tried[i - 1] <= 1.5
+    assert abs(math.log10(c.lr) - best) < math.log10(1.5) / 2 + 1e-9  # within half a rung
+    assert 5.5e-3 in c.tried and 1.7e-3 in c.tried            # the first midpoints, rounded
+    # no refinement where it is not asked, and a resumed search trains nothing
+    plain = Study(study.loss)
+    assert search([MODEL], {key: GRID}, plain.train, plain.records, 1)[key].tried == GRID
+    n = len(study.trained)
+    search([MODEL], {key: GRID}, study.train, study.records, 1, refine={key: 1.5})
+    assert len(study.trained) == n
+
+
+def test_refinement_at_an_edge_the_grid_may_no_longer_grow_refines_towards_its_neighbour():
+    study = Study(lambda lr, seed: -math.log10(lr))              # the higher, the better
+    key = MODEL.model_key
+    c = search([MODEL], {key: GRID}, study.train, study.records, max_extend=0,
+               refine={key: 1.5})[key]
+    assert c.lr == 1e-2 and c.edge == "high" and max(c.tried) == 1e-2
+    assert c.lr / c.tried[-2] <= 1.5

@@ -5,6 +5,8 @@ A method is one :class:`Method` (or a subclass of it) in a module of its own and
 
 - build each target layer of a task's model (:meth:`Method.layer`; the task names its
   targets: the MLP's layers, the transformer's q, k, v, o, fc, proj);
+- set the built model's starting point from elsewhere than its seed (:meth:`Method.start`:
+  a trained dense model's SVD);
 - change the model once it is built (:meth:`Method.prepare`: rescale, freeze, ...);
 - set the optimizer's parameter groups (:meth:`Method.groups`) or bring its own optimizer
   (:meth:`Method.make_optimizer`);
@@ -125,6 +127,10 @@ class Method:
                 DENSE_INITS[name](layer)    # "default": as nn.Linear drew it; "he": redrawn
             return layer
         return LowRankLinear(spec.d_in, spec.d_out, rank, bias=spec.bias, init=init)
+
+    def start(self, model: nn.Module, run) -> None:
+        """Set the built model's starting point (default: the init drawn from the run's seed,
+        left as it is); runs before :meth:`prepare`."""
 
     def prepare(self, model: nn.Module, options: dict) -> None:
         """Change the built model (default: apply each given option that has an effect)."""

@@ -18,6 +18,11 @@ skipping the runs that already have a record, so a stopped sweep loses nothing:
 5. ``partial``: attention only and MLP only, at ``partial_rank`` (search, then seeds).
 6. ``inits``: the other inits at ``partial_rank`` (search, then ``extra_init_seeds`` seeds:
    by default the search's seed 0 only, for the CPU budget).
+7. ``svd``: the SVD-started control at ``svd_ranks`` (:mod:`.svd`): the dense model's seeds
+   kept as checkpoints, cut to each rank, evaluated untrained and trained on as B·A.
+
+The dense model and the factorized models at ``refine_ranks`` get their grid refined around
+their choice (``refine``: rungs at most that factor apart there; :func:`.search.search`).
 """
 from __future__ import annotations
 
@@ -36,16 +41,22 @@ from ..core.protocol import RunConfig
 from ..core.results import check_writable, has_record, load_records, read_record, record_path
 from ..core.settings import all_of, check_settings, distinct, each, non_negative, positive, setting
 from ..tasks.text import CORPORA, read_corpus, split_text
-from .search import search_and_seed
+from .search import at_rate, search_and_seed
 from ..tasks.chars import SMOKE_SIZES, min_lr_for
 
 #: Where the teacher–student students are stored, under the study's results directory.
 STUDENTS = "teacher_student/students.json"
-PHASES = ("anchor", "search", "seeds", "narrow", "partial", "inits")
+PHASES = ("anchor", "search", "seeds", "narrow", "partial", "inits", "svd")
 #: What ``smoke=True`` shrinks the study to (CI, tests): a text every Python has, a tiny model.
 LM_SMOKE = {"corpus": "python_stdlib", **SMOKE_SIZES, "ranks": (2, 4), "seeds": 2,
             "lrs": (1e-3, 1e-2), "anchor_seeds": 2, "narrow_ranks": (2,), "partial_rank": 2,
-            "sample_chars": 40, "extra_inits": ("he",)}
+            "sample_chars": 40, "extra_inits": ("he",), "refine_ranks": (4,),
+            "svd_ranks": (2, 4), "svd_lrs": (1e-3, 1e-2)}
+
+
+def _refine_factor(name, value):
+    if not (value == 0 or value > 1):
+        raise ValueError(f"{name} must be 0 (off) or a factor above 1, got {value!r}")
 
 
 def _inits(name, values):
@@ -75,6 +86,12 @@ class LMStudyConfig(NotebookParams):
                          check=all_of(_not_empty, distinct, each(positive)))
     max_extend: int = setting(1, "int", "rungs added beyond an edge of the rate grid at "
                               "most, while the choice sits at that edge", check=non_negative)
+    refine: float = setting(1.5, "float", "refine the grid around the choice of the dense "
+                            "model and of the models at refine_ranks until its neighbouring "
+                            "rates lie within this factor (0: off)", check=_refine_factor)
+    refine_ranks: tuple = setting((16, 32, 64), "list[int]", "ranks whose factorized models "
+                                  "get the refined grid", check=all_of(distinct,
+                                                                       each(positive)))
     seeds: int = setting(3, "int", "seeds per model at its chosen rate", check=positive)
     extra_init_seeds: int = setting(1, "int", "seeds of the extra_inits models (1: the search "
                                     "only)", check=positive)
@@ -91,6 +108,11 @@ class LMStudyConfig(NotebookParams):
                                 "training", check=positive)
     sample_chars: int = setting(300, "int", "characters sampled from each trained model",
                                 check=positive)
+    svd_ranks: tuple = setting((4, 8, 16, 32, 64), "list[int]", "ranks of the SVD-started "
+                               "control", check=all_of(distinct, each(positive)))
+    svd_lrs: tuple = setting((3e-4, 1e-3, 3e-3), "list[float]", "peak learning rates searched "
+                             "for the SVD-started models (extended at an edge)",
+                             check=all_of(_not_empty, distinct, each(positive)))
     device: str = setting("auto", "str", "cuda, mps or cpu; auto: the first available",
                           check=lambda name, v: check_device(v))
     phases: tuple = setting(PHASES, "list[str]", "which phases to run", choices=PHASES)
@@ -110,7 +132,7 @@ class LMStudyConfig(NotebookParams):
             object.__setattr__(self, "img_dir", smoke_dir(self.img_dir))
         check_settings(self)
         LMShape(self.n_layer, self.n_head, self.d_model, self.block_size)  # checks the shape
-        for name in ("ranks", "narrow_ranks", "partial_rank"):
+        for name in ("ranks", "narrow_ranks", "partial_rank", "svd_ranks"):
             for r in (getattr(self, name) if name != "partial_rank" else (self.partial_rank,)):
                 check_lm_rank(r, self.d_model, name)
 
@@ -244,20 +266,50 @@ def complete_analysis(runs: list[RunConfig], cfg: LMStudyConfig, splits, bar=Non
     return refused
 
 
-def _search_and_seeds(models, cfg, bar, seeds: int) -> None:
-    """The one search and seed rule (:func:`~lowrank_helpers.studies.search.search_and_seed`): seed 0
-    of ``models`` at every rate of ``lrs``, extended beyond an edge where the choice sits
-    there; then seeds 1…``seeds``-1 at each one's chosen rate."""
+def _refined(m: RunConfig, cfg: LMStudyConfig) -> bool:
+    """Whether ``m``'s grid is refined around its choice: the dense model of the study's
+    width, and all six projections factorized at ``refine_ranks``."""
+    if not cfg.refine or m.shape.d_model != cfg.d_model:
+        return False
+    return m.method == "full" or (m.method == "lora" and m.targets == "both"
+                                  and m.rank in cfg.refine_ranks)
+
+
+def _search_and_seeds(models, cfg, bar, seeds: int, lrs=None) -> dict:
+    """The one search and seed rule
+    (:func:`~lowrank_helpers.studies.search.search_and_seed`): seed 0 of ``models`` at every
+    rate of ``lrs`` (default the study's), extended beyond an edge
+    where the choice sits there and refined around it (:func:`_refined`); then
+    seeds 1…``seeds``-1 at each one's chosen rate. Returns the choices by model key."""
     def train(runs, what):
         todo = [r for r in runs if not has_record(r, cfg.results_dir)]
         _train(todo, cfg, bar)
         return len(todo)
-    search_and_seed(models, {m.model_key: cfg.lrs for m in models}, train,
-                    lambda: load_records(cfg.results_dir), cfg.max_extend, range(1, seeds))
+    return search_and_seed(models, {m.model_key: lrs or cfg.lrs for m in models}, train,
+                           lambda: load_records(cfg.results_dir), cfg.max_extend,
+                           range(1, seeds),
+                           refine={m.model_key: cfg.refine for m in models if _refined(m, cfg)})
+
+
+def _svd_phase(cfg: LMStudyConfig, splits, bar) -> None:
+    """The SVD-started control (:mod:`.svd`): the dense model's choice and seeds (resumed),
+    its checkpoints, the untrained truncations, then the SVD-started models' search and
+    seeds."""
+    from .svd import ensure_checkpoints, svd_run, truncation_losses
+    dense = _models(cfg, splits.vocab_size, "search")[0]
+    lr = _search_and_seeds([dense], cfg, bar, cfg.seeds)[dense.model_key].lr
+    runs = [at_rate(dense, lr).replace(seed=s) for s in range(cfg.seeds)]
+    device = resolve_device(cfg.device)
+    ensure_checkpoints(runs, splits, cfg.results_dir, device, bar)
+    if bar is not None:
+        bar.set_postfix_str("SVD truncations")
+    truncation_losses(runs, cfg.svd_ranks, splits, cfg.results_dir, device)
+    _search_and_seeds([svd_run(runs[0], r) for r in cfg.svd_ranks], cfg, bar, cfg.seeds,
+                      lrs=cfg.svd_lrs)
 
 
 #: The phases each job of the batch runner runs (independent of each other).
-JOB_PHASES = (("anchor",), ("search", "seeds"), ("narrow",), ("partial",), ("inits",))
+JOB_PHASES = (("anchor",), ("search", "seeds", "svd"), ("narrow",), ("partial",), ("inits",))
 
 
 def plan_jobs(cfg: LMStudyConfig) -> list:
@@ -290,6 +342,8 @@ def run_lm_study(cfg: LMStudyConfig, progress: bool = True) -> pd.DataFrame:
                 anchors = [run.replace(seed=s) for s in range(cfg.anchor_seeds)]
                 _train(anchors, cfg, bar)
                 complete_analysis(anchors, cfg, full, bar)
+            elif phase == "svd":
+                _svd_phase(cfg, splits, bar)
             else:
                 seeds = {"search": 1, "inits": cfg.extra_init_seeds}.get(phase, cfg.seeds)
                 _search_and_seeds(_models(cfg, splits.vocab_size, phase), cfg, bar, seeds)

@@ -11,6 +11,9 @@ of one's own, which grows at an edge by its own spacing there (:func:`next_rate`
 - **search** (:func:`search`): seed 0 at every rate of a model's starting grid; a choice at an
   edge of the rates tried adds the next rate beyond it, until the choice lies inside or
   ``max_extend`` rates lie beyond the starting grid on that side;
+- **refinement** (``refine``, per model): once the choice lies inside the grid (or the grid
+  may grow no more), the geometric midpoints between it and its neighbours are added until
+  both lie within a factor (1.5: rungs at most 1.5× apart around the choice);
 - **seeds** (:func:`search_and_seed`): seeds 1 … at each choice; where one of them fails there,
   the choice moves and the new one gets its seeds (at most :data:`STABILITY_ROUNDS` times).
 
@@ -150,14 +153,44 @@ def at_rate(run: RunConfig, lr: float) -> RunConfig:
     return run.task_spec.at_rate(run, lr)
 
 
+def midpoint(a: float, b: float) -> float:
+    """The geometric midpoint of two rates, √(a·b), to two significant digits (clean ids)."""
+    return float(f"{math.sqrt(a * b):.2g}")
+
+
+def refinement(c: Choice, factor: float) -> list[float]:
+    """The rates to add around choice ``c`` so that its neighbours among the rates tried come
+    closer than ``factor`` (> 1): the geometric midpoint towards each neighbour farther away
+    than that (none once both lie within it, or where a midpoint rounds onto a rate tried)."""
+    tried = list(c.tried)
+    i = tried.index(c.lr)
+    out = []
+    for j in (i - 1, i + 1):
+        if 0 <= j < len(tried):
+            n = tried[j]
+            if max(n / c.lr, c.lr / n) > factor * (1 + 1e-9):
+                m = midpoint(n, c.lr)
+                if m not in tried and m != c.lr:
+                    out.append(m)
+    return out
+
+
+#: Rounds of refinement at most (each halves the spacing around a choice in log-rate).
+REFINE_ROUNDS = 6
+
+
 def search(models: list[RunConfig], grids: dict, train: Callable, records: Callable,
-           max_extend: int, below: int = 1) -> dict[str, Choice]:
+           max_extend: int, below: int = 1, refine: dict | None = None) -> dict[str, Choice]:
     """Seed 0 of ``models`` at every rate of its starting grid (``grids[model.model_key]``),
     extended at an edge (module doc); ``train(runs, what)`` trains those without a record,
     ``records()`` returns the study's records. A rate is out where one of the seeds below
-    ``below`` failed. Returns each model's choice."""
+    ``below`` failed. ``refine`` (model key → factor > 1): once a model's choice no longer
+    extends its grid, the geometric midpoints between the choice and its neighbours are added
+    until both lie within that factor of it (:func:`refinement`). Returns each model's
+    choice."""
+    refine = refine or {}
     grown = {m.model_key: (m, set(grids[m.model_key])) for m in models}
-    for round_ in range(1, 2 * max_extend + 2):
+    for round_ in range(1, 2 * max_extend + REFINE_ROUNDS + 2):
         train([at_rate(m, lr) for m, lrs in grown.values() for lr in sorted(lrs)],
               f"learning-rate search, round {round_}")
         runs = records()
@@ -165,28 +198,34 @@ def search(models: list[RunConfig], grids: dict, train: Callable, records: Calla
         more = False
         for key, (m, lrs) in grown.items():
             c = chosen.get(key)
-            if c is None or c.edge is None:
+            if c is None:
                 continue
-            step = +1 if c.edge == "high" else -1
-            bound = max(grids[key]) if step > 0 else min(grids[key])
-            if rungs_beyond(c.tried, bound, step) < max_extend:
-                lrs.add(next_rate(c.tried, step))
-                more = True
+            if c.edge is not None:
+                step = +1 if c.edge == "high" else -1
+                bound = max(grids[key]) if step > 0 else min(grids[key])
+                if rungs_beyond(c.tried, bound, step) < max_extend:
+                    lrs.add(next_rate(c.tried, step))
+                    more = True
+                    continue
+            if key in refine:
+                added = [x for x in refinement(c, refine[key]) if x not in lrs]
+                lrs.update(added)
+                more = more or bool(added)
         if not more:
             break
     return {k: chosen[k] for k in grown if k in chosen}
 
 
 def search_and_seed(models: list[RunConfig], grids: dict, train: Callable, records: Callable,
-                    max_extend: int, seeds: range, what: str = "seeds of the chosen rates"
-                    ) -> dict[str, Choice]:
-    """:func:`search`, then ``seeds`` at each choice, again where a seed failed there and the
-    choice moved (the module doc's seed rule); resumes from the records. Returns the final
-    choices."""
+                    max_extend: int, seeds: range, what: str = "seeds of the chosen rates",
+                    refine: dict | None = None) -> dict[str, Choice]:
+    """:func:`search` (with ``refine``), then ``seeds`` at each choice, again where a seed
+    failed there and the choice moved (the module doc's seed rule); resumes from the records.
+    Returns the final choices."""
     below = max(seeds, default=0) + 1
     picked = {}
     for _ in range(STABILITY_ROUNDS):
-        picked = search(models, grids, train, records, max_extend, below)
+        picked = search(models, grids, train, records, max_extend, below, refine)
         todo = [at_rate(m, picked[m.model_key].lr).replace(seed=s) for m in models
                 if m.model_key in picked for s in seeds]
         if not todo or not train(todo, what):

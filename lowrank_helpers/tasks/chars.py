@@ -123,6 +123,7 @@ class CharLM(Task):
             torch.manual_seed(run.seed)
             model = CharTransformer(run.shape, self.factorize(run), run.rank,
                                     run.init or "lora", method=run.method)
+        METHODS[run.method].start(model, run)
         METHODS[run.method].prepare(model, run.options)
         return model
 
@@ -297,7 +298,10 @@ class CharLM(Task):
 
     def name_of(self, run: "RunConfig") -> str:
         fz = self.factorize(run)
-        model = "dense" if fz == "none" else f"{fz}-r{run.rank:03d}-{run.init}"
+        from ..methods import METHODS
+        fixed = not METHODS[run.method].takes_init()   # its init is the method's, not named
+        model = "dense" if fz == "none" else \
+            f"{fz}-r{run.rank:03d}" + ("" if fixed else f"-{run.init}")
         if run.method not in ("full", "lora"):
             model = f"{run.method}-{model}"
         return f"{self.corpus}-{model}-d{run.shape.d_model}-lr{run.protocol.lr:g}-s{run.seed}"
@@ -306,6 +310,10 @@ class CharLM(Task):
         fz = self.factorize(run)
         if fz == "none":
             return f"dense d={run.shape.d_model}"
+        from ..methods import METHODS
+        m = METHODS[run.method]
+        if not m.takes_init():                          # its init is the method's own
+            return f"{m.label}: {fz} r={run.rank}"
         label = f"{fz} r={run.rank} ({run.init} init)"
         return label if run.method == "lora" else f"{run.method}: {label}"
 

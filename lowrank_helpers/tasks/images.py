@@ -78,6 +78,7 @@ class ImageClassification(Task):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(run.seed)
             model = MLP(run.method, run.rank, run.init, run.widths)
+        METHODS[run.method].start(model, run)
         METHODS[run.method].prepare(model, run.options)
         return model
 

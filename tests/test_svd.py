@@ -1,0 +1,117 @@
+"""The SVD-started control: factors from a trained dense model's SVD, kept checkpoints, and the
+language-model study's ``svd`` phase (smoke sizes, CPU)."""
+import json
+
+import pytest
+import torch
+
+import lowrank_helpers as lh
+from lowrank_helpers.core.checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
+from lowrank_helpers.core.protocol import RunConfig
+from lowrank_helpers.methods.svd_start import dense_source, svd_factors
+from lowrank_helpers.models.layers import LowRankLinear
+
+SHAPE = lh.LMShape(1, 2, 16, 16, 65)
+DENSE = lh.LMRun("tinyshakespeare", SHAPE, protocol=lh.LMProtocol(steps=5, lr=1e-3,
+                                                                  min_lr=1e-4))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWRANK_DATA", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def svd_of(rank, dense=DENSE):
+    return RunConfig(dense.task, "svd_start", rank, shape=dense.shape, protocol=dense.protocol,
+                     seed=dense.seed, options={"dense_lr": dense.lr})
+
+
+def test_svd_factors_are_the_best_rank_r_approximation_split_evenly():
+    W = torch.randn(24, 40, generator=torch.Generator().manual_seed(0))
+    U, S, Vh = torch.linalg.svd(W.double(), full_matrices=False)
+    for r in (1, 5, 24):
+        B, A = svd_factors(W, r)
+        assert B.shape == (24, r) and A.shape == (r, 40)
+        best = (U[:, :r] * S[:r]) @ Vh[:r]
+        torch.testing.assert_close((B @ A).double(), best, atol=1e-5, rtol=1e-5)
+        # Eckart–Young: the error is the energy beyond rank r
+        err = torch.linalg.norm(W.double() - (B @ A).double())
+        assert abs(err - S[r:].pow(2).sum().sqrt()) < 1e-4
+        assert abs(torch.linalg.norm(B) - torch.linalg.norm(A)) < 1e-4   # balanced
+
+
+def test_an_svd_started_model_is_the_dense_one_cut_to_rank_r(cache):
+    dense = DENSE.build()
+    with torch.no_grad():                       # a "trained" model: not its own init
+        for p in dense.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_checkpoint(DENSE, dense, {"val_loss": 1.0})
+    assert dense_source(svd_of(4)).run_id == DENSE.run_id
+    x = torch.randint(0, 65, (3, 16), generator=torch.Generator().manual_seed(1))
+    full = svd_of(16).build()
+    torch.testing.assert_close(full(x), dense(x), atol=1e-5, rtol=1e-5)  # full rank: the same
+    cut = svd_of(4).build()
+    state = dense.state_dict()
+    for name, layer in cut.named_modules():
+        if isinstance(layer, LowRankLinear):
+            B, A = svd_factors(state[f"{name}.weight"], 4)
+            torch.testing.assert_close(layer.B @ layer.A, B @ A)
+    torch.testing.assert_close(cut.wte.weight, dense.wte.weight)   # every other tensor copied
+    assert (cut(x) - dense(x)).abs().max() > 1e-3                  # and it is another model
+    assert lh.METHODS["svd_start"].stackable
+
+
+def test_a_missing_checkpoint_or_dense_rate_is_one_clear_error(cache):
+    with pytest.raises(FileNotFoundError, match="no checkpoint of dense d=16.*retraining"):
+        svd_of(4).build()
+    with pytest.raises(ValueError, match="needs the option dense_lr"):
+        RunConfig(DENSE.task, "svd_start", 4, shape=SHAPE, protocol=DENSE.protocol).build()
+    with pytest.raises(ValueError, match="dense_lr must be"):
+        RunConfig(DENSE.task, "svd_start", 4, shape=SHAPE, options={"dense_lr": -1})
+    with pytest.raises(ValueError, match="takes no option 'dense_lr'"):
+        RunConfig(DENSE.task, "lora", 4, shape=SHAPE, options={"dense_lr": 1e-3})
+
+
+def test_the_svd_phase_keeps_checkpoints_truncates_and_trains_on_with_resume(cache, tmp_path):
+    from lowrank_helpers.studies.lm import LMStudyConfig, run_lm_study
+    from lowrank_helpers.studies.svd import load_truncated
+    cfg = LMStudyConfig(smoke=True, phases=("svd",), results_dir=str(tmp_path / "r"),
+                        svd_ranks=(2, 4), seeds=2)
+    runs = run_lm_study(cfg, progress=False)
+    svd = runs[runs.method == "svd_start"]
+    assert set(svd["rank"]) == {2, 4} and (svd.groupby("rank").seed.nunique() == 2).all()
+    dense = runs[runs.method == "full"]
+    lr = dense[dense.seed == 1].lr.iloc[0]                        # the dense choice's seeds
+    assert sorted(dense[dense.lr == lr].seed) == [0, 1]
+    cut = load_truncated(cfg.results_dir)
+    assert len(cut) == 4 and set(cut["rank"]) == {2, 4} and (cut.dense_lr == lr).all()
+    rec = json.loads(next((tmp_path / "r" / "smoke").glob("*svd_start*r002*-s0-*")).read_text())
+    assert rec["config"]["options"]["dense_lr"] == lr
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r" / "smoke").rglob("*.json")}
+    run_lm_study(cfg, progress=False)                              # resumed: nothing rewritten
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r" / "smoke").rglob("*.json")}
+    assert before == after
+    # a checkpoint is rebuilt by retraining, and refused where it is not the recorded model
+    from lowrank_helpers.core.results import record_path
+    from lowrank_helpers.studies.svd import ensure_checkpoints
+    from lowrank_helpers.tasks.text import read_corpus, split_text
+    run = RunConfig.from_dict(json.loads(next((tmp_path / "r" / "smoke").glob(
+        f"*-dense-*-lr{lr:g}-s0-*")).read_text())["config"])
+    stored = load_checkpoint(run)["state_dict"]
+    checkpoint_path(run).unlink()
+    path = record_path(run, cfg.results_dir)
+    rec = json.loads(path.read_text())
+    rec["final"]["val_loss"] += 0.5                                # another model's record
+    path.write_text(json.dumps(rec))
+    splits = split_text(read_corpus(cfg.corpus, None), cfg.tune_chars, cfg.corpus)
+    with pytest.warns(UserWarning, match="differs from the record's"):
+        assert ensure_checkpoints([run], splits, cfg.results_dir) == [run.name]
+    assert not checkpoint_path(run).exists()
+    rec["final"]["val_loss"] -= 0.5
+    path.write_text(json.dumps(rec))
+    assert ensure_checkpoints([run], splits, cfg.results_dir) == []
+    rebuilt = load_checkpoint(run)
+    assert rebuilt["config"] == run.to_dict()
+    for k, v in stored.items():
+        torch.testing.assert_close(rebuilt["state_dict"][k], v, atol=1e-4, rtol=1e-4)
