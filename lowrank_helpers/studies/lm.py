@@ -20,6 +20,8 @@ skipping the runs that already have a record, so a stopped sweep loses nothing:
    by default the search's seed 0 only, for the CPU budget).
 7. ``svd``: the SVD-started control at ``svd_ranks`` (:mod:`.svd`): the dense model's seeds
    kept as checkpoints, cut to each rank, evaluated untrained and trained on as B·A.
+8. ``teacher``: students of the anchor cut to each rank of ``teacher_ranks``
+   (:mod:`.distill`): can B·A from scratch find a rank-r solution that exists?
 
 The dense model and the factorized models at ``refine_ranks`` get their grid refined around
 their choice (``refine``: rungs at most that factor apart there; :func:`.search.search`).
@@ -46,12 +48,12 @@ from ..tasks.chars import SMOKE_SIZES, min_lr_for
 
 #: Where the teacher–student students are stored, under the study's results directory.
 STUDENTS = "teacher_student/students.json"
-PHASES = ("anchor", "search", "seeds", "narrow", "partial", "inits", "svd")
+PHASES = ("anchor", "search", "seeds", "narrow", "partial", "inits", "svd", "teacher")
 #: What ``smoke=True`` shrinks the study to (CI, tests): a text every Python has, a tiny model.
 LM_SMOKE = {"corpus": "python_stdlib", **SMOKE_SIZES, "ranks": (2, 4), "seeds": 2,
             "lrs": (1e-3, 1e-2), "anchor_seeds": 2, "narrow_ranks": (2,), "partial_rank": 2,
             "sample_chars": 40, "extra_inits": ("he",), "refine_ranks": (4,),
-            "svd_ranks": (2, 4), "svd_lrs": (1e-3, 1e-2)}
+            "svd_ranks": (2, 4), "svd_lrs": (1e-3, 1e-2), "teacher_ranks": (2,)}
 
 
 def _refine_factor(name, value):
@@ -113,6 +115,9 @@ class LMStudyConfig(NotebookParams):
     svd_lrs: tuple = setting((3e-4, 1e-3, 3e-3), "list[float]", "peak learning rates searched "
                              "for the SVD-started models (extended at an edge)",
                              check=all_of(_not_empty, distinct, each(positive)))
+    teacher_ranks: tuple = setting((8, 32), "list[int]", "ranks of the teachers (the anchor "
+                                   "cut by its SVD) whose students are trained",
+                                   check=all_of(distinct, each(positive)))
     device: str = setting("auto", "str", "cuda, mps or cpu; auto: the first available",
                           check=lambda name, v: check_device(v))
     phases: tuple = setting(PHASES, "list[str]", "which phases to run", choices=PHASES)
@@ -132,7 +137,15 @@ class LMStudyConfig(NotebookParams):
             object.__setattr__(self, "img_dir", smoke_dir(self.img_dir))
         check_settings(self)
         LMShape(self.n_layer, self.n_head, self.d_model, self.block_size)  # checks the shape
-        for name in ("ranks", "narrow_ranks", "partial_rank", "svd_ranks"):
+        names = ["ranks", "narrow_ranks", "partial_rank"]
+        if "svd" in self.phases:
+            names.append("svd_ranks")
+        if "teacher" in self.phases:
+            from .distill import teacher_task
+            for k in self.teacher_ranks:
+                teacher_task(self.corpus, k)         # a registered teacher of that rank
+            names.append("teacher_ranks")
+        for name in names:
             for r in (getattr(self, name) if name != "partial_rank" else (self.partial_rank,)):
                 check_lm_rank(r, self.d_model, name)
 
@@ -192,18 +205,22 @@ def load_lm_records(results_dir) -> pd.DataFrame:
     return runs[runs.task.map(lambda t: TASKS[t].entry == "iter")].reset_index(drop=True)
 
 
-def _train(runs: list[RunConfig], cfg: LMStudyConfig, bar) -> None:
+def _train(runs: list[RunConfig], cfg: LMStudyConfig, bar, results_dir=None) -> None:
     """Train the runs without a record through the one runner
-    (:func:`~lowrank_helpers.studies.reference.run_records`: stacked, resumed, one record schema), each
-    record holding its model's sample and, for a dense model, :func:`learned_analysis`."""
+    (:func:`~lowrank_helpers.studies.reference.run_records`: stacked, resumed, one record
+    schema) into ``results_dir`` (default the study's), each record holding its model's sample
+    and, for a dense model, :func:`learned_analysis`; a dense model is also kept as a
+    checkpoint (:mod:`~lowrank_helpers.core.checkpoints`) for the svd and teacher phases."""
     from .reference import run_records
+    from ..core.checkpoints import save_checkpoint
 
     def finish(run, result, data):
         if cfg.sample_chars:
             result.final["sample"] = _sample(result.model, data, cfg.sample_chars, run.seed)
         if run.method == "full":
             result.analysis = learned_analysis(run, result.model)
-    run_records(runs, cfg.results_dir, data_root=cfg.data_root, device=cfg.device,
+            save_checkpoint(run, result.model, result.final)   # for the svd and teacher phases
+    run_records(runs, results_dir or cfg.results_dir, data_root=cfg.data_root, device=cfg.device,
                 progress=False, finish=finish, bar=bar, verbose=False)
 
 
@@ -275,20 +292,24 @@ def _refined(m: RunConfig, cfg: LMStudyConfig) -> bool:
                                   and m.rank in cfg.refine_ranks)
 
 
-def _search_and_seeds(models, cfg, bar, seeds: int, lrs=None) -> dict:
+def _search_and_seeds(models, cfg, bar, seeds: int, lrs=None, results_dir=None,
+                      refine: bool = True) -> dict:
     """The one search and seed rule
     (:func:`~lowrank_helpers.studies.search.search_and_seed`): seed 0 of ``models`` at every
     rate of ``lrs`` (default the study's), extended beyond an edge
     where the choice sits there and refined around it (:func:`_refined`); then
-    seeds 1…``seeds``-1 at each one's chosen rate. Returns the choices by model key."""
+    seeds 1…``seeds``-1 at each one's chosen rate (records in ``results_dir``, default the
+    study's; ``refine=False``: no refinement). Returns the choices by model key."""
+    where = results_dir or cfg.results_dir
+
     def train(runs, what):
-        todo = [r for r in runs if not has_record(r, cfg.results_dir)]
-        _train(todo, cfg, bar)
+        todo = [r for r in runs if not has_record(r, where)]
+        _train(todo, cfg, bar, where)
         return len(todo)
     return search_and_seed(models, {m.model_key: lrs or cfg.lrs for m in models}, train,
-                           lambda: load_records(cfg.results_dir), cfg.max_extend,
-                           range(1, seeds),
-                           refine={m.model_key: cfg.refine for m in models if _refined(m, cfg)})
+                           lambda: load_records(where), cfg.max_extend, range(1, seeds),
+                           refine={m.model_key: cfg.refine for m in models
+                                   if refine and _refined(m, cfg)})
 
 
 def _svd_phase(cfg: LMStudyConfig, splits, bar) -> None:
@@ -309,7 +330,8 @@ def _svd_phase(cfg: LMStudyConfig, splits, bar) -> None:
 
 
 #: The phases each job of the batch runner runs (independent of each other).
-JOB_PHASES = (("anchor",), ("search", "seeds", "svd"), ("narrow",), ("partial",), ("inits",))
+JOB_PHASES = (("anchor", "teacher"), ("search", "seeds", "svd"), ("narrow",), ("partial",),
+              ("inits",))
 
 
 def plan_jobs(cfg: LMStudyConfig) -> list:
@@ -344,6 +366,9 @@ def run_lm_study(cfg: LMStudyConfig, progress: bool = True) -> pd.DataFrame:
                 complete_analysis(anchors, cfg, full, bar)
             elif phase == "svd":
                 _svd_phase(cfg, splits, bar)
+            elif phase == "teacher":
+                from .distill import teacher_phase
+                teacher_phase(cfg, full, full.vocab_size, bar)
             else:
                 seeds = {"search": 1, "inits": cfg.extra_init_seeds}.get(phase, cfg.seeds)
                 _search_and_seeds(_models(cfg, splits.vocab_size, phase), cfg, bar, seeds)

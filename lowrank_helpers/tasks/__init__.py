@@ -1,7 +1,8 @@
 """The tasks: one module each and one registration (see :mod:`.base`): :mod:`.images` (the MLP
-on Fashion-MNIST and MNIST) and :mod:`.chars` (nanoGPT's character transformer)."""
+on Fashion-MNIST and MNIST), :mod:`.chars` (nanoGPT's character transformer) and :mod:`.distill`
+(its students learning a low-rank teacher's distributions)."""
 from .base import TASKS, Task, build_model, check_task, register_task, task_of_config
-from . import images, chars  # noqa: F401  (registrations)
+from . import images, chars, distill  # noqa: F401  (registrations)
 from .images import CLASSIFICATION_METRICS, ImageClassification
 from .chars import CharLM, lm_protocol
 

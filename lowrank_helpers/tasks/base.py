@@ -194,7 +194,10 @@ def check_task(name: str) -> Task:
 
 def task_of_config(d: dict) -> Task:
     """The task whose layout a stored ``config`` is in: a language-model record names its
-    corpus, an MLP record its task (``dataset`` in schema 1)."""
+    corpus (and its task where the corpus has several), an MLP record its task (``dataset``
+    in schema 1)."""
+    if d.get("task") in TASKS:
+        return TASKS[d["task"]]
     if "corpus" in d:
         found = [t for t in TASKS.values() if getattr(t, "corpus", None) == d["corpus"]]
         if not found:
