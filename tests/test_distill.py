@@ -70,3 +70,13 @@ def test_the_teacher_phase_trains_students_below_at_and_above_k_with_resume(cach
     before = {p.name: p.stat().st_mtime_ns for p in where.glob("*.json")}
     run_lm_study(cfg, progress=False)                              # resumed: nothing retrained
     assert before == {p.name: p.stat().st_mtime_ns for p in where.glob("*.json")}
+
+
+def test_no_student_starts_from_an_anchors_init():
+    """The teacher is an anchor trained from seed s's init; a student of seed s must not
+    start from that init (its embeddings are drawn first, from the same stream)."""
+    student = RunConfig("shakespeare_teacher8", "full", seed=0)
+    anchor = TASKS["shakespeare_teacher8"].anchor(student)
+    a, s = anchor.build(), student.build()
+    assert not torch.equal(a.wte.weight, s.wte.weight)
+    assert torch.equal(s.wte.weight, student.build().wte.weight)     # still seeded

@@ -116,11 +116,16 @@ class CharLM(Task):
         """The legacy name of the run's target set: "none" for the dense model."""
         return "none" if run.method == "full" else run.targets
 
+    def init_seed(self, run: "RunConfig") -> int:
+        """The seed a run's model is drawn from: its own."""
+        return run.seed
+
     def build(self, run: "RunConfig") -> CharTransformer:
-        """The run's model, drawn from ``run.seed`` without touching the global generator."""
+        """The run's model, drawn from :meth:`init_seed` without touching the global
+        generator."""
         from ..methods import METHODS
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(run.seed)
+            torch.manual_seed(self.init_seed(run))
             model = CharTransformer(run.shape, self.factorize(run), run.rank,
                                     run.init or "lora", method=run.method)
         METHODS[run.method].start(model, run)

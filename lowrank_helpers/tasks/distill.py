@@ -46,6 +46,8 @@ DISTILL_METRICS = {
 }
 #: nanoGPT's learning rate: the anchor's, the teacher's source.
 ANCHOR_LR = 1e-3
+#: Added to a student's seed for its init (:meth:`CharDistill.init_seed`).
+STUDENT_SEED_OFFSET = 1_000_003
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,13 @@ class CharDistill(CharLM):
     """Students of a rank-``teacher_rank`` teacher on a character corpus (module doc)."""
     teacher_rank: int = 8
     teacher_seed: int = 0
+
+    def init_seed(self, run: "RunConfig") -> int:
+        """A student's init is drawn from its seed plus :data:`STUDENT_SEED_OFFSET`, so that
+        no student starts from the init of an anchor a teacher was trained from (the
+        embeddings are drawn first, from the same stream, and the trained W keeps part of its
+        init)."""
+        return run.seed + STUDENT_SEED_OFFSET
 
     # -- the teacher ------------------------------------------------------------------------
     def anchor(self, run: "RunConfig") -> "RunConfig":
