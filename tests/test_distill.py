@@ -67,6 +67,16 @@ def test_the_teacher_phase_trains_students_below_at_and_above_k_with_resume(cach
     teacher = task.teacher(run)
     own = task.evaluate_many(lambda x: teacher(x)[None], run, data, final=True)[0]
     assert abs(own["val_kl"]) < 1e-6 and abs(own["tune_kl"]) < 1e-6
+    # the report: every student of the teacher, its KL at the choice per seed, every rate
+    from lowrank_helpers.reports.lm_gap import student_lines, student_table
+    table = student_table(runs)
+    assert list(table["rank"].fillna(0)) == [1, 2, 4, 0] and set(table.teacher_rank) == {2}
+    for _, row in table.iterrows():
+        seed0 = runs[(runs.label == row.label) & (runs.seed == 0)]
+        assert row.every_rate == dict(zip(seed0.sort_values("lr").lr,
+                                          seed0.sort_values("lr").final_val_kl))
+        assert len(row.kl) == cfg.seeds
+    assert "Holm over these 3" in "\n".join(student_lines(table))
     before = {p.name: p.stat().st_mtime_ns for p in where.glob("*.json")}
     run_lm_study(cfg, progress=False)                              # resumed: nothing retrained
     assert before == {p.name: p.stat().st_mtime_ns for p in where.glob("*.json")}

@@ -88,6 +88,19 @@ def test_the_svd_phase_keeps_checkpoints_truncates_and_trains_on_with_resume(cac
     assert len(cut) == 4 and set(cut["rank"]) == {2, 4} and (cut.dense_lr == lr).all()
     rec = json.loads(next((tmp_path / "r" / "smoke").glob("*svd_start*r002*-s0-*")).read_text())
     assert rec["config"]["options"]["dense_lr"] == lr
+    # the report reads the same numbers: the truncations, and the SVD-started seeds at the
+    # choice, beside the from-scratch models of the rank (none were trained here)
+    from lowrank_helpers.reports.lm_gap import svd_lines, svd_table
+    from lowrank_helpers.studies.lm import load_lm_records
+    table = svd_table(load_lm_records(cfg.results_dir), cut)
+    assert list(table["rank"]) == [2, 4]
+    for _, row in table.iterrows():
+        assert row.truncated_losses == list(cut[cut["rank"] == row["rank"]].sort_values(
+            "seed").val_loss)
+        at = svd[(svd["rank"] == row["rank"]) & (svd.lr == row.svd_lr)].sort_values("seed")
+        assert row.svd_losses == list(at.val_loss)
+    text = "\n".join(svd_lines(table))
+    assert "Holm's correction over these 2 tests" in text     # SVD-started − dense, per rank
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r" / "smoke").rglob("*.json")}
     run_lm_study(cfg, progress=False)                              # resumed: nothing rewritten
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r" / "smoke").rglob("*.json")}

@@ -27,7 +27,7 @@ from ..core.settings import settings_of
 #: The notebook each job runs (its parameters: ``study``, a preset's name, and ``config``).
 JOB_NOTEBOOK = "job.ipynb"
 #: Settings the presets set themselves (paths resolved here, smoke's own folders).
-_OWN = ("results_dir", "data_root", "img_dir", "reference_dirs", "smoke")
+_OWN = ("results_dir", "data_root", "img_dir", "reference_dirs", "scale_dirs", "smoke")
 
 
 def _load(spec: str):
@@ -89,6 +89,8 @@ class StudyPreset:
                   "results_dir": str(Path(args.results_dir or self.results).resolve()),
                   "img_dir": str(Path(args.img_dir).resolve()), "smoke": args.smoke,
                   "data_root": str(Path(args.data_root).resolve()) if args.data_root else None}
+        if "scale_dirs" in cls.parameter_names() and not args.smoke:
+            params["scale_dirs"] = [str(Path("results/lm_scale").resolve())]
         if "reference_dirs" in cls.parameter_names():
             params["reference_dirs"] = [str(Path(d).resolve())
                                         for d in ("results", "results/inits")]

@@ -239,10 +239,30 @@ def scale_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def gap_answer(runs: pd.DataFrame, truncated: pd.DataFrame, students: pd.DataFrame,
-               scale: pd.DataFrame) -> str:
-    """The README's "why" block: the SVD-started control, the students, the scale series
-    (each part where its records exist)."""
-    lines = (svd_lines(svd_table(runs, truncated)) + student_lines(student_table(students))
-             + scale_lines(scale_table(scale)))
+def gap_tables(results_dir, scale_dirs=()) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The three tables from the study's records in ``results_dir`` (the SVD-started control,
+    its ``distill/`` students) and the scale series' in ``scale_dirs`` (with the study's own
+    width): (:func:`svd_table`, :func:`student_table`, :func:`scale_table`)."""
+    from pathlib import Path
+    from ..core.results import load_records
+    from ..studies.distill import DISTILL_DIR
+    from ..studies.lm import load_lm_records
+    from ..studies.svd import load_truncated
+    runs = load_lm_records(results_dir)
+    students = Path(results_dir) / DISTILL_DIR
+    students = load_records(students) if students.is_dir() else pd.DataFrame()
+    own = Path(results_dir).resolve()
+    others = [load_lm_records(d) for d in scale_dirs
+              if Path(d).is_dir() and Path(d).resolve() != own]
+    scale = pd.concat([runs] + [o for o in others if len(o)], ignore_index=True)
+    scale = scale.drop_duplicates("run_id")
+    return (svd_table(runs, load_truncated(results_dir)),
+            student_table(students) if len(students) else pd.DataFrame(),
+            scale_table(scale))
+
+
+def gap_answer(svd: pd.DataFrame, students: pd.DataFrame, scale: pd.DataFrame) -> str:
+    """The README's "why" block from :func:`gap_tables`: the SVD-started control, the
+    students, the scale series (each part where its records exist)."""
+    lines = svd_lines(svd) + student_lines(students) + scale_lines(scale)
     return "\n".join(lines) if lines else "(no records of the control phases yet)"
