@@ -42,10 +42,10 @@ def render_block(kind: str, results_dir) -> str:
     if kind == "agreement":
         other, reference = str(results_dir).rsplit(":", 1)
         return agreement(reference_records(reference), reference_records(other))
-    if kind == "lm-gap":        # the study's folder, then the scale series' folders
+    if kind == "lm-gap":        # the study's folder, the longer budget's, the scale series'
         from .reports.lm_gap import gap_answer, gap_tables
-        main, *scale = str(results_dir).split(":")
-        return gap_answer(*gap_tables(main, scale))
+        main, budget, *scale = str(results_dir).split(":")
+        return gap_answer(gap_tables(main, scale, budget))
     if kind.startswith("lm"):
         from .reports.lm import lm_answer, lm_table, lm_tables_markdown
         from .studies.lm import STUDENTS, load_lm_records

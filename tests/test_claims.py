@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from lowrank_helpers.reports.prose import count_of, overclaims, settled_phrase, upper_bound
-from lowrank_helpers.core.stats import (correct, holm, noninferior, spread_caveat,
+from lowrank_helpers.core.stats import (change, correct, holm, noninferior, spread_caveat,
                                    std_factor_range, welch)
 from lowrank_helpers.studies.tuned import close_models, tuned_table
 
@@ -51,6 +51,24 @@ def test_non_inferiority_p_agrees_with_the_interval():
     # over a family, Holm-adjusted: here a family of two equal tests doubles the p
     assert noninferior([d, None, d], 0.005) == pytest.approx([2 * ref.pvalue, None,
                                                               2 * ref.pvalue])
+
+
+def test_the_change_of_a_gap_adds_the_errors_in_quadrature():
+    """A gap measured twice (two budgets): the change's interval against scipy's pooled
+    computation, and a change that is only noise is not called real."""
+    import math
+    from scipy import stats as st
+    before = welch([1.0, 1.1, 1.2], [0.9, 0.95, 1.0])
+    after = welch([1.3, 1.5, 1.4], [0.9, 0.92, 0.94])
+    c = change(before, after)
+    assert math.isclose(c.diff, after.diff - before.diff)
+    assert math.isclose(c.se, math.hypot(before.se, after.se))
+    df = c.se ** 4 / (before.se ** 4 / before.df + after.se ** 4 / after.df)
+    assert math.isclose(c.df, df)
+    half = st.t.ppf(0.975, df) * c.se
+    assert math.isclose(c.high - c.low, 2 * half) and c.real
+    same = change(before, welch([1.0, 1.1, 1.2], [0.9, 0.95, 1.0]))
+    assert same.diff == 0 and not same.real
 
 
 def test_three_seeds_estimate_a_spread_poorly():

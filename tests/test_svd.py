@@ -2,6 +2,7 @@
 language-model study's ``svd`` phase (smoke sizes, CPU)."""
 import json
 
+import pandas as pd
 import pytest
 import torch
 
@@ -77,7 +78,7 @@ def test_the_svd_phase_keeps_checkpoints_truncates_and_trains_on_with_resume(cac
     from lowrank_helpers.studies.lm import LMStudyConfig, run_lm_study
     from lowrank_helpers.studies.svd import load_truncated
     cfg = LMStudyConfig(smoke=True, phases=("svd",), results_dir=str(tmp_path / "r"),
-                        svd_ranks=(2, 4), seeds=2)
+                        svd_ranks=(2, 4), seeds=2, refine=0)
     runs = run_lm_study(cfg, progress=False)
     svd = runs[runs.method == "svd_start"]
     assert set(svd["rank"]) == {2, 4} and (svd.groupby("rank").seed.nunique() == 2).all()
@@ -128,3 +129,31 @@ def test_the_svd_phase_keeps_checkpoints_truncates_and_trains_on_with_resume(cac
     assert rebuilt["config"] == run.to_dict()
     for k, v in stored.items():
         torch.testing.assert_close(rebuilt["state_dict"][k], v, atol=1e-4, rtol=1e-4)
+
+
+def test_the_gap_at_a_longer_budget_and_at_another_width_is_compared_seed_for_seed(cache,
+                                                                                    tmp_path):
+    """The budget and scale sentences read the study at another budget and another width
+    (tiny models, a few steps): each gap is Welch's over the records, its change the
+    difference of two gaps."""
+    from lowrank_helpers.core.stats import change
+    from lowrank_helpers.reports.lm_gap import budget_lines, gaps, scale_lines, scale_table
+    from lowrank_helpers.studies.lm import LMStudyConfig, load_lm_records, run_lm_study
+    tiny = dict(corpus="python_stdlib", n_layer=1, block_size=16, batch_size=4,
+                tune_chars=4000, eval_every=6, eval_windows=8, inits=("default",),
+                lrs=(1e-3, 1e-2), max_extend=0, refine=0, seeds=2, sample_chars=10,
+                phases=("search", "seeds"))
+    dirs = {}
+    for name, d, iters in (("short", 32, 6), ("long", 32, 12), ("wide", 64, 6)):
+        dirs[name] = str(tmp_path / name)
+        run_lm_study(LMStudyConfig(d_model=d, n_head=d // 32, iters=iters, ranks=(d // 8,),
+                                   results_dir=dirs[name], **tiny), progress=False)
+    short, long = load_lm_records(dirs["short"]), load_lm_records(dirs["long"])
+    a, b = gaps(short)[(4, "default")][1], gaps(long)[(4, "default")][1]
+    text = "\n".join(budget_lines(short, long))
+    assert "6 against 12 steps" in text and f"gap {a.diff:+.3f} → {b.diff:+.3f}" in text
+    assert f"change {change(a, b).diff:+.3f}" in text
+    table = scale_table(pd.concat([short, load_lm_records(dirs["wide"])], ignore_index=True))
+    assert sorted(table.d_model) == [32, 64] and set(table.fraction) == {1 / 8}
+    text = "\n".join(scale_lines(table))
+    assert "r = d/8 (default init): d=32 (r=4)" in text and "d=32→64" in text

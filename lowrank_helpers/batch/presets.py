@@ -27,7 +27,8 @@ from ..core.settings import settings_of
 #: The notebook each job runs (its parameters: ``study``, a preset's name, and ``config``).
 JOB_NOTEBOOK = "job.ipynb"
 #: Settings the presets set themselves (paths resolved here, smoke's own folders).
-_OWN = ("results_dir", "data_root", "img_dir", "reference_dirs", "scale_dirs", "smoke")
+_OWN = ("results_dir", "data_root", "img_dir", "reference_dirs", "scale_dirs", "budget_dir",
+        "smoke")
 
 
 def _load(spec: str):
@@ -91,6 +92,7 @@ class StudyPreset:
                   "data_root": str(Path(args.data_root).resolve()) if args.data_root else None}
         if "scale_dirs" in cls.parameter_names() and not args.smoke:
             params["scale_dirs"] = [str(Path("results/lm_scale").resolve())]
+            params["budget_dir"] = str(Path("results/lm_budget").resolve())
         if "reference_dirs" in cls.parameter_names():
             params["reference_dirs"] = [str(Path(d).resolve())
                                         for d in ("results", "results/inits")]

@@ -90,6 +90,22 @@ def welch(a: Sequence[float], b: Sequence[float], level: float = 1 - ALPHA) -> D
                       math.sqrt(se2), df)
 
 
+def change(before: Difference, after: Difference, level: float = 1 - ALPHA) -> Difference:
+    """``after.diff − before.diff`` for two differences of independent runs (a gap at two
+    budgets or widths): the standard errors add in quadrature, the degrees of freedom by
+    Welch–Satterthwaite's rule over the two (se⁴/df summed)."""
+    se2 = before.se ** 2 + after.se ** 2
+    diff = after.diff - before.diff
+    if se2 == 0:
+        return Difference(diff, diff, diff, 0.0 if diff else 1.0, after.n_a, before.n_a)
+    parts = [d.se ** 4 / d.df for d in (before, after) if d.se > 0 and math.isfinite(d.df)]
+    df = se2 ** 2 / sum(parts) if parts else math.inf
+    half = _st.t.ppf(0.5 + level / 2, df) * math.sqrt(se2)
+    p = 2 * _st.t.sf(abs(diff) / math.sqrt(se2), df)
+    return Difference(diff, diff - half, diff + half, float(p), after.n_a, before.n_a,
+                      math.sqrt(se2), df)
+
+
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm's (1979) step-down adjusted p-values, in the order given: sort p ascending,
     multiply the k-th smallest (k = 0, 1, …) by m − k, keep the running maximum, cap at 1.

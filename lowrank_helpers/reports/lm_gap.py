@@ -18,7 +18,7 @@ import math
 
 import pandas as pd
 
-from ..core.stats import correct, welch
+from ..core.stats import change, correct, welch
 from ..studies.search import choose
 from .lm import dense_row, lm_table
 
@@ -236,13 +236,71 @@ def scale_lines(table: pd.DataFrame) -> list[str]:
                 f"{d.diff:+.3f} ({d.low:+.3f} to {d.high:+.3f}"
                 + (", detectable)" if d.real else ", not detectable)")))
         lines.append(f"  - r = d/{round(1 / frac)} ({init} init): " + "; ".join(parts) + ".")
+    trends = []
+    for (frac, init), g in table.groupby(["fraction", "init"]):
+        g = g[g.gap.notna()].sort_values("d_model")
+        if g.d_model.nunique() >= 2:
+            trends.append((frac, init, g.d_model.iloc[0], g.d_model.iloc[-1],
+                           change(g.gap.iloc[0], g.gap.iloc[-1])))
+    if trends:
+        fixed = correct([t[-1] for t in trends])
+        lines.append(f"  - The gap from the narrowest to the widest model (Holm over these "
+                     f"{len(trends)}): " + "; ".join(
+                         f"r = d/{round(1 / f)} ({i} init), d={a}→{b}: {_moved(d)}"
+                         for (f, i, a, b, _), d in zip(trends, fixed)) + ".")
     return lines
 
 
-def gap_tables(results_dir, scale_dirs=()) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The three tables from the study's records in ``results_dir`` (the SVD-started control,
-    its ``distill/`` students) and the scale series' in ``scale_dirs`` (with the study's own
-    width): (:func:`svd_table`, :func:`student_table`, :func:`scale_table`)."""
+def _moved(d) -> str:
+    """A change of a gap, in words from its corrected decision."""
+    verdict = ("grows" if d.diff > 0 else "shrinks") if d.real else \
+        "not distinguishable from unchanged"
+    return f"{d.diff:+.3f} ({d.low:+.3f} to {d.high:+.3f}, Holm p {d.p_holm:.2g}): {verdict}"
+
+
+# -- the budget -------------------------------------------------------------------------------
+def gaps(runs: pd.DataFrame) -> dict:
+    """(rank, init) → (the factorized model's row, its Welch gap to the dense model of the
+    study's width) for every fully factorized model of ``runs`` with 2 or more seeds."""
+    table = lm_table(runs)
+    if table.empty:
+        return {}
+    dense = dense_row(table)
+    out = {}
+    for _, f in table[(table.factorize == "both") & (table.d_model == dense.d_model)].iterrows():
+        d = _diff(f.losses, dense.losses)
+        if d is not None:
+            out[(int(f["rank"]), f["init"])] = (f, d)
+    return out
+
+
+def budget_lines(short: pd.DataFrame, long: pd.DataFrame) -> list[str]:
+    """The gap at the study's budget against the longer one (each model retuned there): the
+    change of each gap, Holm over them."""
+    if long.empty or short.empty:
+        return []
+    a, b = gaps(short), gaps(long)
+    both = sorted(set(a) & set(b))
+    if not both:
+        return []
+    steps_a, steps_b = int(short.iters.max()), int(long.iters.max())
+    fixed = correct([change(a[k][1], b[k][1]) for k in both])
+    da, db = dense_row(lm_table(short)), dense_row(lm_table(long))
+    lines = [f"- **Budget** ({steps_a:,} against {steps_b:,} steps, every model retuned at "
+             f"each; dense {da.val_loss:.3f} → {db.val_loss:.3f} nats at lr {da.lr:g} → "
+             f"{db.lr:g}; change of the gap to dense, Holm over these {len(both)}):"]
+    for k, d in zip(both, fixed):
+        lines.append(f"  - r={k[0]} ({k[1]} init): gap {a[k][1].diff:+.3f} → "
+                     f"{b[k][1].diff:+.3f} (lr {b[k][0].lr:g}); change {_moved(d)}.")
+    return lines
+
+
+def gap_tables(results_dir, scale_dirs=(), budget_dir=None) -> dict:
+    """The tables from the study's records in ``results_dir`` (the SVD-started control, its
+    ``distill/`` students), the scale series' in ``scale_dirs`` (with the study's own width)
+    and the longer budget's in ``budget_dir``: ``svd`` (:func:`svd_table`), ``students``
+    (:func:`student_table`), ``scale`` (:func:`scale_table`), and the records ``runs`` and
+    ``budget`` (:func:`budget_lines` compares them)."""
     from pathlib import Path
     from ..core.results import load_records
     from ..studies.distill import DISTILL_DIR
@@ -256,13 +314,16 @@ def gap_tables(results_dir, scale_dirs=()) -> tuple[pd.DataFrame, pd.DataFrame, 
               if Path(d).is_dir() and Path(d).resolve() != own]
     scale = pd.concat([runs] + [o for o in others if len(o)], ignore_index=True)
     scale = scale.drop_duplicates("run_id")
-    return (svd_table(runs, load_truncated(results_dir)),
-            student_table(students) if len(students) else pd.DataFrame(),
-            scale_table(scale))
+    budget = load_lm_records(budget_dir) if budget_dir and Path(budget_dir).is_dir() else \
+        pd.DataFrame()
+    return {"svd": svd_table(runs, load_truncated(results_dir)),
+            "students": student_table(students) if len(students) else pd.DataFrame(),
+            "scale": scale_table(scale), "runs": runs, "budget": budget}
 
 
-def gap_answer(svd: pd.DataFrame, students: pd.DataFrame, scale: pd.DataFrame) -> str:
+def gap_answer(tables: dict) -> str:
     """The README's "why" block from :func:`gap_tables`: the SVD-started control, the
-    students, the scale series (each part where its records exist)."""
-    lines = svd_lines(svd) + student_lines(students) + scale_lines(scale)
+    students, the budget, the scale series (each part where its records exist)."""
+    lines = (svd_lines(tables["svd"]) + student_lines(tables["students"])
+             + budget_lines(tables["runs"], tables["budget"]) + scale_lines(tables["scale"]))
     return "\n".join(lines) if lines else "(no records of the control phases yet)"

@@ -106,10 +106,10 @@ def scale_figure(table: pd.DataFrame, ax=None):
     return fig
 
 
-def gap_figures(svd: pd.DataFrame, students: pd.DataFrame, scale: pd.DataFrame
-                ) -> dict[str, plt.Figure]:
-    """The figures by file name, each where its table has rows. Closed: display them one by
-    one."""
+def gap_figures(tables: dict) -> dict[str, plt.Figure]:
+    """The figures of :func:`~.lm_gap.gap_tables`'s tables by file name, each where its
+    table has rows. Closed: display them one by one."""
+    svd, students, scale = tables["svd"], tables["students"], tables["scale"]
     figs = {}
     if len(svd):
         figs["shakespeare_svd_start.png"] = svd_figure(svd)

@@ -54,7 +54,7 @@ LM_SMOKE = {"corpus": "python_stdlib", **SMOKE_SIZES, "ranks": (2, 4), "seeds": 
             "lrs": (1e-3, 1e-2), "anchor_seeds": 2, "narrow_ranks": (2,), "partial_rank": 2,
             "sample_chars": 40, "extra_inits": ("he",), "refine_ranks": (4,),
             "svd_ranks": (2, 4), "svd_lrs": (1e-3, 1e-2), "teacher_ranks": (2,),
-            "scale_dirs": ()}
+            "scale_dirs": (), "budget_dir": None}
 
 
 def _refine_factor(name, value):
@@ -126,6 +126,8 @@ class LMStudyConfig(NotebookParams):
     results_dir: str = setting("../results/shakespeare_char", "str", "where records go")
     scale_dirs: tuple = setting(("../results/lm_scale",), "list[str]", "records of the study "
                                 "at other widths (the scale series), read by the report")
+    budget_dir: str | None = setting("../results/lm_budget", "str|None", "records of the "
+                                     "study at a longer budget, read by the report")
     img_dir: str = setting("../img", "str", "where figures go")
     data_root: str | None = setting(None, "str|None", "data root (default $LOWRANK_DATA or "
                                     "~/.cache/lowrank_helpers/data)")
