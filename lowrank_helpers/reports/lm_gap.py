@@ -318,7 +318,8 @@ def gap_tables(results_dir, scale_dirs=(), budget_dir=None) -> dict:
         pd.DataFrame()
     return {"svd": svd_table(runs, load_truncated(results_dir)),
             "students": student_table(students) if len(students) else pd.DataFrame(),
-            "scale": scale_table(scale), "runs": runs, "budget": budget}
+            "scale": scale_table(scale), "runs": runs, "budget": budget,
+            "students_runs": students, "scale_runs": scale}
 
 
 def gap_answer(tables: dict) -> str:
@@ -326,4 +327,32 @@ def gap_answer(tables: dict) -> str:
     students, the budget, the scale series (each part where its records exist)."""
     lines = (svd_lines(tables["svd"]) + student_lines(tables["students"])
              + budget_lines(tables["runs"], tables["budget"]) + scale_lines(tables["scale"]))
+    if lines:
+        lines.append(cost_line(tables))
     return "\n".join(lines) if lines else "(no records of the control phases yet)"
+
+
+def cost_line(tables: dict) -> str:
+    """The CPU wall time of this section's runs, summed over the stacks they trained in."""
+    def minutes(df) -> tuple[int, float]:
+        if df is None or df.empty:
+            return 0, 0.0
+        return len(df), float((df.wall_time / df.stack_size).sum()) / 60
+    runs, scale = tables["runs"], tables["scale_runs"]
+    own = runs.d_model.max() if len(runs) else None
+    if len(scale):                        # the series' own models: head size 32, another width
+        scale = scale[(scale.d_model == scale.n_head * 32) & (scale.d_model != own)]
+    parts = [("SVD-started", minutes(runs[runs.method == "svd_start"]) if len(runs) else (0, 0)),
+             ("students", minutes(tables["students_runs"])),
+             ("longer budget", minutes(tables["budget"])),
+             ("other widths", minutes(scale))]
+    shown = [f"{what} {n} runs, {m:.0f} min" for what, (n, m) in parts if n]
+    frames = [f for f in (runs[runs.method == "svd_start"] if len(runs) else None,
+                          tables["students_runs"], tables["budget"],
+                          scale)
+              if f is not None and len(f)]
+    threads = sorted({int(t) for f in frames for t in f.torch_threads.dropna()})
+    on = "/".join(map(str, threads)) or "?"
+    return ("- **Cost** of this section: " + "; ".join(shown) + f" of training wall time (on "
+            f"{on} CPU thread{'s' if threads != [1] else ''} per stack, a stack's time shared "
+            "among its models; the dense checkpoints the controls retrain are not counted).")
