@@ -72,12 +72,12 @@ def test_a_methods_hook_runs_every_n_steps_and_its_groups_are_used():
     calls, seen = [], []
 
     class Counting(lh.Method):
-        def groups(self, model, lr):
+        def groups(self, model, run, base):
             b = [p for n, p in model.named_parameters() if n.endswith(".B")]
             rest = [p for n, p in model.named_parameters() if not n.endswith(".B")]
-            return [{"params": rest}, {"params": b, "lr": 4 * lr}]
+            return [{"params": rest}, {"params": b, "lr": 4 * run.lr}]
 
-        def after_step(self, model, optimizer, step):
+        def after_step(self, model, optimizer, step, run):
             calls.append(step)
             seen.append([g["lr"] for g in optimizer.param_groups])
     lh.register_method(Counting("counting", "counting layers", factorized=True,

@@ -8,10 +8,11 @@ A method is one :class:`Method` (or a subclass of it) in a module of its own and
 - set the built model's starting point from elsewhere than its seed (:meth:`Method.start`:
   a trained dense model's SVD);
 - change the model once it is built (:meth:`Method.prepare`: rescale, freeze, ...);
-- set the optimizer's parameter groups (:meth:`Method.groups`) or bring its own optimizer
-  (:meth:`Method.make_optimizer`);
+- set the optimizer's parameter groups (:meth:`Method.groups`, from the task's) or bring its
+  own optimizer (:meth:`Method.make_optimizer`);
 - run a hook after the optimizer step, every step or every ``every`` steps
-  (:meth:`Method.after_step`: merges, masks, projections, state resets);
+  (:meth:`Method.after_step`, :meth:`Method.every_for`: merges, masks, projections, state
+  resets), and scale the schedule's rate (:meth:`Method.lr_factor`: a re-warm-up);
 - count its trainable parameters and optimizer state (:meth:`Method.trainable`,
   :func:`optimizer_state_bytes`, measured from the state tensors);
 - say whether the stacked trainers may train it (:attr:`Method.stackable`: only methods
@@ -110,7 +111,8 @@ class Method:
         own = type(self)
         return (self.param_groups is None and own.groups is Method.groups
                 and own.make_optimizer is Method.make_optimizer
-                and own.after_step is Method.after_step and own.layer in _STACKABLE_LAYERS)
+                and own.after_step is Method.after_step and own.lr_factor is Method.lr_factor
+                and own.layer in _STACKABLE_LAYERS)
 
     # -- building ---------------------------------------------------------------------------
     def layer(self, spec: LayerSpec, rank: int | None, init: str) -> nn.Module:
@@ -140,18 +142,29 @@ class Method:
                 option.apply(model, value)
 
     # -- training -------------------------------------------------------------------------
-    def groups(self, model: nn.Module, lr: float) -> list[dict] | None:
-        """The optimizer's parameter groups (each may carry its own ``lr``); None: one group
-        of every parameter at the protocol's rate."""
-        return self.param_groups(model, lr) if self.param_groups is not None else None
+    def groups(self, model: nn.Module, run, base: list[dict]) -> list[dict] | None:
+        """The optimizer's parameter groups for ``run`` (each may carry its own ``lr``, a
+        multiple of the protocol's, and ``weight_decay``); ``base``: the task's groups
+        (nanoGPT's decay split for the transformer). None: ``base``."""
+        return self.param_groups(model, run.protocol.lr) if self.param_groups is not None \
+            else None
 
-    def make_optimizer(self, params, protocol) -> torch.optim.Optimizer | None:
-        """The method's own optimizer over ``params`` (tensors or groups); None: the
-        protocol's (:func:`~lowrank_helpers.training.loop.make_optimizer`)."""
+    def make_optimizer(self, params, run) -> torch.optim.Optimizer | None:
+        """The method's own optimizer over ``params`` (tensors or groups) for ``run``; None:
+        the protocol's (:func:`~lowrank_helpers.training.loop.make_optimizer`)."""
         return None
 
-    def after_step(self, model: nn.Module, optimizer, step: int) -> None:
-        """Runs after optimizer step ``step`` (1-based) when ``step % every == 0``."""
+    def every_for(self, run) -> int | None:
+        """How often :meth:`after_step` runs for ``run`` (default ``every``; an option may
+        set it)."""
+        return self.every
+
+    def after_step(self, model: nn.Module, optimizer, step: int, run) -> None:
+        """Runs after optimizer step ``step`` (1-based) when ``step % every_for(run) == 0``."""
+
+    def lr_factor(self, step: int, run) -> float:
+        """A factor on the schedule's rate at step ``step`` (0-based; default 1)."""
+        return 1.0
 
     # -- counting -------------------------------------------------------------------------
     def trainable(self, model: nn.Module) -> int:

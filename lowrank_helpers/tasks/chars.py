@@ -320,7 +320,7 @@ class CharLM(Task):
         if not m.takes_init():                          # its init is the method's own
             return f"{m.label}: {fz} r={run.rank}"
         label = f"{fz} r={run.rank} ({run.init} init)"
-        return label if run.method == "lora" else f"{run.method}: {label}"
+        return label if run.method == "lora" else f"{m.label}: {label}"
 
 
 register_task(CharLM("shakespeare_char", "tiny-shakespeare", LM_METRICS,

@@ -25,12 +25,12 @@ from .loop import TrainResult, make_optimizer
 
 
 def param_groups(model: torch.nn.Module, run: RunConfig) -> list[dict]:
-    """The optimizer's groups: the method's own, else the task's (nanoGPT's for the
-    transformer: tensors of ≥ 2 dimensions decay, the LayerNorms do not), else one group."""
-    own = METHODS[run.method].groups(model, run.protocol.lr)
-    if own is not None:
-        return own
-    return run.task_spec.param_groups(model, run.protocol)
+    """The optimizer's groups: the method's own (made from the task's), else the task's
+    (nanoGPT's for the transformer: tensors of ≥ 2 dimensions decay, the LayerNorms do not;
+    one group for the MLP)."""
+    base = run.task_spec.param_groups(model, run.protocol)
+    own = METHODS[run.method].groups(model, run, base)
+    return own if own is not None else base
 
 
 def set_lr(opt: torch.optim.Optimizer, scales: list[float], lr: float) -> None:
@@ -59,7 +59,8 @@ def fit(run: RunConfig, data, *, device="cpu", progress: bool = True,
     total = protocol.total_steps(per_epoch)
     every = protocol.eval_every or per_epoch or total
     groups = groups or param_groups(model, run)
-    opt = method.make_optimizer(groups, protocol) or make_optimizer(groups, protocol)
+    opt = method.make_optimizer(groups, run) or make_optimizer(groups, protocol)
+    hook_every = method.every_for(run)
     scales = [g.get("lr", protocol.lr) / protocol.lr for g in opt.param_groups]
     result = TrainResult(device=device_name(dev), engine="plain")
     result.init = task.evaluate(model, data, protocol)
@@ -69,8 +70,9 @@ def fit(run: RunConfig, data, *, device="cpu", progress: bool = True,
     start = last = time.perf_counter()
     loss_sum, seen = None, 0  # summed on the device (no sync per step), in the loss's dtype
     for step, (x, y) in enumerate(task.batches(run, data), start=1):
-        lr = protocol.lr_at(step - 1, total)
-        if not protocol.constant_lr or step == 1:
+        factor = method.lr_factor(step - 1, run)
+        lr = protocol.lr_at(step - 1, total) * factor
+        if not protocol.constant_lr or step == 1 or factor != 1.0:
             set_lr(opt, scales, lr)
         loss = task.loss(model(x.to(dev)), y.to(dev))
         opt.zero_grad(set_to_none=True)
@@ -78,8 +80,8 @@ def fit(run: RunConfig, data, *, device="cpu", progress: bool = True,
         if protocol.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), protocol.grad_clip)
         opt.step()
-        if method.every and step % method.every == 0:
-            method.after_step(model, opt, step)
+        if hook_every and step % hook_every == 0:
+            method.after_step(model, opt, step, run)
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         seen += 1
         if step % every == 0 or step == total:

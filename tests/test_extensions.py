@@ -1,0 +1,102 @@
+"""The extensions' defining mechanisms (issue 20), each a method of its own module: LoRA+'s
+rates, CoLA's bottleneck nonlinearity and init, SLTrain's fixed sparse support. CPU, tiny
+sizes, fixed seeds."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lowrank_helpers as lh
+from lowrank_helpers.core.protocol import RunConfig
+from lowrank_helpers.tasks import text
+from lowrank_helpers.training.trainer import fit, param_groups
+
+TEXT = text._stdlib_text()[:20000]
+SHAPE = lh.LMShape(1, 2, 16, 8, len(set(TEXT)))
+
+
+def _lm(method, **kw):
+    proto = lh.LMProtocol(iters=5, batch_size=3, lr=1e-2, min_lr=1e-3, warmup_steps=1,
+                          tune_chars=200, eval_every=5, eval_windows=4)
+    return RunConfig("python_char", method, 4, shape=SHAPE, protocol=proto, **kw), \
+        text.split_text(TEXT, tune_chars=200)
+
+
+# -- LoRA+ --------------------------------------------------------------------------------------
+def test_loraplus_puts_every_b_at_lambda_times_the_rate_and_keeps_the_rest():
+    run, _ = _lm("loraplus", options={"loraplus_ratio": 4.0})
+    model = run.build()
+    groups = param_groups(model, run)
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = [names[id(p)] for g in groups for p in g["params"]]
+    assert sorted(seen) == sorted(names.values())                     # each tensor once
+    base = {id(p): g["weight_decay"] for g in run.task_spec.param_groups(model, run.protocol)
+            for p in g["params"]}
+    for g in groups:
+        for p in g["params"]:
+            b = names[id(p)].endswith(".B")
+            assert g["lr"] == pytest.approx(4 * run.lr if b else run.lr), names[id(p)]
+            assert g["weight_decay"] == base[id(p)]                   # the task's decay split
+    assert not lh.METHODS["loraplus"].stackable
+
+
+def test_loraplus_at_lambda_one_trains_as_the_lora_layers():
+    run, data = _lm("loraplus", options={"loraplus_ratio": 1.0})
+    lora = run.replace(method="lora", options={})
+    a, b = fit(run, data, progress=False), fit(lora, data, progress=False)
+    assert a.history[-1]["train_loss"] == pytest.approx(b.history[-1]["train_loss"], abs=1e-6)
+    for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_loraplus_takes_only_a_positive_ratio():
+    with pytest.raises(ValueError, match="loraplus_ratio must be a positive number"):
+        _lm("loraplus", options={"loraplus_ratio": 0})
+    with pytest.raises(ValueError, match="takes no option 'loraplus_ratio'"):
+        _lm("lora", options={"loraplus_ratio": 2.0})
+
+
+# -- CoLA ---------------------------------------------------------------------------------------
+def test_cola_is_b_silu_a_x_with_the_papers_balanced_init():
+    from lowrank_helpers.methods.cola import CoLALinear
+    torch.manual_seed(0)
+    layer = CoLALinear(300, 500, 16, bias=True)
+    x = torch.randn(7, 300)
+    torch.testing.assert_close(layer(x), F.silu(x @ layer.A.T) @ layer.B.T + layer.bias)
+    s = (300 + 500) ** -0.25 / 16 ** 0.25
+    for f in (layer.A, layer.B):                           # each factor N(0, s²)
+        assert f.std().item() == pytest.approx(s, rel=0.05) and abs(f.mean().item()) < s / 20
+    assert (layer.bias.abs() <= 1 / math.sqrt(500)).all()
+    run, data = _lm("cola")
+    res = fit(run, data, progress=False)                   # trains, alone
+    assert math.isfinite(res.final["val_loss"]) and not lh.METHODS["cola"].stackable
+
+
+# -- SLTrain ------------------------------------------------------------------------------------
+def test_sltrain_is_scaled_ba_plus_a_sparse_s_whose_support_stays_fixed():
+    from lowrank_helpers.methods.sltrain import ALPHA, DENSITY, SparsePlusLowRankLinear
+    torch.manual_seed(0)
+    layer = SparsePlusLowRankLinear(40, 30, 4, bias=False)
+    assert len(layer.support) == int(DENSITY * 40 * 30) and (layer.B == 0).all()
+    x = torch.randn(5, 40)
+    W = ALPHA / 4 * layer.B @ layer.A + layer.sparse()
+    torch.testing.assert_close(layer(x), x @ W.T)
+    assert [n for n, p in layer.named_parameters()] == ["A", "B", "values"]
+    off = torch.ones(30 * 40, dtype=torch.bool)
+    off[layer.support] = False
+    opt = torch.optim.AdamW(layer.parameters(), lr=1e-2)
+    for _ in range(3):                                       # train: S stays on its support
+        opt.zero_grad()
+        layer(x).pow(2).sum().backward()
+        opt.step()
+    assert (layer.B != 0).any()                              # the low-rank part moved
+    S = layer.weight() - ALPHA / 4 * layer.B @ layer.A
+    assert S.flatten()[off].abs().max() < 1e-5
+    torch.testing.assert_close(S, layer.sparse(), atol=1e-5, rtol=1e-5)
+    run, data = _lm("sltrain", seed=3)
+    a, b = run.build(), run.build()
+    s1 = [m.support for m in a.modules() if hasattr(m, "support")]
+    assert s1 and all(torch.equal(u, m.support) for u, m in
+                      zip(s1, [m for m in b.modules() if hasattr(m, "support")]))  # seeded
+    assert math.isfinite(fit(run, data, progress=False).final["val_loss"])
