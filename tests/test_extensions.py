@@ -100,3 +100,110 @@ def test_sltrain_is_scaled_ba_plus_a_sparse_s_whose_support_stays_fixed():
     assert s1 and all(torch.equal(u, m.support) for u, m in
                       zip(s1, [m for m in b.modules() if hasattr(m, "support")]))  # seeded
     assert math.isfinite(fit(run, data, progress=False).final["val_loss"])
+
+
+# -- GaLore -------------------------------------------------------------------------------------
+def _galore_layer(m, n, rank, every=2, scale=0.25, sgd=False, lr=1e-2, wd=0.0):
+    from lowrank_helpers.methods.galore import GaLoreOptimizer
+    torch.manual_seed(0)
+    W = torch.nn.Parameter(torch.randn(m, n))
+    opt = GaLoreOptimizer([{"params": [W], "rank": rank, "every": every, "scale": scale}],
+                          lr=lr, betas=(0.9, 0.99), weight_decay=wd, sgd=sgd)
+    return W, opt
+
+
+def test_galore_update_is_the_projected_adam_step_and_its_state_is_r_by_n():
+    from lowrank_helpers.methods.galore import projector
+    for m, n in ((12, 7), (7, 12)):
+        W, opt = _galore_layer(m, n, 3, wd=0.1)
+        grads = [torch.randn(m, n, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+        ref = W.detach().clone()
+        mom, sq = None, None
+        for t, g in enumerate(grads, start=1):
+            if (t - 1) % 2 == 0:
+                P = projector(g, 3)
+            low = g @ P if m >= n else P.T @ g
+            mom = 0.1 * low if mom is None else 0.9 * mom + 0.1 * low
+            sq = 0.01 * low ** 2 if sq is None else 0.99 * sq + 0.01 * low ** 2
+            step = 1e-2 * math.sqrt(1 - 0.99 ** t) / (1 - 0.9 ** t)
+            norm = mom / (sq.sqrt() + 1e-8)
+            back = norm @ P.T if m >= n else P @ norm
+            ref = ref - step * 0.25 * back
+            ref = ref - 1e-2 * 0.1 * ref
+            W.grad = g.clone()
+            opt.step()
+            torch.testing.assert_close(W.detach(), ref, atol=1e-6, rtol=1e-5)
+        state = opt.state[W]
+        assert state["exp_avg"].shape == ((m, 3) if m >= n else (3, n))
+
+
+def test_galore_at_full_rank_with_scale_one_and_plain_sgd_is_sgd():
+    W, opt = _galore_layer(9, 6, 6, every=1, scale=1.0, sgd=True, lr=0.1)
+    V = torch.nn.Parameter(W.detach().clone())
+    sgd = torch.optim.SGD([V], lr=0.1)
+    for k in range(4):
+        g = torch.randn(9, 6, generator=torch.Generator().manual_seed(k))
+        W.grad, V.grad = g.clone(), g.clone()
+        opt.step()
+        sgd.step()
+        torch.testing.assert_close(W.detach(), V.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_galore_projects_only_the_target_layers_and_trains_on_both_tasks():
+    run, data = _lm("galore")
+    model = run.build()
+    groups = param_groups(model, run)
+    ranked = [p for g in groups if "rank" in g for p in g["params"]]
+    assert len(ranked) == 6 * SHAPE.n_layer and all(p.dim() == 2 for p in ranked)
+    assert all(g["rank"] == 4 and g["every"] == 200 and g["scale"] == 0.25
+               for g in groups if "rank" in g)
+    assert all(type(m) is not lh.LowRankLinear for m in model.modules())   # W stays dense
+    res = fit(run, data, progress=False)
+    assert math.isfinite(res.final["val_loss"]) and not lh.METHODS["galore"].stackable
+    dense = fit(run.replace(method="full", rank=None, init=None, targets=None), data,
+                progress=False)
+    assert res.optimizer_state_bytes < dense.optimizer_state_bytes
+    mlp = RunConfig("fashion_mnist", "galore", 8, widths=(784, 32, 10))
+    assert sum(p.numel() for p in mlp.build().parameters()) == 784 * 32 + 32 + 32 * 10 + 10
+    with pytest.raises(ValueError, match="rank must be an integer"):
+        RunConfig("fashion_mnist", "galore", None)
+
+
+def _reference_galore():
+    """``galore_torch``'s ``GaLoreAdamW`` from its own files, without the package's
+    ``__init__`` (which imports bitsandbytes and transformers' 8-bit optimizers): its
+    ``adamw.py`` needs only ``transformers.utils.versions.require_version``, stubbed here when
+    transformers is absent."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+    spec = importlib.util.find_spec("galore_torch")
+    if spec is None:
+        pytest.skip("opt-in cross-check: pip install --no-deps galore-torch")
+    if importlib.util.find_spec("transformers") is None:
+        for name in ("transformers", "transformers.utils", "transformers.utils.versions"):
+            sys.modules.setdefault(name, types.ModuleType(name))
+        sys.modules["transformers.utils.versions"].require_version = lambda *a, **k: None
+    pkg = types.ModuleType("galore_torch")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    sys.modules.setdefault("galore_torch", pkg)
+    return importlib.import_module("galore_torch.adamw").AdamW
+
+
+def test_galore_matches_the_reference_package():
+    """Opt-in (galore-torch installed): the official GaLore AdamW and this one take the same
+    steps from the same weights and gradients, on both orientations of W."""
+    Reference = _reference_galore()
+    for m, n in ((12, 7), (7, 12)):
+        W, opt = _galore_layer(m, n, 3, every=2, scale=0.25, wd=0.1)
+        V = torch.nn.Parameter(W.detach().clone())
+        ref = Reference([{"params": [V], "rank": 3, "update_proj_gap": 2, "scale": 0.25,
+                          "proj_type": "std"}], lr=1e-2, betas=(0.9, 0.99), eps=1e-8,
+                        weight_decay=0.1, no_deprecation_warning=True)
+        for k in range(5):
+            g = torch.randn(m, n, generator=torch.Generator().manual_seed(k))
+            W.grad, V.grad = g.clone(), g.clone()
+            opt.step()
+            ref.step()
+            torch.testing.assert_close(W.detach(), V.detach(), atol=1e-5, rtol=1e-4)

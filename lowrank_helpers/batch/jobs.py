@@ -106,8 +106,8 @@ def plan_jobs(cfg: StudyConfig) -> list[Job]:
         takes = any(METHODS[m].takes_init() for m in methods)
         return Job(name, dataclasses.replace(cfg, methods=tuple(methods), ranks=tuple(ranks),
                                              init=cfg.init if takes else None))
-    jobs = [job(m, [m], []) for m in cfg.methods if not METHODS[m].factorized]
-    factorized = [m for m in cfg.methods if METHODS[m].factorized]
+    jobs = [job(m, [m], []) for m in cfg.methods if not METHODS[m].takes_rank]
+    factorized = [m for m in cfg.methods if METHODS[m].takes_rank]
     buckets: dict[int, list[int]] = {}
     for r in cfg.ranks:
         buckets.setdefault(stack_rank(r), []).append(r)

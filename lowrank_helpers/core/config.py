@@ -204,10 +204,10 @@ class StudyConfig(NotebookParams):
         check_settings(self)
         if not isinstance(self.protocol, Protocol):
             raise TypeError(f"protocol must be a Protocol, got {self.protocol!r}")
-        factorized = [m for m in self.methods if METHODS[m].factorized]
+        factorized = [m for m in self.methods if METHODS[m].takes_rank]
         if factorized and not self.ranks:
-            raise ValueError(f"ranks is empty but factorized methods {factorized} need at "
-                             "least one rank")
+            raise ValueError(f"ranks is empty but methods {factorized} need at least one "
+                             "rank")
         takers = [m for m in self.methods if METHODS[m].takes_init()]
         if self.init is not None and not takers:
             raise ValueError(f"init {self.init!r} applies to method(s) "
@@ -237,7 +237,7 @@ class StudyConfig(NotebookParams):
             for method in self.methods:
                 m = METHODS[method]
                 init = self.init if m.takes_init() else None
-                for rank in (self.ranks if m.factorized else [None]):
+                for rank in (self.ranks if m.takes_rank else [None]):
                     runs.append(RunConfig(self.task, method, rank, init, seed=seed,
                                           shape=self.widths, protocol=self.protocol,
                                           targets=self.targets))

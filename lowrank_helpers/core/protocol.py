@@ -244,7 +244,7 @@ class RunConfig:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
         m = METHODS[method]
-        if m.factorized:
+        if m.takes_rank:
             rank = check_rank(rank)
         elif rank is not None:
             raise ValueError(f"method {method!r} takes no rank, got rank={rank!r}")
@@ -252,7 +252,7 @@ class RunConfig:
             raise TypeError("give the shape once: widths (the MLP's name for it) or shape")
         shape = t.check_shape(shape if shape is not None else widths)
         targets = None if method == "full" else t.check_targets(targets)
-        if m.factorized:
+        if m.takes_rank:
             t.check_rank(rank, shape, targets, m)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be int, got {seed!r} ({type(seed).__name__})")

@@ -79,7 +79,8 @@ class Method:
     factorized one's one of :data:`~lowrank_helpers.models.layers.INITS`. ``dense_output``: the
     model's output layer is not a target (it stays the task's dense layer).
     ``param_groups(model, lr)``: the optimizer's groups (the short way to override
-    :meth:`groups`). ``every``: how often :meth:`after_step` runs (None: never).
+    :meth:`groups`). ``every``: how often :meth:`after_step` runs (None: never). ``ranked``:
+    a dense method whose runs still name a rank (GaLore's gradient projection).
     """
     name: str
     label: str                      # "LoRA layers": in tables, legends, prose
@@ -90,8 +91,14 @@ class Method:
     param_groups: Callable[[nn.Module, float], list[dict]] | None = None
     dense_output: bool = False
     every: int | None = None
+    ranked: bool = False            # dense layers, yet a rank (GaLore's projection rank)
 
     # -- what the method is ---------------------------------------------------------------
+    @property
+    def takes_rank(self) -> bool:
+        """A run of it names a rank: its layers' (factorized), or its own (``ranked``)."""
+        return self.factorized or self.ranked
+
     def takes_init(self) -> bool:
         return self.init is None
 

@@ -39,17 +39,17 @@ class MLP(nn.Module):
         if len(widths) < 2 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1
                                   for w in widths):
             raise ValueError(f"widths must be at least two positive integers, got {widths!r}")
-        if not m.factorized and rank is not None:
-            factorized = [n for n, x in METHODS.items() if x.factorized]
-            raise ValueError(f"method {method!r} takes no rank (got rank={rank!r}); factorized "
-                             f"methods: {', '.join(factorized)}")
-        self.rank = check_rank(rank) if m.factorized else None
+        if not m.takes_rank and rank is not None:
+            factorized = [n for n, x in METHODS.items() if x.takes_rank]
+            raise ValueError(f"method {method!r} takes no rank (got rank={rank!r}); methods "
+                             f"with a rank: {', '.join(factorized)}")
+        self.rank = check_rank(rank) if m.takes_rank else None
         self.widths = widths
         layers: list[nn.Module] = [nn.Flatten()]
         for spec in layer_specs(widths):
             if spec.name != "fc1":
                 layers.append(nn.ReLU())
-            layers.append(m.layer(spec, self.rank, self.init))
+            layers.append(m.layer(spec, self.rank if m.factorized else None, self.init))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):

@@ -238,7 +238,12 @@ class CharLM(Task):
                 "nanogpt": total - trainable.get("wpe.weight", 0)}
 
     def training_flops(self, run: "RunConfig") -> int:
-        return lm_training_flops(run.shape, self.factorize(run), run.rank)
+        """6·(matmul parameters) + attention per token; a dense method with a rank (GaLore)
+        counts as dense (its projections' SVDs every few steps are not counted)."""
+        from ..methods import METHODS
+        dense = not METHODS[run.method].factorized
+        return lm_training_flops(run.shape, "none" if dense else self.factorize(run),
+                                 None if dense else run.rank)
 
     def record_columns(self, record: dict, run: "RunConfig") -> dict:
         """The language-model study's names: the config flat (shape fields, the protocol's
