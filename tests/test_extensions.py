@@ -207,3 +207,51 @@ def test_galore_matches_the_reference_package():
             opt.step()
             ref.step()
             torch.testing.assert_close(W.detach(), V.detach(), atol=1e-5, rtol=1e-4)
+
+
+# -- ReLoRA -------------------------------------------------------------------------------------
+def test_a_relora_merge_leaves_the_function_unchanged_and_resets_the_factors():
+    from lowrank_helpers.methods.relora import ReLoRALinear
+    torch.manual_seed(0)
+    layer = ReLoRALinear(12, 9, 3, bias=True)
+    with torch.no_grad():
+        layer.B.normal_()                                  # a trained low-rank part
+    x = torch.randn(4, 12)
+    before, W0 = layer(x), layer.weight.detach().clone()
+    update = layer.scale * layer.B.detach() @ layer.A.detach()
+    layer.merge(torch.Generator().manual_seed(1))
+    torch.testing.assert_close(layer(x), before, atol=1e-5, rtol=1e-5)   # same function
+    torch.testing.assert_close(layer.weight, W0 + update)
+    assert (layer.B == 0).all() and layer.A.abs().sum() > 0 and not layer.weight.requires_grad
+
+
+def test_relora_merges_every_t_steps_with_a_jagged_schedule_and_fresh_factor_state():
+    run, data = _lm("relora", options={"relora_every": 2, "relora_rewarm": 3})
+    m = lh.METHODS["relora"]
+    assert [m.lr_factor(s, run) for s in range(7)] == [1, 1, .25, .5, .25, .5, .25]
+    model = run.build()
+    W0 = [l.weight.detach().clone() for l in model.modules() if hasattr(l, "merge")]
+    res = fit(run, data, model=model, progress=False)       # 5 steps: merges after 2 and 4
+    layers = [l for l in res.model.modules() if hasattr(l, "merge")]
+    assert len(layers) == 6 * SHAPE.n_layer
+    assert all(not torch.equal(w, l.weight) for w, l in zip(W0, layers))   # W moved by merges
+    assert math.isfinite(res.final["val_loss"]) and not m.stackable
+    # between merges W does not train: one step, no merge, W unchanged
+    one = fit(run.replace(steps=1), data, progress=False)
+    W1 = [l.weight for l in one.model.modules() if hasattr(l, "merge")]
+    W_init = [l.weight for l in run.replace(steps=1).build().modules() if hasattr(l, "merge")]
+    assert all(torch.equal(a, b) for a, b in zip(W1, W_init))
+
+
+def test_relora_resets_the_factors_optimizer_state_at_a_merge():
+    run, _ = _lm("relora", options={"relora_every": 1})
+    model = run.build()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(0, SHAPE.vocab_size, (2, SHAPE.block_size))
+    model(x).sum().backward()
+    opt.step()
+    layer = next(l for l in model.modules() if hasattr(l, "merge"))
+    assert layer.A in opt.state
+    lh.METHODS["relora"].after_step(model, opt, 1, run)
+    assert layer.A not in opt.state and layer.B not in opt.state
+    assert model.wte.weight in opt.state                   # every other tensor keeps its state
