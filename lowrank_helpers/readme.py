@@ -24,7 +24,7 @@ from .core.results import is_reference, load_records
 
 README_BLOCK = re.compile(
     r"(<!-- generated: (table|discussion|agreement|inits|tuned|tuned-tables|tuned-headline|lm|"
-    r"lm-table|lm-speed) (\S+) -->\n)(.*?)"
+    r"lm-table|lm-speed|lm-gap) (\S+) -->\n)(.*?)"
     r"(<!-- end -->)", re.S)
 
 

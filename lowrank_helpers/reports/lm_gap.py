@@ -94,7 +94,7 @@ def svd_lines(table: pd.DataFrame) -> list[str]:
         if r.truncated_losses:
             parts.append(f"untrained {_mean(r.truncated_losses):.3f}")
         parts.append(f"SVD-started and trained on {_mean(r.svd_losses):.3f} (lr {r.svd_lr:g}, "
-                     f"{len(r.svd_losses)} seeds)")
+                     f"{_seeds(len(r.svd_losses))})")
         for i in inits:
             other = r.get(f"scratch_{i}_losses")
             if isinstance(other, list):
@@ -124,6 +124,10 @@ def svd_lines(table: pd.DataFrame) -> list[str]:
         "cannot tell the two apart. The SVD-started model has also seen the dense run's "
         "2,000 steps, so this is a control on the solution, not on compute.")
     return lines
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("" if n == 1 else "s")
 
 
 def _ranks(rs) -> str:
@@ -186,7 +190,7 @@ def student_lines(table: pd.DataFrame) -> list[str]:
                     tail = (f"; − dense {d.diff:+.3f} ({d.low:+.3f} to {d.high:+.3f}, Holm p "
                             f"{d.p_holm:.2g})")
             ci = "" if math.isnan(lo) else f" ({lo:.3f} to {hi:.3f})"
-            parts.append(f"{name} {m:.3f}{ci}, lr {s.lr:g}, {len(s.kl)} seeds; every rate "
+            parts.append(f"{name} {m:.3f}{ci}, lr {s.lr:g}, {_seeds(len(s.kl))}; every rate "
                          f"(seed 0, lr {', '.join(f'{x:g}' for x in s.every_rate)}): "
                          f"{every}{tail}")
         lines.append(f"  - k={int(k)}: " + "; ".join(parts) + ".")
@@ -325,11 +329,17 @@ def gap_tables(results_dir, scale_dirs=(), budget_dir=None) -> dict:
 def gap_answer(tables: dict) -> str:
     """The README's "why" block from :func:`gap_tables`: the SVD-started control, the
     students, the budget, the scale series (each part where its records exist)."""
-    lines = (svd_lines(tables["svd"]) + student_lines(tables["students"])
-             + budget_lines(tables["runs"], tables["budget"]) + scale_lines(tables["scale"]))
-    if lines:
+    parts = [("SVD-started control", svd_lines(tables["svd"])),
+             ("Teacher–student (transformer teachers)", student_lines(tables["students"])),
+             ("Budget", budget_lines(tables["runs"], tables["budget"])),
+             ("Scale series", scale_lines(tables["scale"]))]
+    lines = [line for _, part in parts for line in part]
+    missing = [name for name, part in parts if not part]
+    if missing:
+        lines.append("- **Not yet in the records**: " + "; ".join(missing) + ".")
+    if len(missing) < len(parts):
         lines.append(cost_line(tables))
-    return "\n".join(lines) if lines else "(no records of the control phases yet)"
+    return "\n".join(lines)
 
 
 def cost_line(tables: dict) -> str:
