@@ -122,7 +122,8 @@ def test_ill_typed_notebook_parameter_fails_clearly(tmp_path, name, value, messa
     (["--epochs", "0"], "epochs must be > 0, got 0"),
     (["--seeds", "0", "1", "0"], "seeds lists 0 more than once"),
     (["--ranks", "4", "8", "4"], "ranks lists 4 more than once"),
-    (["--methods", "full", "ae", "--init", "he"], "init 'he' applies to method(s) lora, densehead only"),
+    (["--methods", "full", "ae", "--init", "he"],
+     "init 'he' applies to method(s) lora, densehead"),   # and every other method taking one
     (["--figures-dir", "DIR"], "unrecognized arguments: --figures-dir DIR"),
     (["tabel"], "unknown command 'tabel' (choose from run, table, readme, tune, lm)"),
 ])
