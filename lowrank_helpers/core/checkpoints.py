@@ -46,6 +46,7 @@ def load_checkpoint(run: RunConfig, root=None) -> dict:
     if not path.exists():
         raise FileNotFoundError(
             f"no checkpoint of {run.label} (seed {run.seed}, lr {run.lr:g}) at {path}: it is "
-            "rebuilt by retraining that run (lowrank-study lm --phases svd does this; or "
-            "lh.ensure_checkpoints([run]))")
+            "rebuilt by retraining that run: lowrank-study lm --phases svd (or teacher) does "
+            "this, as does lowrank_helpers.studies.svd.ensure_checkpoints(runs, splits, "
+            "results_dir)")
     return torch.load(path, map_location="cpu", weights_only=True)
