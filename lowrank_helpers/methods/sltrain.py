@@ -70,8 +70,9 @@ class SparsePlusLowRankLinear(nn.Module):
         return F.linear(x, self.weight(), self.bias)
 
     def extra_repr(self) -> str:
+        density = len(self.support) / (self.in_features * self.out_features)
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"rank={self.rank}, density={len(self.support) / (self.in_features * self.out_features):.3f}")
+                f"rank={self.rank}, density={density:.3f}")
 
 
 class SLTrain(Method):
