@@ -54,16 +54,20 @@ def test_non_inferiority_p_agrees_with_the_interval():
 
 
 def test_the_change_of_a_gap_adds_the_errors_in_quadrature():
-    """A gap measured twice (two budgets): the change's interval against scipy's pooled
-    computation, and a change that is only noise is not called real."""
+    """A gap measured twice (two budgets): the change's standard error and degrees of freedom
+    from the four raw samples (Welch–Satterthwaite over four independent means), its
+    interval from Student's t, and a change that is only noise is not called real."""
     import math
+    import statistics
     from scipy import stats as st
-    before = welch([1.0, 1.1, 1.2], [0.9, 0.95, 1.0])
-    after = welch([1.3, 1.5, 1.4], [0.9, 0.92, 0.94])
+    samples = ([1.0, 1.1, 1.2], [0.9, 0.95, 1.0], [1.3, 1.5, 1.4], [0.9, 0.92, 0.94])
+    before, after = welch(*samples[:2]), welch(*samples[2:])
     c = change(before, after)
-    assert math.isclose(c.diff, after.diff - before.diff)
-    assert math.isclose(c.se, math.hypot(before.se, after.se))
-    df = c.se ** 4 / (before.se ** 4 / before.df + after.se ** 4 / after.df)
+    means = [statistics.mean(x) for x in samples]
+    assert math.isclose(c.diff, (means[2] - means[3]) - (means[0] - means[1]))
+    parts = [statistics.variance(x) / len(x) for x in samples]        # s²/n of each mean
+    assert math.isclose(c.se, math.sqrt(sum(parts)))
+    df = sum(parts) ** 2 / sum(v ** 2 / (len(x) - 1) for v, x in zip(parts, samples))
     assert math.isclose(c.df, df)
     half = st.t.ppf(0.975, df) * c.se
     assert math.isclose(c.high - c.low, 2 * half) and c.real

@@ -255,3 +255,30 @@ def test_relora_resets_the_factors_optimizer_state_at_a_merge():
     lh.METHODS["relora"].after_step(model, opt, 1, run)
     assert layer.A not in opt.state and layer.B not in opt.state
     assert model.wte.weight in opt.state                   # every other tensor keeps its state
+
+
+def test_relora_rates_return_to_the_schedule_after_a_rewarm_on_a_constant_protocol():
+    """The trainer sets the rate whenever a method's factor changes, so that after a re-warm-up
+    the optimizer is back at the protocol's rate (a constant protocol sets it only once)."""
+    import os
+    seen = []
+
+    class Spy(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+    p = lh.Protocol(epochs=1, batch_size=64, lr=0.01, train_subset=640, test_subset=64)
+    run = RunConfig("fashion_mnist", "relora", 4, widths=(784, 16, 10), protocol=p,
+                    options={"relora_every": 3, "relora_rewarm": 2})
+    data = lh.TASKS["fashion_mnist"].load(p, os.environ["LOWRANK_DATA"])
+    m = lh.METHODS["relora"]
+    original = m.make_optimizer
+    object.__setattr__(m, "make_optimizer",
+                       lambda params, r: Spy(params, lr=r.protocol.lr))
+    try:
+        fit(run, data, progress=False)
+    finally:
+        object.__setattr__(m, "make_optimizer", original)
+    expect = [0.01 * m.lr_factor(s, run) for s in range(10)]
+    assert seen == pytest.approx(expect), (seen, expect)
+    assert seen[3] < 0.01 and seen[5] == pytest.approx(0.01)   # re-warmed, then back at lr

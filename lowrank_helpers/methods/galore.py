@@ -16,9 +16,11 @@ update itself (no moments): at full rank with α = 1 that is SGD exactly.
 
 Defaults from the official ``galore_torch`` (``adamw.py``, ``galore_projector.py``, the
 README's LLaMA settings): T = 200, α = 0.25, the "std" projection above; only the task's
-target layers (the transformer's six projections, the MLP's layers) are projected, every
-other tensor is plain AdamW, as the official scripts project only the attention and MLP
-matrices. The rank is the run's rank. The projector's SVD every T steps is not counted in
+target layers (the transformer's six projections, the MLP's layers) are projected, as the
+official scripts project only the attention and MLP matrices; every other tensor takes the
+same optimizer's unprojected step (GaLore's AdamW: ε added before the bias correction, decay
+after the update, within O(lr²) of ``torch.optim.AdamW``; under SGD the decay is decoupled,
+unlike ``torch.optim.SGD``'s). The rank is the run's rank. The projector's SVD every T steps is not counted in
 the FLOPs the records give.
 """
 from __future__ import annotations

@@ -100,7 +100,8 @@ class CharDistill(CharLM):
 
     def evaluate(self, model, data, protocol, final: bool = False) -> dict:
         run = _run_of_model(self, model, protocol)
-        return self.evaluate_many(lambda x: model(x)[None], run, data, final)[0]
+        device = next(model.parameters()).device
+        return self.evaluate_many(lambda x: model(x.to(device))[None], run, data, final)[0]
 
     def evaluate_many(self, forward, run: "RunConfig", data, final: bool = False) -> list[dict]:
         """KL to the teacher and the real next characters' cross-entropy, on the held-out

@@ -69,11 +69,13 @@ def fit(run: RunConfig, data, *, device="cpu", progress: bool = True,
     model.train()
     start = last = time.perf_counter()
     loss_sum, seen = None, 0  # summed on the device (no sync per step), in the loss's dtype
+    last_factor = None
     for step, (x, y) in enumerate(task.batches(run, data), start=1):
         factor = method.lr_factor(step - 1, run)
         lr = protocol.lr_at(step - 1, total) * factor
-        if not protocol.constant_lr or step == 1 or factor != 1.0:
+        if not protocol.constant_lr or factor != last_factor:   # step 1, and a method's factor
             set_lr(opt, scales, lr)
+        last_factor = factor
         loss = task.loss(model(x.to(dev)), y.to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
