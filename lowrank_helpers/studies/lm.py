@@ -290,11 +290,12 @@ def complete_analysis(runs: list[RunConfig], cfg: LMStudyConfig, splits, bar=Non
 
 def _refined(m: RunConfig, cfg: LMStudyConfig) -> bool:
     """Whether ``m``'s grid is refined around its choice: the dense model of the study's
-    width, and all six projections factorized at ``refine_ranks``."""
+    width, and all six projections factorized at ``refine_ranks`` with the study's ``inits``
+    (not the ``inits`` phase's other inits, searched on the grid alone for the CPU budget)."""
     if not cfg.refine or m.shape.d_model != cfg.d_model:
         return False
     return m.method == "full" or (m.method == "lora" and m.targets == "both"
-                                  and m.rank in cfg.refine_ranks)
+                                  and m.rank in cfg.refine_ranks and m.init in cfg.inits)
 
 
 def _search_and_seeds(models, cfg, bar, seeds: int, lrs=None, results_dir=None,
