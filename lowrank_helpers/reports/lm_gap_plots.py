@@ -98,7 +98,8 @@ def scale_figure(table: pd.DataFrame, ax=None):
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(table.d_model.unique()), [str(d) for d in
                                                    sorted(table.d_model.unique())])
-    ax.set_xlabel("d_model (4 layers, head size 32)")
+    layers = "/".join(map(str, table.attrs.get("protocol", {}).get("n_layer", []))) or "?"
+    ax.set_xlabel(f"d_model ({layers} layers, head size 32)")
     ax.set_ylabel("factorized − dense, held-out (nats/char)")
     ax.set_title("Does the gap grow with width?")
     ax.legend(fontsize=8)

@@ -28,7 +28,6 @@ their choice (``refine``: rungs at most that factor apart there; :func:`.search.
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from ..models.charlm import LMShape, check_lm_rank, lm_parameters, spectra
 from ..core.config import NotebookParams, _not_empty, refuse_smoke_overrides, smoke_dir
 from ..core.devices import check_device, resolve_device
 from ..models.layers import INITS
-from ..training.lm import LMProtocol, LMRun, _sample, stack_key, train_lms
+from ..training.lm import LMProtocol, LMRun, _sample, retrain
 from ..core.protocol import RunConfig
 from ..core.results import check_writable, has_record, load_records, read_record, record_path
 from ..core.settings import all_of, check_settings, distinct, each, non_negative, positive, setting
@@ -259,32 +258,26 @@ def complete_analysis(runs: list[RunConfig], cfg: LMStudyConfig, splits, bar=Non
         analysis = rec.get("analysis") or {}
         if "singular_values" in analysis and "learned_singular_values" not in analysis:
             todo.append((run, path, rec))
-    stacks, refused = defaultdict(list), []
-    for item in todo:
-        stacks[stack_key(item[0])].append(item)
-    for group in stacks.values():
-        if bar is not None:
-            bar.set_postfix_str(f"W − γW₀ of {group[0][0].label} ×{len(group)}")
-        results = train_lms([run for run, _, _ in group], splits,
-                            progress=(lambda n: bar.update(n * len(group)))
-                            if bar is not None else None, device=resolve_device(cfg.device))
-        for (run, path, rec), res in zip(group, results):
-            stored, new = rec["analysis"]["singular_values"], learned_analysis(run, res.model)
-            gap = max(abs(a - b) for k in stored
-                      for a, b in zip(stored[k], new["singular_values"][k]))
-            if gap > RETRAIN_TOLERANCE:
-                warnings.warn(f"{path.name}: retrained, its singular values differ from the "
-                              f"record's by {gap:.2g} (> {RETRAIN_TOLERANCE:g}): another "
-                              "model; its learned part is not added")
-                refused.append(path.name)
-                continue
-            rec["analysis"] = {"singular_values": stored,
-                               "learned_singular_values": new["learned_singular_values"],
-                               "init_decay": new["init_decay"],
-                               "learned_from_retraining": {
-                                   "max_singular_value_difference": gap,
-                                   "val_loss": res.final["val_loss"]}}
-            _write_atomic(rec, path)
+    refused, found = [], {run.run_id: (path, rec) for run, path, rec in todo}
+    for run, res in retrain([run for run, _, _ in todo], splits, resolve_device(cfg.device),
+                            bar, "W − γW₀ of "):
+        path, rec = found[run.run_id]
+        stored, new = rec["analysis"]["singular_values"], learned_analysis(run, res.model)
+        gap = max(abs(a - b) for k in stored
+                  for a, b in zip(stored[k], new["singular_values"][k]))
+        if gap > RETRAIN_TOLERANCE:
+            warnings.warn(f"{path.name}: retrained, its singular values differ from the "
+                          f"record's by {gap:.2g} (> {RETRAIN_TOLERANCE:g}): another "
+                          "model; its learned part is not added")
+            refused.append(path.name)
+            continue
+        rec["analysis"] = {"singular_values": stored,
+                           "learned_singular_values": new["learned_singular_values"],
+                           "init_decay": new["init_decay"],
+                           "learned_from_retraining": {
+                               "max_singular_value_difference": gap,
+                               "val_loss": res.final["val_loss"]}}
+        _write_atomic(rec, path)
     return refused
 
 

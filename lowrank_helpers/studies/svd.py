@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections import defaultdict
 from pathlib import Path
 
 from ..core.checkpoints import has_checkpoint, save_checkpoint
 from ..core.protocol import RunConfig
 from ..core.results import read_record, record_path, write_atomic
-from ..training.lm import stack_key, train_lms
+from ..training.lm import retrain
 
 #: The untrained truncations, beside the study's records.
 TRUNCATED = "svd/truncated.json"
@@ -40,28 +39,20 @@ def ensure_checkpoints(runs: list[RunConfig], splits, results_dir, device="cpu",
     """Keep each recorded run's trained model as a checkpoint: retrain (in stacks) the runs
     without one, check each against its record's final held-out loss (within
     :data:`CHECKPOINT_TOLERANCE`) and save it. Returns the runs refused (named in a warning)."""
-    todo = [r for r in runs if not has_checkpoint(r)]
-    stacks, refused = defaultdict(list), []
-    for run in todo:
-        stacks[stack_key(run)].append(run)
-    for group in stacks.values():
-        if bar is not None:
-            bar.set_postfix_str(f"checkpoint of {group[0].label} ×{len(group)}")
-        results = train_lms(group, splits, device=device,
-                            progress=(lambda n: bar.update(n * len(group)))
-                            if bar is not None else None)
-        for run, res in zip(group, results):
-            path = record_path(run, results_dir)
-            if path.exists():
-                stored = read_record(path)["final"]["val_loss"]
-                gap = abs(stored - res.final["val_loss"])
-                if gap > CHECKPOINT_TOLERANCE:
-                    warnings.warn(f"{path.name}: retrained, its held-out loss differs from the "
-                                  f"record's by {gap:.2g} (> {CHECKPOINT_TOLERANCE:g}): another "
-                                  "model; no checkpoint kept")
-                    refused.append(run.name)
-                    continue
-            save_checkpoint(run, res.model, res.final)
+    refused = []
+    for run, res in retrain([r for r in runs if not has_checkpoint(r)], splits, device, bar,
+                            "checkpoint of "):
+        path = record_path(run, results_dir)
+        if path.exists():
+            stored = read_record(path)["final"]["val_loss"]
+            gap = abs(stored - res.final["val_loss"])
+            if gap > CHECKPOINT_TOLERANCE:
+                warnings.warn(f"{path.name}: retrained, its held-out loss differs from the "
+                              f"record's by {gap:.2g} (> {CHECKPOINT_TOLERANCE:g}): another "
+                              "model; no checkpoint kept")
+                refused.append(run.name)
+                continue
+        save_checkpoint(run, res.model, res.final)
     return refused
 
 

@@ -138,6 +138,21 @@ def train_lms(runs: list[RunConfig], splits: Splits, progress=None, sample_chars
     return out
 
 
+def retrain(runs: list[RunConfig], splits: Splits, device="cpu", bar=None, what: str = ""):
+    """Train ``runs`` again, those that share a stack together (:func:`train_lms`), yielding
+    (run, LMResult) as each stack ends; ``bar`` (a tqdm) counts their steps, its postfix
+    ``what`` and the stack. For a control that needs the trained model of a recorded run."""
+    from collections import defaultdict
+    stacks = defaultdict(list)
+    for run in runs:
+        stacks[stack_key(run)].append(run)
+    for group in stacks.values():
+        if bar is not None:
+            bar.set_postfix_str(f"{what}{group[0].label} ×{len(group)}")
+        progress = (lambda n, k=len(group): bar.update(n * k)) if bar is not None else None
+        yield from zip(group, train_lms(group, splits, progress=progress, device=device))
+
+
 def train_lm_eager(run: RunConfig, splits: Splits, dtype=torch.float32
                    ) -> tuple[CharTransformer, list[dict]]:
     """One model through the one training loop (:func:`~lowrank_helpers.training.trainer.fit`:
