@@ -116,7 +116,9 @@ def gap_figures(tables: dict) -> dict[str, plt.Figure]:
         figs["shakespeare_svd_start.png"] = svd_figure(svd)
     if len(students):
         figs["shakespeare_students.png"] = student_figure(students)
-    if len(scale) and scale.d_model.nunique() > 1:
+    series = scale[scale.gap.notna()].groupby(["fraction", "init"]).d_model.nunique() \
+        if len(scale) else pd.Series(dtype=int)
+    if (series >= 2).any():                 # a gap measured at two widths or more
         figs["shakespeare_scale.png"] = scale_figure(scale)
     for fig in figs.values():
         plt.close(fig)
