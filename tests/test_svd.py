@@ -102,6 +102,9 @@ def test_the_svd_phase_keeps_checkpoints_truncates_and_trains_on_with_resume(cac
         assert row.svd_losses == list(at.val_loss)
     text = "\n".join(svd_lines(table))
     assert "Holm's correction over these 2 tests" in text     # SVD-started − dense, per rank
+    plain = load_lm_records(cfg.results_dir)
+    plain = plain[plain.method != "svd_start"].drop(columns="options")   # a smoke run's records
+    assert svd_table(plain, cut).empty and not svd_lines(svd_table(plain, cut))
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r" / "smoke").rglob("*.json")}
     run_lm_study(cfg, progress=False)                              # resumed: nothing rewritten
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r" / "smoke").rglob("*.json")}

@@ -227,6 +227,7 @@ def _row(record: dict, path: Path) -> dict:
               if k not in ("epoch", "iter", "seconds", "lr") and isinstance(v, (int, float))}
     return {"task": run.task, "method": run.method, "rank": run.rank, "init": run.init,
             "rescale": run.rescale, "targets": run.targets, "seed": run.seed,
+            "options": dict(run.options or {}),   # every row has the column (none: {})
             "widths": task.shape_label(run.shape),  # hashable, one cell
             **{f.name: getattr(run.protocol, f.name) for f in settings_of(type(run.protocol))},
             **finals,

@@ -45,6 +45,8 @@ def svd_table(runs: pd.DataFrame, truncated: pd.DataFrame) -> pd.DataFrame:
     from-scratch models of the same rank (each init with 2 or more seeds), the untrained
     truncations; held-out losses per seed in ``*_losses``. Only SVD-started runs and
     truncations of the dense model's current choice (its rate and width) enter."""
+    if runs.empty or not (runs.method == "svd_start").any():
+        return pd.DataFrame()
     dense = dense_row(lm_table(runs))
     own = runs[(runs.method == "svd_start") & (runs.d_model == dense.d_model)
                & runs.options.map(lambda o: isinstance(o, dict)
