@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -186,8 +187,9 @@ def tiny_notebook(tmp_path: Path, behaviour: str) -> Path:
                     + behaviour, parameters="methods = []")
 
 
-@pytest.mark.parametrize("runner", [[], ["--scheduler", "local"]], ids=["local", "dask-local"])
-def test_a_job_past_the_timeout_fails_alone_and_progress_shows(tmp_path, runner):
+def test_a_job_past_the_timeout_fails_alone_and_progress_shows(tmp_path):
+    """(The local runner's timeout and progress: tests/test_batch.py.)"""
+    runner = ["--scheduler", "local"]
     nb = tiny_notebook(tmp_path, "if job == 'full':\n"
                        "    from lowrank_helpers.batch.jobs import report_progress\n"
                        "    report_progress(1, 2)\n    time.sleep(600)")
@@ -271,3 +273,16 @@ def test_a_bad_address_or_timeout_or_no_dask_is_refused_in_one_line(tmp_path, ca
     assert main(["--smoke", "--scheduler", "local", "--results-dir", str(tmp_path)]) == 1
     assert "--scheduler needs Dask: pip install -e '.[cluster]'" in \
         capsys.readouterr().err
+
+
+def test_a_hanging_shutdown_step_is_left_behind_with_a_warning(capsys):
+    """Ctrl-C must always return: a client call that hangs while shutting down is bounded."""
+    from lowrank_helpers.batch.cluster import _bounded
+    release = threading.Event()
+    start = time.time()
+    _bounded(release.wait, seconds=0.2)
+    assert time.time() - start < 5
+    assert "shutdown took over 0.2 s; left behind" in capsys.readouterr().err
+    release.set()
+    _bounded(lambda: 1 / 0, seconds=5)                 # an error while closing is not raised
+    assert capsys.readouterr().err == ""

@@ -72,6 +72,30 @@ def connect(address: str, jobs: int, timeout: float = CONNECT_TIMEOUT):
                            "--scheduler local") from exc
 
 
+#: Seconds each step of the client's shutdown (cancel the jobs, close the client, close a
+#: local cluster) may take before the command goes on without it: Ctrl-C always returns.
+SHUTDOWN_TIMEOUT = 20
+
+
+def _bounded(step: Callable[[], object], seconds: float = SHUTDOWN_TIMEOUT) -> None:
+    """Run ``step`` in a daemon thread for at most ``seconds``; a step that hangs (a client's
+    call after an interrupt, or a scheduler that does not answer) is left behind, and its error
+    is ignored: shutting down must never keep the user waiting or hide the first error."""
+    done = threading.Event()
+
+    def call():
+        try:
+            step()
+        except BaseException:  # noqa: BLE001 - shutting down; the first error is the user's
+            pass
+        finally:
+            done.set()
+    threading.Thread(target=call, daemon=True, name="lowrank-shutdown").start()
+    if not done.wait(seconds):
+        print(f"warning: the Dask client's shutdown took over {seconds:g} s; left behind",
+              file=sys.stderr, flush=True)
+
+
 def _package_version() -> str:
     import lowrank_helpers
     return lowrank_helpers.__version__
@@ -198,9 +222,9 @@ class DaskRunner:
 
     def __exit__(self, *exc):
         if self.client is not None:
-            self.client.close()
+            _bounded(lambda: self.client.close(timeout=SHUTDOWN_TIMEOUT))
         if self.cluster is not None:
-            self.cluster.close()
+            _bounded(lambda: self.cluster.close(timeout=SHUTDOWN_TIMEOUT))
 
     def describe(self) -> str:
         workers = self.client.nthreads()
@@ -273,8 +297,8 @@ class DaskRunner:
                     key=f"lowrank-{name}-{uuid.uuid4().hex[:8]}", pure=False)] = spec
             for fut in distributed.as_completed(futures):
                 yield self._outcome(futures[fut], fut)
-        finally:
-            self.client.cancel(list(futures))
+        finally:  # bounded: an interrupted client must exit even if the scheduler is slow
+            _bounded(lambda: self.client.cancel(list(futures)))
 
     def _outcome(self, spec: JobSpec, fut) -> Outcome:
         name = spec.job.name
