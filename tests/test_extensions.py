@@ -1,6 +1,7 @@
 """The extensions' defining mechanisms (issue 20), each a method of its own module: LoRA+'s
 rates, CoLA's bottleneck nonlinearity and init, SLTrain's fixed sparse support. CPU, tiny
 sizes, fixed seeds."""
+import dataclasses
 import math
 
 import pytest
@@ -282,3 +283,79 @@ def test_relora_rates_return_to_the_schedule_after_a_rewarm_on_a_constant_protoc
     expect = [0.01 * m.lr_factor(s, run) for s in range(10)]
     assert seen == pytest.approx(expect), (seen, expect)
     assert seen[3] < 0.01 and seen[5] == pytest.approx(0.01)   # re-warmed, then back at lr
+
+
+# -- LORO ---------------------------------------------------------------------------------------
+from lowrank_helpers.methods.loro import LOROAdamW, exact_step  # noqa: E402
+
+
+def _tangent(B, A, G):
+    """P(G) at W = B·A, formed densely: U UᵀG + G V Vᵀ − U UᵀG V Vᵀ."""
+    U, _ = torch.linalg.qr(B)
+    V, _ = torch.linalg.qr(A.T)
+    return U @ U.T @ G + G @ V @ V.T - U @ U.T @ G @ V @ V.T
+
+
+def test_loro_exact_step_is_the_truncated_retraction_of_the_tangent_step():
+    g = torch.Generator().manual_seed(0)
+    B, A = torch.randn(9, 3, generator=g, dtype=torch.float64), \
+        torch.randn(3, 7, generator=g, dtype=torch.float64)
+    G = torch.randn(9, 7, generator=g, dtype=torch.float64)
+    lr = 0.3
+    B2, A2 = exact_step(B, A, G @ A.T, B.T @ G, lr)              # the factors' gradients
+    U, s, Vh = torch.linalg.svd(B @ A - lr * _tangent(B, A, G))
+    best = U[:, :3] * s[:3] @ Vh[:3]                              # its rank-3 truncation
+    torch.testing.assert_close((B2 @ A2).double(), best, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(B2.T @ B2, A2 @ A2.T, atol=1e-5, rtol=1e-5)   # balanced
+    B0, A0 = exact_step(B, A, G @ A.T, B.T @ G, 0.0)              # no step: the same W
+    torch.testing.assert_close((B0 @ A0).double(), B @ A, atol=1e-5, rtol=1e-5)
+
+
+def test_loro_lazy_steps_are_adam_at_r_over_d_and_the_exact_step_resets_the_state():
+    run, data = _lm("loro", options={"loro_every": 3})
+    model = run.build()
+    layers = [m for m in model.modules() if isinstance(m, lh.LowRankLinear)]
+    assert layers and all(m.rank == 4 for m in layers)
+    groups = param_groups(model, run)
+    [factors] = [g for g in groups if g.get("pairs")]
+    assert factors["scalers"] == [4 / min(m.in_features, m.out_features) for m in layers]
+    named = {id(p) for m in layers for p in (m.A, m.B)}
+    assert {id(p) for p in factors["params"]} == named
+    assert not any(id(p) in named for g in groups if not g.get("pairs") for p in g["params"])
+    opt = lh.METHODS["loro"].make_optimizer(groups, run)
+    assert isinstance(opt, LOROAdamW) and opt.every == 3
+    # one lazy step of a factor: Adam's first step at the rate times its scaler
+    layer, scale = layers[0], factors["scalers"][0]
+    before = layer.A.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    gA = layer.A.grad.clone()
+    opt.step()
+    lr, wd, eps = factors["lr"], factors["weight_decay"], 1e-8
+    expect = before - lr * scale * gA / (gA.abs() + eps)
+    expect = expect - lr * wd * expect
+    torch.testing.assert_close(layer.A.detach(), expect)
+    opt.step()
+    assert opt.state                                              # moments kept
+    W = layer.B.detach() @ layer.A.detach()
+    opt.step()                                                    # the third: exact
+    assert not opt.state                                          # every state reset
+    Bn, An = layer.B.detach(), layer.A.detach()
+    torch.testing.assert_close(Bn.T @ Bn, An @ An.T, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(Bn @ An, W)
+    # the schedule re-warms after each exact step
+    m = lh.METHODS["loro"]
+    assert m.lr_factor(2, run) == 1 and m.lr_factor(3, run) == pytest.approx(1 / 6)
+    assert m.lr_factor(4, run) == pytest.approx(2 / 6)
+
+
+def test_loro_trains_and_refuses_bad_input():
+    run, data = _lm("loro", options={"loro_every": 2})
+    result = fit(run, data, progress=False)
+    assert math.isfinite(result.history[-1]["train_loss"])
+    assert not lh.METHODS["loro"].stackable
+    with pytest.raises(ValueError, match="loro_every must be a non-negative integer"):
+        _lm("loro", options={"loro_every": -1})
+    sgd = run.replace(protocol=dataclasses.replace(run.protocol, optimizer="sgd"))
+    with pytest.raises(ValueError, match="LORO takes adamw"):
+        lh.METHODS["loro"].make_optimizer(param_groups(sgd.build(), sgd), sgd)

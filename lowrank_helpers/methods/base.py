@@ -179,6 +179,21 @@ class Method:
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def check_steps(name: str, value) -> None:
+    """An option that counts steps (a period, a re-warm-up): a non-negative integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer (steps), got {value!r}")
+
+
+def rewarm_factor(step: int, every: int | None, steps: int) -> float:
+    """A jagged schedule's factor at ``step`` (0-based): after each event every ``every`` steps
+    (a merge, an exact step, a state reset), the rate re-warms linearly over ``steps`` steps;
+    1 before the first event (ReLoRA's and LORO's schedules)."""
+    if not every or step < every or steps <= 0:
+        return 1.0
+    return min(1.0, (step % every + 1) / (steps + 1))
+
+
 #: Layer builders the stacked trainers know (a method overriding :meth:`Method.layer` with
 #: its own kind of layer is trained alone).
 _STACKABLE_LAYERS = (Method.layer,)

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LayerSpec, Method, Option, register_method, register_option
+from .base import (LayerSpec, Method, Option, check_steps, register_method, register_option,
+                   rewarm_factor)
 
 ALPHA, EVERY, REWARM = 32.0, 500, 10
 
@@ -87,21 +88,14 @@ class ReLoRA(Method):
     def lr_factor(self, step: int, run) -> float:
         """The jagged schedule: after each merge, a linear re-warm-up over ``relora_rewarm``
         steps (1 before the first merge)."""
-        every = self.every_for(run)
-        rewarm = int(run.options.get("relora_rewarm", REWARM))
-        if not every or step < every or rewarm <= 0:
-            return 1.0
-        return min(1.0, (step % every + 1) / (rewarm + 1))
+        return rewarm_factor(step, self.every_for(run),
+                             int(run.options.get("relora_rewarm", REWARM)))
 
-
-def _count(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer (steps), got {value!r}")
 
 
 register_option(Option("relora_every", EVERY, "ReLoRA's T: steps between merges",
-                       check=_count, applies=lambda m: m.name == "relora"))
+                       check=check_steps, applies=lambda m: m.name == "relora"))
 register_option(Option("relora_rewarm", REWARM, "ReLoRA's re-warm-up after a merge, steps",
-                       check=_count, applies=lambda m: m.name == "relora"))
+                       check=check_steps, applies=lambda m: m.name == "relora"))
 register_method(ReLoRA("relora", "ReLoRA", factorized=True, init="default", every=EVERY,
                        linestyle="-."))
