@@ -359,3 +359,66 @@ def test_loro_trains_and_refuses_bad_input():
     sgd = run.replace(protocol=dataclasses.replace(run.protocol, optimizer="sgd"))
     with pytest.raises(ValueError, match="LORO takes adamw"):
         lh.METHODS["loro"].make_optimizer(param_groups(sgd.build(), sgd), sgd)
+
+
+# -- AdaLoRA ------------------------------------------------------------------------------------
+from lowrank_helpers.methods.adalora import AdaLoRALinear, RankAllocator, budget  # noqa: E402
+
+
+def test_adalora_budget_is_cubic_between_its_phases():
+    kw = dict(total=100, b0=30, bT=10, tinit=10, tfinal=40)
+    assert budget(0, **kw) == (30, False) and budget(10, **kw) == (30, False)
+    assert budget(61, **kw) == (10, True) and budget(99, **kw) == (10, True)
+    b, mask = budget(35, **kw)                           # halfway through the reduction
+    assert b == int(10 + 20 * 0.5 ** 3) and not mask
+    assert budget(40, **kw) == (int(10 + 20 * (1 - 30 / 50) ** 3), True)   # every ΔT = 10
+
+
+def test_adalora_masks_the_lowest_scored_triplets_to_the_budget_over_all_layers():
+    torch.manual_seed(0)
+    layers = [AdaLoRALinear(16, 12, 12), AdaLoRALinear(12, 16, 12)]
+    assert all(torch.allclose(m.B.T @ m.B, torch.eye(12), atol=1e-5) for m in layers)  # P, Q
+    alloc = RankAllocator(layers, target=4, total=60)     # b0 24, bT 8; tinit 10, tfinal 30
+    for m in layers:
+        for p in (m.A, m.E, m.B):
+            p.grad = torch.randn_like(p)
+    alloc.step(5)                                         # warm-up: scores, no mask
+    assert sum(m.kept() for m in layers) == 24
+    b = alloc.step(20)                                    # a masking step of the reduction
+    assert b == budget(20, 60, 24, 8, 10, 30)[0] and 8 < b < 24
+    zero = torch.cat([m.E == 0 for m in layers])
+    assert int(zero.sum()) == 24 - b
+    assert set(torch.nonzero(zero).flatten().tolist()) == \
+        set(torch.argsort(alloc.scores())[:24 - b].tolist())
+    assert alloc.step(31) == 8 and sum(m.kept() for m in layers) == 8   # final phase: b_T
+    fixed = [m.E == 0 for m in layers]
+    for m in layers:
+        m.E.data.fill_(1.0)                               # a step revives them ...
+    alloc.step(45)
+    assert [torch.equal(m.E == 0, f) for m, f in zip(layers, fixed)] == [True, True]  # same mask
+
+
+def test_adalora_trains_with_its_penalty_in_the_loss_and_records_each_layers_rank():
+    proto = lh.LMProtocol(iters=12, batch_size=3, lr=1e-2, min_lr=1e-3, warmup_steps=1,
+                          tune_chars=200, eval_every=6, eval_windows=4)
+    run = RunConfig("python_char", "adalora", 4, shape=SHAPE, protocol=proto)
+    data = text.split_text(TEXT, tune_chars=200)
+    model = run.build()
+    layers = [m for m in model.modules() if isinstance(m, AdaLoRALinear)]
+    assert layers and all(m.rank == 6 for m in layers)     # r₀ = ⌈1.5·4⌉
+    m = lh.METHODS["adalora"]
+    terms = [torch.linalg.matrix_norm(x) for layer in layers for x in
+             (layer.A @ layer.A.T - torch.eye(6), layer.B.T @ layer.B - torch.eye(6))]
+    assert m.penalty(model, run).item() == pytest.approx(0.1 * torch.stack(terms).mean().item(),
+                                                         abs=1e-7)
+    result = fit(run, data, progress=False)
+    ranks = result.analysis["adalora_ranks"]
+    assert len(ranks) == len(layers) and result.analysis["adalora_total_rank"] == 4 * len(layers)
+    assert sum(ranks.values()) == 4 * len(layers)          # the target budget, spread by need
+    free = fit(run.replace(options={"adalora_orth": 0.0}), data, progress=False)
+    a = dict(result.model.named_parameters())
+    assert any(not torch.allclose(a[n], p) for n, p in free.model.named_parameters()
+               if n.endswith(".A"))                       # the penalty changed the training
+    assert not m.stackable
+    with pytest.raises(ValueError, match="adalora_orth must be a non-negative number"):
+        run.replace(options={"adalora_orth": -1.0})

@@ -12,7 +12,9 @@ A method is one :class:`Method` (or a subclass of it) in a module of its own and
   own optimizer (:meth:`Method.make_optimizer`);
 - run a hook after the optimizer step, every step or every ``every`` steps
   (:meth:`Method.after_step`, :meth:`Method.every_for`: merges, masks, projections, state
-  resets), and scale the schedule's rate (:meth:`Method.lr_factor`: a re-warm-up);
+  resets), scale the schedule's rate (:meth:`Method.lr_factor`: a re-warm-up), and add a
+  term to the loss (:meth:`Method.penalty`: an orthogonality penalty);
+- say what the trained model shows of it (:meth:`Method.summary`: final ranks);
 - count its trainable parameters and optimizer state (:meth:`Method.trainable`,
   :func:`optimizer_state_bytes`, measured from the state tensors);
 - say whether the stacked trainers may train it (:attr:`Method.stackable`: only methods
@@ -119,6 +121,7 @@ class Method:
         return (self.param_groups is None and own.groups is Method.groups
                 and own.make_optimizer is Method.make_optimizer
                 and own.after_step is Method.after_step and own.lr_factor is Method.lr_factor
+                and own.penalty is Method.penalty
                 and own.layer in _STACKABLE_LAYERS)
 
     # -- building ---------------------------------------------------------------------------
@@ -172,6 +175,16 @@ class Method:
     def lr_factor(self, step: int, run) -> float:
         """A factor on the schedule's rate at step ``step`` (0-based; default 1)."""
         return 1.0
+
+    def penalty(self, model: nn.Module, run) -> torch.Tensor | None:
+        """A term added to the training loss before the backward pass (AdaLoRA's
+        orthogonality); None: nothing. The records' training loss is the task's alone."""
+        return None
+
+    def summary(self, model: nn.Module) -> dict:
+        """What the trained model says about the method (AdaLoRA's final ranks), kept in
+        the record's ``analysis``; default nothing."""
+        return {}
 
     # -- counting -------------------------------------------------------------------------
     def trainable(self, model: nn.Module) -> int:

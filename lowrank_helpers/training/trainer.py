@@ -78,7 +78,8 @@ def fit(run: RunConfig, data, *, device="cpu", progress: bool = True,
         last_factor = factor
         loss = task.loss(model(x.to(dev)), y.to(dev))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        extra = method.penalty(model, run)
+        (loss if extra is None else loss + extra).backward()
         if protocol.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), protocol.grad_clip)
         opt.step()
@@ -111,8 +112,7 @@ def fit(run: RunConfig, data, *, device="cpu", progress: bool = True,
         result.final = task.evaluate(model, data, protocol, final=True)
     result.optimizer_state_bytes = _state_bytes(opt)
     result.model = model
-    if analyze is not None:
-        result.analysis = analyze(model)
+    result.analysis = {**method.summary(model), **(analyze(model) if analyze else {})}
     return result
 
 
