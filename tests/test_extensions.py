@@ -422,3 +422,31 @@ def test_adalora_trains_with_its_penalty_in_the_loss_and_records_each_layers_ran
     assert not m.stackable
     with pytest.raises(ValueError, match="adalora_orth must be a non-negative number"):
         run.replace(options={"adalora_orth": -1.0})
+
+
+# -- the comparison -----------------------------------------------------------------------------
+def test_the_extensions_study_trains_resumes_and_reports_each_model(tmp_path):
+    from dataclasses import replace
+    from lowrank_helpers.reports.extensions import ext_name, extensions_markdown, \
+        extensions_table
+    from lowrank_helpers.studies.extensions import ExtensionsConfig, plan_jobs, run_extensions
+    cfg = ExtensionsConfig(smoke=True, results_dir=str(tmp_path / "ext"),
+                           lm_dir=str(tmp_path / "lm"))
+    assert cfg.models == ("loro", "adalora") and cfg.lm_dir.endswith("smoke")
+    assert [j.name for j in plan_jobs(cfg)] == ["loro", "adalora"]
+    assert plan_jobs(cfg)[0].config.models == ("loro",)       # a job keeps its own model
+    cfg = replace(cfg, models=("loro",))
+    runs = run_extensions(cfg, progress=False)
+    assert set(runs.method) == {"loro"} and set(runs["rank"]) == set(cfg.ranks)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ext").rglob("*.json")}
+    run_extensions(cfg, progress=False)                       # resumed: nothing retrained
+    assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ext").rglob("*.json")}
+    table = extensions_table(cfg)                              # no LM records: its rows only
+    assert list(table.name) == ["loro"] * len(cfg.ranks) and (table.seeds == cfg.seeds).all()
+    text = extensions_markdown(table)
+    assert text.count("| loro |") == len(cfg.ranks)
+    assert ext_name("loraplus", {}) == "loraplus16"            # λ = 16 is the default
+    assert ext_name("loraplus", {"loraplus_ratio": 4.0}) == "loraplus4"
+    assert ext_name("lora", {}) is None
+    with pytest.raises(ValueError, match="models"):
+        ExtensionsConfig(models=("nope",))

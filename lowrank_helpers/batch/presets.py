@@ -1,4 +1,5 @@
-"""The studies as presets of the one batch runner: ``lowrank-study tune`` and ``lowrank-study lm``.
+"""The studies as presets of the one batch runner: ``lowrank-study tune``, ``lowrank-study lm``
+and ``lowrank-study extensions``.
 
 A preset is a study's config (its notebook's parameters), the function that trains what its
 records lack, how the study splits into jobs (:func:`~lowrank_helpers.studies.tuned.plan_jobs`: one per
@@ -121,7 +122,7 @@ class StudyPreset:
         if args.jobs < 1:
             p.error(f"--jobs must be >= 1, got {args.jobs}")
         cfg = self.config_of(args, p)
-        notebook = _find_notebook(args.notebook, self.notebook)
+        notebook = None if args.no_notebook else _find_notebook(args.notebook, self.notebook)
         runs_dir = Path(smoke_dir(args.runs_dir) if args.smoke else args.runs_dir)
         from .cluster import ClusterError
         try:
@@ -186,4 +187,12 @@ PRESETS = {c.name: c for c in (
                 "search with its seeds, and each control.", "studies.lm:LMStudyConfig",
                 "studies.lm:run_lm_study", "studies.lm:plan_jobs", "results/shakespeare_char",
                 "shakespeare_char.ipynb", "a tiny model on Python source text, a few steps"),
+    StudyPreset("extensions", "The extensions on one protocol: LoRA+, ReLoRA, AdaLoRA, "
+                "GaLore, CoLA, LORO and SLTrain on the language-model study's transformer, "
+                "each model's rate searched and refined on the tuning slice, then seeds "
+                "(resumes from the records), then notebooks/extensions.ipynb. Jobs: one per "
+                "method.", "studies.extensions:ExtensionsConfig",
+                "studies.extensions:run_extensions", "studies.extensions:plan_jobs",
+                "results/extensions", "extensions.ipynb",
+                "a tiny model on Python source text, two methods, a few steps"),
 )}

@@ -292,13 +292,14 @@ def _refined(m: RunConfig, cfg: LMStudyConfig) -> bool:
 
 
 def _search_and_seeds(models, cfg, bar, seeds: int, lrs=None, results_dir=None,
-                      refine: bool = True) -> dict:
+                      refine: bool | float = True) -> dict:
     """The one search and seed rule
     (:func:`~lowrank_helpers.studies.search.search_and_seed`): seed 0 of ``models`` at every
     rate of ``lrs`` (default the study's), extended beyond an edge
     where the choice sits there and refined around it (:func:`_refined`); then
     seeds 1…``seeds``-1 at each one's chosen rate (records in ``results_dir``, default the
-    study's; ``refine=False``: no refinement). Returns the choices by model key."""
+    study's; ``refine=False``: no refinement; a number: every model refined to that factor).
+    Returns the choices by model key."""
     where = results_dir or cfg.results_dir
 
     def train(runs, what):
@@ -307,8 +308,10 @@ def _search_and_seeds(models, cfg, bar, seeds: int, lrs=None, results_dir=None,
         return len(todo)
     return search_and_seed(models, {m.model_key: lrs or cfg.lrs for m in models}, train,
                            lambda: load_records(where), cfg.max_extend, range(1, seeds),
-                           refine={m.model_key: cfg.refine for m in models
-                                   if refine and _refined(m, cfg)})
+                           refine={m.model_key: (refine if not isinstance(refine, bool)
+                                                 else cfg.refine) for m in models
+                                   if (refine and not isinstance(refine, bool))
+                                   or (refine is True and _refined(m, cfg))})
 
 
 def _svd_phase(cfg: LMStudyConfig, splits, bar) -> None:

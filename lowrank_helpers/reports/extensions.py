@@ -1,0 +1,148 @@
+"""The extensions comparison's report (``notebooks/extensions.ipynb``, the README's section):
+one row per model at its chosen rate, beside the language-model study's dense model and plain
+B·A of the same ranks, with held-out loss, its comparisons (one Holm family), parameters,
+optimizer-state bytes, peak memory and throughput as the records measured them."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ..core.stats import correct, welch
+from ..studies.extensions import EXT_MODELS
+from ..studies.lm import load_lm_records
+from .lm import lm_table
+
+#: The names of the rows the LM study's records give.
+DENSE, PLAIN = "dense", "B·A ({init} init)"
+
+
+def ext_name(method: str, options: dict | None) -> str | None:
+    """The comparison's name of a (method, options), or None if it is not one of them
+    (options at their default are left out of a run's, as of these)."""
+    from ..methods import check_options
+    for name, (m, opts) in EXT_MODELS.items():
+        if m == method and check_options(m, opts) == dict(options or {}):
+            return name
+    return None
+
+
+def _measured(runs: pd.DataFrame, ids: list[str]) -> dict:
+    """Means over a row's seeds of what the records measured beside the loss."""
+    at = runs[runs.run_id.isin(ids)]
+    stack = at.stack_size.fillna(1)
+    return {"optimizer_state_bytes": at.optimizer_state_bytes.mean(),
+            "peak_memory_bytes": at.peak_memory_bytes.mean(),
+            "tokens_per_second": (at.tokens_per_second / stack).mean(),
+            "seconds_per_run": (at.seconds / stack).mean()}
+
+
+def extensions_table(cfg) -> pd.DataFrame:
+    """Rows: the dense model and plain B·A at ``cfg.ranks`` (both inits) from ``cfg.lm_dir``,
+    then every model of ``cfg.models`` at each rank from ``cfg.results_dir``; each at its
+    chosen rate with its seeds' held-out losses (``losses``)."""
+    from pathlib import Path
+    lm = load_lm_records(cfg.lm_dir) if Path(cfg.lm_dir).is_dir() else pd.DataFrame()
+    ext = load_lm_records(cfg.results_dir) if Path(cfg.results_dir).is_dir() else pd.DataFrame()
+    rows = []
+    if len(lm):
+        base = lm_table(lm)
+        base = base[base.d_model == cfg.d_model]
+        for _, r in base.iterrows():
+            if r["factorize"] == "none":
+                name = DENSE
+            elif r["factorize"] == "both" and r["rank"] in cfg.ranks and r["init"] in cfg.inits:
+                name = PLAIN.format(init=r["init"])
+            else:
+                continue
+            rows.append({**r.to_dict(), "name": name, **_measured(lm, r.run_ids)})
+    if len(ext):
+        methods = tuple(sorted({EXT_MODELS[n][0] for n in cfg.models}))
+        ext = ext.assign(ext_name=[ext_name(m, o) for m, o in zip(ext.method, ext.options)])
+        for name in cfg.models:
+            own = ext[ext.ext_name == name]
+            if own.empty:
+                continue
+            for _, r in lm_table(own, methods=methods).iterrows():
+                if r["rank"] in cfg.ranks:
+                    rows.append({**r.to_dict(), "name": name, **_measured(own, r.run_ids)})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    order = {n: i for i, n in enumerate([DENSE, *(PLAIN.format(init=i) for i in
+                                                   ("lora", "default")), *EXT_MODELS])}
+    table["_o"] = table.name.map(lambda n: order.get(n, len(order)))
+    return (table.sort_values(["_o", "rank"], na_position="first").drop(columns="_o")
+            .reset_index(drop=True))
+
+
+def comparisons(table: pd.DataFrame) -> pd.DataFrame:
+    """Each row against the dense model and against plain B·A (default init) of its rank:
+    Welch's difference of held-out loss (negative: the row is better), 95 % intervals with
+    Holm's correction over every test of the table (one family)."""
+    if table.empty or not (table.name == DENSE).any():
+        return pd.DataFrame()
+    dense = table[table.name == DENSE].iloc[0]
+    tests = []
+    for _, r in table[table.name != DENSE].iterrows():
+        against = [("dense", dense)]
+        plain = table[(table.name == PLAIN.format(init="default")) & (table["rank"] == r["rank"])]
+        if r["name"] != PLAIN.format(init="default") and len(plain):
+            against.append(("B·A (default init)", plain.iloc[0]))
+        for what, other in against:
+            d = welch(r.losses, other.losses) if len(r.losses) >= 2 and \
+                len(other.losses) >= 2 else None
+            tests.append({"name": r["name"], "rank": r["rank"], "against": what, "test": d})
+    fixed = correct([t["test"] for t in tests])
+    for t, d in zip(tests, fixed):
+        t["test"] = d
+    return pd.DataFrame(tests)
+
+
+def extensions_markdown(table: pd.DataFrame) -> str:
+    """The comparison as a Markdown table (Δ against dense, Holm-corrected)."""
+    if table.empty:
+        return "(no records yet: run `lowrank-study extensions`)"
+    tests = comparisons(table)
+    out = ["| model | rank | lr | seeds | held-out loss (nats) | Δ vs dense (95 % CI, Holm) | "
+           "trainable params | optimizer state (kB) | peak memory (MB) | tokens/s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        ci = "—"
+        if len(tests):
+            t = tests[(tests.name == r["name"]) & (tests["rank"].astype(str) == str(r["rank"]))
+                      & (tests.against == "dense")]
+            if len(t) and t.test.iloc[0] is not None:
+                d = t.test.iloc[0]
+                ci = f"{d.diff:+.3f} ({d.low:+.3f} to {d.high:+.3f})"
+        rank = "—" if pd.isna(r["rank"]) else int(r["rank"])
+        std = f" ± {r.val_std:.3f}" if r.seeds > 1 else ""
+        edge = " (edge)" if r.edge else ""
+        out.append(f"| {r['name']} | {rank} | {r.lr:g}{edge} | {r.seeds} | {r.val_loss:.3f}{std} | "
+                   f"{ci} | {r.parameters / 1e3:.0f}k | {_num(r.optimizer_state_bytes, 1e3)} | "
+                   f"{_num(r.peak_memory_bytes, 1e6)} | {_num(r.tokens_per_second, 1)} |")
+    return "\n".join(out)
+
+
+def _num(v, unit: float) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v / unit:,.0f}"
+
+
+def extensions_figure(table: pd.DataFrame):
+    """Held-out loss against trainable parameters and against optimizer-state bytes, one
+    marker per model (its seeds' mean and 95 % interval)."""
+    import matplotlib.pyplot as plt
+    from scipy import stats as st
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for name, g in table.groupby("name", sort=False):
+        half = [st.t.ppf(0.975, len(v) - 1) * pd.Series(v).std() / math.sqrt(len(v))
+                if len(v) > 1 else 0.0 for v in g.losses]
+        for ax, x in zip(axes, ("parameters", "optimizer_state_bytes")):
+            ax.errorbar(g[x], g.val_loss, yerr=half, marker="o", capsize=3, label=name,
+                        linestyle="-" if len(g) > 1 else "none")
+    axes[0].set(xscale="log", xlabel="trainable parameters", ylabel="held-out loss (nats/char)")
+    axes[1].set(xscale="log", xlabel="optimizer state (bytes, from the state tensors)")
+    axes[1].legend(fontsize=8, loc="upper right")
+    fig.suptitle("The extensions at each rank, against dense and plain B·A (mean, 95 % CI)")
+    fig.tight_layout()
+    return fig
