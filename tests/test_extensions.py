@@ -450,3 +450,26 @@ def test_the_extensions_study_trains_resumes_and_reports_each_model(tmp_path):
     assert ext_name("lora", {}) is None
     with pytest.raises(ValueError, match="models"):
         ExtensionsConfig(models=("nope",))
+
+
+def test_each_method_counts_its_own_training_flops():
+    """Per token: 6 × the projections' parameters for dense and B·A (and for the methods
+    computing just that: CoLA, LORO, GaLore's dense W), the frozen W's 4× plus B·A's 6× for
+    ReLoRA, SLTrain's formed dense W, AdaLoRA's initial rank with Λ."""
+    from lowrank_helpers.models.charlm import lm_training_flops
+    shape = lh.LMShape(2, 2, 32, 16, 40)
+
+    def flops(method, rank=8):
+        run = RunConfig("shakespeare_char", method, None if method == "full" else rank,
+                        shape=shape)
+        return run.task_spec.training_flops(run)
+    dense, lowrank = flops("full"), flops("lora")
+    assert lowrank == lm_training_flops(shape, "both", 8) == \
+        lm_training_flops(shape, "both", 8, macs=lambda i, o: 3 * 8 * (i + o))
+    assert flops("cola") == flops("loro") == lowrank and flops("galore") == dense
+    assert flops("sltrain") == dense
+    proj = 2 * sum(i * o for i, o in shape.projections().values())    # both layers' W
+    assert flops("relora") == dense - 2 * proj + (lowrank - dense + 6 * proj)
+    r0 = 12                                                          # ⌈1.5 · 8⌉
+    ada = 2 * 2 * sum(3 * (r0 * (i + o) + r0) for i, o in shape.projections().values())
+    assert flops("adalora") == dense - 6 * proj + ada

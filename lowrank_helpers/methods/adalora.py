@@ -168,6 +168,11 @@ class AdaLoRA(Method):
     def every_for(self, run) -> int:
         return 1
 
+    def training_macs(self, d_in: int, d_out: int, rank: int | None) -> int:
+        """At the initial rank r₀ (masked entries are still computed), with Λ's products."""
+        r0 = math.ceil(INIT_RATIO * rank)
+        return 3 * (r0 * (d_in + d_out) + r0)
+
     def after_step(self, model: nn.Module, optimizer, step: int, run) -> None:
         allocator = getattr(model, "_adalora", None)
         if allocator is None:

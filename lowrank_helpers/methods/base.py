@@ -187,6 +187,13 @@ class Method:
         return {}
 
     # -- counting -------------------------------------------------------------------------
+    def training_macs(self, d_in: int, d_out: int, rank: int | None) -> int:
+        """Multiply-adds per token (or sample) of one target layer in a training step, as
+        this implementation computes them: forward, input gradient and weight gradient, 3×
+        the forward's r·(d_in + d_out) for B·A or d_in·d_out for a dense W (what is done once
+        per step, not per token, is not counted)."""
+        return 3 * (rank * (d_in + d_out) if self.factorized else d_in * d_out)
+
     def trainable(self, model: nn.Module) -> int:
         """Trainable parameters of the built model."""
         return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -181,13 +181,23 @@ def lm_parameters(shape: LMShape, factorize: str = "none", rank=None) -> dict[st
     return {"total": total, "matrices": proj, "nanogpt": total - wpe}
 
 
-def lm_training_flops(shape: LMShape, factorize: str = "none", rank=None) -> int:
+def lm_training_flops(shape: LMShape, factorize: str = "none", rank=None,
+                      macs=None) -> int:
     """Training FLOPs per token, 6·(matmul parameters) + attention, as in Kaplan et al.
     (2020, Table 1) and nanoGPT's ``estimate_mfu`` (6N + 12·L·T·D with the mean context T/2
-    under the causal mask counted as T, as there)."""
-    p = lm_parameters(shape, factorize, rank)
-    matmul = p["matrices"] + shape.vocab_size * shape.d_model   # + the tied head
-    return 6 * matmul + 12 * shape.n_layer * shape.block_size * shape.d_model
+    under the causal mask counted as T, as there). ``macs(d_in, d_out)``: a method's
+    multiply-adds per token of one factorized projection in a training step
+    (:meth:`~lowrank_helpers.methods.Method.training_macs`; default 3 × its parameters)."""
+    if macs is None:
+        matrices = lm_parameters(shape, factorize, rank)["matrices"]
+        train = 6 * matrices
+    else:
+        names = FACTORIZE[check_factorize(factorize)]
+        train = 2 * shape.n_layer * sum(macs(d_in, d_out) if name in names else
+                                        3 * d_in * d_out
+                                        for name, (d_in, d_out) in shape.projections().items())
+    head = shape.vocab_size * shape.d_model                       # the tied head
+    return train + 6 * head + 12 * shape.n_layer * shape.block_size * shape.d_model
 
 
 @torch.no_grad()

@@ -238,10 +238,17 @@ class CharLM(Task):
                 "nanogpt": total - trainable.get("wpe.weight", 0)}
 
     def training_flops(self, run: "RunConfig") -> int:
-        """6·(matmul parameters) + attention per token; a dense method with a rank (GaLore)
-        counts as dense (its projections' SVDs every few steps are not counted)."""
-        from ..methods import METHODS
-        dense = not METHODS[run.method].factorized
+        """6·(matmul parameters) + attention per token; a method that counts its own layers'
+        multiply-adds (:meth:`~lowrank_helpers.methods.Method.training_macs`: ReLoRA, SLTrain,
+        AdaLoRA) by its count; a dense method with a rank (GaLore) counts as dense (its
+        projections' SVDs every few steps are not counted)."""
+        from ..methods import METHODS, Method
+        m = METHODS[run.method]
+        if type(m).training_macs is not Method.training_macs:    # the method counts its own
+            return lm_training_flops(run.shape, self.factorize(run), run.rank,
+                                     macs=lambda d_in, d_out: m.training_macs(d_in, d_out,
+                                                                              run.rank))
+        dense = not m.factorized
         return lm_training_flops(run.shape, "none" if dense else self.factorize(run),
                                  None if dense else run.rank)
 
