@@ -473,3 +473,33 @@ def test_each_method_counts_its_own_training_flops():
     r0 = 12                                                          # ⌈1.5 · 8⌉
     ada = 2 * 2 * sum(3 * (r0 * (i + o) + r0) for i, o in shape.projections().values())
     assert flops("adalora") == dense - 6 * proj + ada
+
+
+def test_loraplus_rates_match_peft_create_loraplus_optimizer():
+    """Opt-in cross-check against PEFT's LoRA+ (``pip install peft``): the same rates for
+    every A and B; the one documented departure, PEFT's 1-D tensors at λ·lr (here a bias
+    keeps the task's rate)."""
+    pytest.importorskip("peft", reason="opt-in cross-check: pip install peft")
+    import copy
+    from types import SimpleNamespace
+    from peft import LoraConfig, get_peft_model
+    from peft.optimizers import create_loraplus_optimizer
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 4))
+    theirs_model = get_peft_model(copy.deepcopy(base),
+                                  LoraConfig(r=2, target_modules=["0", "2"], bias="all"))
+    opt = create_loraplus_optimizer(theirs_model, torch.optim.AdamW, lr=1e-3,
+                                    loraplus_lr_ratio=4.0)
+    names = {id(p): n for n, p in theirs_model.named_parameters()}
+    theirs = {names[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
+    ours_model = lh.lowrank(copy.deepcopy(base), rank=2, method="loraplus")
+    run = SimpleNamespace(options={"loraplus_ratio": 4.0}, protocol=SimpleNamespace(lr=1e-3))
+    groups = lh.METHODS["loraplus"].groups(
+        ours_model, run, [{"params": list(ours_model.parameters()), "weight_decay": 0.0}])
+    names = {id(p): n for n, p in ours_model.named_parameters()}
+    ours = {names[id(p)]: g["lr"] for g in groups for p in g["params"]}
+    for layer in ("0", "2"):
+        prefix = f"base_model.model.{layer}"
+        assert theirs[f"{prefix}.lora_A.default.weight"] == ours[f"{layer}.A"] == 1e-3
+        assert theirs[f"{prefix}.lora_B.default.weight"] == ours[f"{layer}.B"] == 4e-3
+        assert theirs[f"{prefix}.base_layer.bias"] == 4e-3 and ours[f"{layer}.bias"] == 1e-3
