@@ -368,7 +368,8 @@ from lowrank_helpers.methods.adalora import AdaLoRALinear, RankAllocator, budget
 def test_adalora_budget_is_cubic_between_its_phases():
     kw = dict(total=100, b0=30, bT=10, tinit=10, tfinal=40)
     assert budget(0, **kw) == (30, False) and budget(10, **kw) == (30, False)
-    assert budget(61, **kw) == (10, True) and budget(99, **kw) == (10, True)
+    assert budget(60, **kw) == (10, True) and budget(99, **kw) == (10, True)
+    assert budget(59, **kw) == (10, False)                  # before it: masked every ΔT only
     b, mask = budget(35, **kw)                           # halfway through the reduction
     assert b == int(10 + 20 * 0.5 ** 3) and not mask
     assert budget(40, **kw) == (int(10 + 20 * (1 - 30 / 50) ** 3), True)   # every ΔT = 10
@@ -435,7 +436,7 @@ def test_the_extensions_study_trains_resumes_and_reports_each_model(tmp_path):
     assert cfg.models == ("loro", "adalora") and cfg.lm_dir.endswith("smoke")
     assert [j.name for j in plan_jobs(cfg)] == ["loro", "adalora"]
     assert plan_jobs(cfg)[0].config.models == ("loro",)       # a job keeps its own model
-    cfg = replace(cfg, models=("loro",))
+    cfg = replace(cfg, models=("loro",), parts=("lm",))
     runs = run_extensions(cfg, progress=False)
     assert set(runs.method) == {"loro"} and set(runs["rank"]) == set(cfg.ranks)
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ext").rglob("*.json")}
@@ -450,6 +451,26 @@ def test_the_extensions_study_trains_resumes_and_reports_each_model(tmp_path):
     assert ext_name("lora", {}) is None
     with pytest.raises(ValueError, match="models"):
         ExtensionsConfig(models=("nope",))
+
+
+def test_the_extensions_mlp_part_trains_on_the_tuned_adamw_protocol(tmp_path):
+    from dataclasses import replace
+    from lowrank_helpers.core.results import load_records
+    from lowrank_helpers.reports.extensions import extensions_markdown, mlp_table
+    from lowrank_helpers.studies.extensions import ExtensionsConfig, run_extensions
+    from lowrank_helpers.studies.tuned import GRIDS
+    cfg = replace(ExtensionsConfig(smoke=True, results_dir=str(tmp_path / "ext"),
+                                   tuned_dir=str(tmp_path / "tuned")),
+                  models=("adalora",), parts=("mlp",))
+    assert cfg.mlp_dir == str(tmp_path / "ext" / "smoke" / "mlp")
+    run_extensions(cfg, progress=False)
+    runs = load_records(cfg.mlp_config().results_dir)
+    assert set(runs.method) == {"adalora"} and set(runs.optimizer) == {"adamw"}
+    assert set(runs[runs.seed == 0].lr) >= set(GRIDS["adamw"])    # the tuned study's grid
+    assert all(a and a["adalora_total_rank"] == 4 * 3 for a in runs.analysis)  # 3 layers
+    table = mlp_table(cfg)
+    assert list(table.name) == ["adalora"] and table.seeds.iloc[0] == cfg.seeds
+    assert "| adalora | 4 |" in extensions_markdown(table, "mlp")
 
 
 def test_each_method_counts_its_own_training_flops():

@@ -29,7 +29,7 @@ from ..core.settings import settings_of
 JOB_NOTEBOOK = "job.ipynb"
 #: Settings the presets set themselves (paths resolved here, smoke's own folders).
 _OWN = ("results_dir", "data_root", "img_dir", "reference_dirs", "scale_dirs", "budget_dir",
-        "smoke")
+        "lm_dir", "tuned_dir", "mlp_dir", "smoke")
 
 
 def _load(spec: str):
@@ -94,6 +94,10 @@ class StudyPreset:
         if "scale_dirs" in cls.parameter_names() and not args.smoke:
             params["scale_dirs"] = [str(Path("results/lm_scale").resolve())]
             params["budget_dir"] = str(Path("results/lm_budget").resolve())
+        for name, where in (("lm_dir", "results/shakespeare_char"),
+                            ("tuned_dir", "results/tuned")):   # the rows other studies give
+            if name in cls.parameter_names():
+                params[name] = str(Path(where).resolve())
         if "reference_dirs" in cls.parameter_names():
             params["reference_dirs"] = [str(Path(d).resolve())
                                         for d in ("results", "results/inits")]

@@ -11,7 +11,8 @@ average (the run's rank is the target).
   uncertainty U = EMA_β₂(|s − I|) (β₁ = β₂ = 0.85); score I·U. A triplet i (E_i, row i of A,
   column i of B) scores S_i = score(E_i) + mean of row i's scores + mean of column i's.
 - **Budget**: b₀ = Σ r₀ over the layers, b_T = r × layers. Up to t_init, b₀ and no masking;
-  in the final t_final steps, b_T with the mask fixed; between, the cubic
+  from step T − t_final on (0-based), b_T with the mask fixed (PEFT forces this mask at
+  exactly T − t_final); between, the cubic
   b(t) = b_T + (b₀ − b_T)(1 − (t − t_init)/(T − t_final − t_init))³, and every ΔT steps the
   E_i of the b₀ − b(t) lowest S_i (over all layers) are set to 0. A masked E_i still receives
   its gradient and may come back until the final phase; from then on the scores are frozen
@@ -87,7 +88,7 @@ def budget(step: int, total: int, b0: int, bT: int, tinit: int, tfinal: int,
     """The cubic schedule at ``step`` (0-based) of ``total``: (budget, whether to mask now)."""
     if step <= tinit:
         return b0, False
-    if step > total - tfinal:
+    if step >= total - tfinal:                 # the final phase (from where c reaches 0)
         return bT, True
     c = 1 - (step - tinit) / (total - tfinal - tinit)
     return int(bT + (b0 - bT) * c ** 3), step % delta_t == 0
@@ -173,13 +174,13 @@ class AdaLoRA(Method):
         r0 = math.ceil(INIT_RATIO * rank)
         return 3 * (r0 * (d_in + d_out) + r0)
 
+    def begin(self, model: nn.Module, optimizer, total: int, run) -> None:
+        """The model's rank allocator, for the run's ``total`` steps."""
+        layers = [m for m in model.modules() if isinstance(m, AdaLoRALinear)]
+        object.__setattr__(model, "_adalora", RankAllocator(layers, run.rank, total))
+
     def after_step(self, model: nn.Module, optimizer, step: int, run) -> None:
-        allocator = getattr(model, "_adalora", None)
-        if allocator is None:
-            layers = [m for m in model.modules() if isinstance(m, AdaLoRALinear)]
-            allocator = RankAllocator(layers, run.rank, run.protocol.total_steps())
-            object.__setattr__(model, "_adalora", allocator)     # not a submodule
-        allocator.step(step - 1)
+        model._adalora.step(step - 1)
 
     def penalty(self, model: nn.Module, run) -> torch.Tensor | None:
         weight = run.options.get("adalora_orth", ORTH)

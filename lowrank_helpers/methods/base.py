@@ -121,7 +121,7 @@ class Method:
         return (self.param_groups is None and own.groups is Method.groups
                 and own.make_optimizer is Method.make_optimizer
                 and own.after_step is Method.after_step and own.lr_factor is Method.lr_factor
-                and own.penalty is Method.penalty
+                and own.penalty is Method.penalty and own.begin is Method.begin
                 and own.layer in _STACKABLE_LAYERS)
 
     # -- building ---------------------------------------------------------------------------
@@ -163,6 +163,10 @@ class Method:
         """The method's own optimizer over ``params`` (tensors or groups) for ``run``; None:
         the protocol's (:func:`~lowrank_helpers.training.loop.make_optimizer`)."""
         return None
+
+    def begin(self, model: nn.Module, optimizer, total: int, run) -> None:
+        """Runs once before the first step, knowing the run's ``total`` steps (AdaLoRA's
+        budget schedule)."""
 
     def every_for(self, run) -> int | None:
         """How often :meth:`after_step` runs for ``run`` (default ``every``; an option may

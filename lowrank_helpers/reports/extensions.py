@@ -55,7 +55,9 @@ def extensions_table(cfg) -> pd.DataFrame:
                 name = PLAIN.format(init=r["init"])
             else:
                 continue
-            rows.append({**r.to_dict(), "name": name, **_measured(lm, r.run_ids)})
+            rows.append({**r.to_dict(), "name": name, "scores": r.losses,
+                         "score": r.val_loss, "score_std": r.val_std,
+                         **_measured(lm, r.run_ids)})
     if len(ext):
         methods = tuple(sorted({EXT_MODELS[n][0] for n in cfg.models}))
         ext = ext.assign(ext_name=[ext_name(m, o) for m, o in zip(ext.method, ext.options)])
@@ -65,8 +67,13 @@ def extensions_table(cfg) -> pd.DataFrame:
                 continue
             for _, r in lm_table(own, methods=methods).iterrows():
                 if r["rank"] in cfg.ranks:
-                    rows.append({**r.to_dict(), "name": name, **_measured(own, r.run_ids)})
-    table = pd.DataFrame(rows)
+                    rows.append({**r.to_dict(), "name": name, "scores": r.losses,
+                                 "score": r.val_loss, "score_std": r.val_std,
+                                 **_measured(own, r.run_ids)})
+    return _ordered(pd.DataFrame(rows))
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return table
     order = {n: i for i, n in enumerate([DENSE, *(PLAIN.format(init=i) for i in
@@ -76,10 +83,51 @@ def extensions_table(cfg) -> pd.DataFrame:
             .reset_index(drop=True))
 
 
+def mlp_table(cfg) -> pd.DataFrame:
+    """The MLP's rows (test accuracy, %, in ``scores``): the tuned study's dense model and
+    plain B·A (both inits) under AdamW at ``cfg.mlp_ranks`` from ``cfg.tuned_dir``, then every
+    model of ``cfg.models`` from the MLP part's records; each at its chosen rate (the tuned
+    study's choice on the validation split), its first ``cfg.seeds`` seeds."""
+    from pathlib import Path
+    from ..core.results import load_records
+    from ..studies.tuned import tuned_table
+    rows = []
+    for where, own in ((cfg.tuned_dir, False), (cfg.mlp_config().results_dir, True)):
+        if not Path(where).is_dir():
+            continue
+        runs = load_records(where)
+        if runs.empty:
+            continue
+        epochs = cfg.mlp_config().protocol("adamw").epochs   # not the convergence check's
+        runs = runs[(runs.optimizer == "adamw") & (runs.epochs == epochs)]
+        options = dict(zip(runs.model_key, runs.options))
+        for _, r in tuned_table(runs, cfg.seeds, cfg.seeds).iterrows():
+            if own:
+                name = ext_name(r.method, options.get(r.key))
+                if name is None or name not in cfg.models:
+                    continue
+            elif r.method == "full":
+                name = DENSE
+            elif (r.method, r.init) in (("lora", "lora"), ("ae", "default")) \
+                    and r["rank"] in cfg.mlp_ranks and r.rescale == 1:
+                name = PLAIN.format(init=r.init)
+            else:
+                continue
+            at = runs[(runs.model_key == r.key) & (runs.lr == r.lr) & (runs.seed < cfg.seeds)]
+            rows.append({"name": name, "rank": r["rank"], "lr": r.lr, "edge": r.edge is not None
+                         and not (isinstance(r.edge, float) and pd.isna(r.edge)),
+                         "seeds": r.seeds, "scores": list(r.test_values),
+                         "score": r.mean_test, "score_std": r.std_test, "parameters": r.params,
+                         "optimizer_state_bytes": at.optimizer_state_bytes.mean(),
+                         "peak_memory_bytes": at.peak_memory_bytes.mean()})
+    return _ordered(pd.DataFrame(rows))
+
+
 def comparisons(table: pd.DataFrame) -> pd.DataFrame:
     """Each row against the dense model and against plain B·A (default init) of its rank:
-    Welch's difference of held-out loss (negative: the row is better), 95 % intervals with
-    Holm's correction over every test of the table (one family)."""
+    Welch's difference of ``scores`` (row − other: held-out loss on the LM, where negative is
+    better; test accuracy on the MLP, where positive is), 95 % intervals with Holm's
+    correction over every test of the table (one family)."""
     if table.empty or not (table.name == DENSE).any():
         return pd.DataFrame()
     dense = table[table.name == DENSE].iloc[0]
@@ -90,8 +138,8 @@ def comparisons(table: pd.DataFrame) -> pd.DataFrame:
         if r["name"] != PLAIN.format(init="default") and len(plain):
             against.append(("B·A (default init)", plain.iloc[0]))
         for what, other in against:
-            d = welch(r.losses, other.losses) if len(r.losses) >= 2 and \
-                len(other.losses) >= 2 else None
+            d = welch(r.scores, other.scores) if len(r.scores) >= 2 and \
+                len(other.scores) >= 2 else None
             tests.append({"name": r["name"], "rank": r["rank"], "against": what, "test": d})
     fixed = correct([t["test"] for t in tests])
     for t, d in zip(tests, fixed):
@@ -99,12 +147,18 @@ def comparisons(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(tests)
 
 
-def extensions_markdown(table: pd.DataFrame) -> str:
+#: How each part's score reads: its column header, its format, and its unit's scale.
+METRICS = {"lm": ("held-out loss (nats)", "{:.3f}", 1.0),
+           "mlp": ("test accuracy (%)", "{:.2f}", 100.0)}
+
+
+def extensions_markdown(table: pd.DataFrame, part: str = "lm") -> str:
     """The comparison as a Markdown table (Δ against dense, Holm-corrected)."""
     if table.empty:
         return "(no records yet: run `lowrank-study extensions`)"
+    header, fmt, scale = METRICS[part]
     tests = comparisons(table)
-    out = ["| model | rank | lr | seeds | held-out loss (nats) | Δ vs dense (95 % CI, Holm) | "
+    out = [f"| model | rank | lr | seeds | {header} | Δ vs dense (95 % CI, Holm) | "
            "trainable params | optimizer state (kB) | peak memory (MB) | tokens/s |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
@@ -114,13 +168,17 @@ def extensions_markdown(table: pd.DataFrame) -> str:
                       & (tests.against == "dense")]
             if len(t) and t.test.iloc[0] is not None:
                 d = t.test.iloc[0]
-                ci = f"{d.diff:+.3f} ({d.low:+.3f} to {d.high:+.3f})"
+                signed = fmt.replace("{:", "{:+")
+                ci = (f"{signed.format(d.diff * scale)} ({signed.format(d.low * scale)} to "
+                      f"{signed.format(d.high * scale)})")
         rank = "—" if pd.isna(r["rank"]) else int(r["rank"])
-        std = f" ± {r.val_std:.3f}" if r.seeds > 1 else ""
+        std = f" ± {fmt.format(r.score_std * scale)}" if r.seeds > 1 else ""
         edge = " (edge)" if r.edge else ""
-        out.append(f"| {r['name']} | {rank} | {r.lr:g}{edge} | {r.seeds} | {r.val_loss:.3f}{std} | "
-                   f"{ci} | {r.parameters / 1e3:.0f}k | {_num(r.optimizer_state_bytes, 1e3)} | "
-                   f"{_num(r.peak_memory_bytes, 1e6)} | {_num(r.tokens_per_second, 1)} |")
+        speed = r.get("tokens_per_second", math.nan)
+        out.append(f"| {r['name']} | {rank} | {r.lr:g}{edge} | {r.seeds} | "
+                   f"{fmt.format(r.score * scale)}{std} | {ci} | {r.parameters / 1e3:.0f}k | "
+                   f"{_num(r.optimizer_state_bytes, 1e3)} | {_num(r.peak_memory_bytes, 1e6)} | "
+                   f"{_num(speed, 1)} |")
     return "\n".join(out)
 
 
@@ -128,21 +186,24 @@ def _num(v, unit: float) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v / unit:,.0f}"
 
 
-def extensions_figure(table: pd.DataFrame):
-    """Held-out loss against trainable parameters and against optimizer-state bytes, one
-    marker per model (its seeds' mean and 95 % interval)."""
+def extensions_figure(table: pd.DataFrame, part: str = "lm"):
+    """The score against trainable parameters and against optimizer-state bytes, one marker
+    per model and rank (its seeds' mean and 95 % interval)."""
     import matplotlib.pyplot as plt
     from scipy import stats as st
+    header, _, scale = METRICS[part]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for name, g in table.groupby("name", sort=False):
-        half = [st.t.ppf(0.975, len(v) - 1) * pd.Series(v).std() / math.sqrt(len(v))
-                if len(v) > 1 else 0.0 for v in g.losses]
+        half = [scale * st.t.ppf(0.975, len(v) - 1) * pd.Series(v).std() / math.sqrt(len(v))
+                if len(v) > 1 else 0.0 for v in g.scores]
         for ax, x in zip(axes, ("parameters", "optimizer_state_bytes")):
-            ax.errorbar(g[x], g.val_loss, yerr=half, marker="o", capsize=3, label=name,
+            ax.errorbar(g[x], g.score * scale, yerr=half, marker="o", capsize=3, label=name,
                         linestyle="-" if len(g) > 1 else "none")
-    axes[0].set(xscale="log", xlabel="trainable parameters", ylabel="held-out loss (nats/char)")
+    axes[0].set(xscale="log", xlabel="trainable parameters", ylabel=header)
     axes[1].set(xscale="log", xlabel="optimizer state (bytes, from the state tensors)")
-    axes[1].legend(fontsize=8, loc="upper right")
-    fig.suptitle("The extensions at each rank, against dense and plain B·A (mean, 95 % CI)")
+    axes[1].legend(fontsize=8, loc="best")
+    task = "the character transformer" if part == "lm" else "the Fashion-MNIST MLP"
+    fig.suptitle(f"The extensions on {task} at each rank, against dense and plain B·A "
+                 "(mean, 95 % CI)")
     fig.tight_layout()
     return fig

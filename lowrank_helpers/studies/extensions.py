@@ -1,6 +1,8 @@
 """The extensions on one protocol (``lowrank-study extensions``, ``notebooks/extensions.ipynb``):
 LoRA+, ReLoRA, AdaLoRA, GaLore, CoLA, LORO and SLTrain on the language-model study's
-transformer, nanoGPT's CPU configuration on tiny-shakespeare, each at ``ranks`` of d_model.
+transformer, nanoGPT's CPU configuration on tiny-shakespeare, each at ``ranks`` of d_model
+(part ``lm``), and on the Fashion-MNIST MLP under the tuned study's AdamW protocol at
+``mlp_ranks`` (part ``mlp``; its dense and plain B·A rows are the tuned study's records).
 
 Every model (a method with its options, at a rank) gets the study's one search and seed rule
 (:func:`~lowrank_helpers.studies.search.search_and_seed`): seed 0 at every rate of ``lrs``,
@@ -15,6 +17,7 @@ records (``lm_dir``), trained under the same protocol. Records go to ``results_d
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pandas as pd
@@ -37,7 +40,9 @@ EXT_MODELS: dict[str, tuple[str, dict]] = {
 }
 #: What ``smoke=True`` shrinks the comparison to (besides the LM study's smoke sizes): two
 #: methods, no refinement.
-EXT_SMOKE = {"models": ("loro", "adalora"), "refine": 0}
+EXT_SMOKE = {"models": ("loro", "adalora"), "refine": 0, "mlp_ranks": (4,)}
+#: The tasks the comparison can run on.
+PARTS = ("lm", "mlp")
 
 
 @dataclass(frozen=True)
@@ -56,13 +61,32 @@ class ExtensionsConfig(LMStudyConfig):
                           "records: the dense and plain B·A rows")
     train: bool = setting(True, "bool", "train what the records lack (False: read the "
                           "records only, e.g. while the runs train elsewhere)")
+    parts: tuple = setting(PARTS, "list[str]", "the tasks compared: lm (the transformer), mlp "
+                           "(the Fashion-MNIST MLP under the tuned AdamW protocol)",
+                           choices=PARTS)
+    mlp_ranks: tuple = setting((8, 32, 128), "list[int]", "ranks of the MLP's methods",
+                               check=all_of(_not_empty, distinct, each(positive)))
+    mlp_dir: str | None = setting(None, "str|None", "where the MLP's records go (default: "
+                                  "results_dir/mlp)")
+    tuned_dir: str = setting("../results/tuned", "str", "the tuned study's records: the "
+                             "MLP's dense and plain B·A rows")
 
     def __post_init__(self):
         super().__post_init__()
+        if self.mlp_dir is None:
+            object.__setattr__(self, "mlp_dir", os.path.join(self.results_dir, "mlp"))
         if self.smoke and self.models == tuple(EXT_MODELS):   # once (a job's replace keeps
             for k, v in EXT_SMOKE.items():                    # its own models)
                 object.__setattr__(self, k, v)
-            object.__setattr__(self, "lm_dir", smoke_dir(self.lm_dir))
+            for k in ("lm_dir", "tuned_dir"):
+                object.__setattr__(self, k, smoke_dir(getattr(self, k)))
+
+    def mlp_config(self):
+        """The tuned study's config whose AdamW protocol, grid and data the MLP part uses."""
+        from .tuned import TunedConfig
+        return TunedConfig(optimizers=("adamw",), ranks=self.mlp_ranks, inits=("default",),
+                           dense=("full",), controls=False, results_dir=self.mlp_dir,
+                           data_root=self.data_root, device=self.device, smoke=self.smoke)
 
 
 def extension_runs(cfg: ExtensionsConfig, vocab: int) -> list:
@@ -83,16 +107,48 @@ def run_extensions(cfg: ExtensionsConfig, progress: bool = True) -> pd.DataFrame
     if not cfg.train:
         return load_lm_records(cfg.results_dir) if Path(cfg.results_dir).is_dir() \
             else pd.DataFrame()
-    check_writable(cfg.results_dir)
-    splits = split_text(read_corpus(cfg.corpus, cfg.data_root), cfg.tune_chars, cfg.corpus)
-    Path(cfg.results_dir).mkdir(parents=True, exist_ok=True)
-    bar = tqdm(desc="extensions (model-steps)", unit="step", disable=not progress)
-    try:
-        _search_and_seeds(extension_runs(cfg, splits.vocab_size), cfg, bar, cfg.seeds,
-                          results_dir=cfg.results_dir, refine=float(cfg.refine) or False)
-    finally:
-        bar.close()
-    return load_lm_records(cfg.results_dir)
+    if "mlp" in cfg.parts:
+        check_writable(cfg.mlp_dir)
+    if "lm" in cfg.parts:
+        check_writable(cfg.results_dir)
+        splits = split_text(read_corpus(cfg.corpus, cfg.data_root), cfg.tune_chars, cfg.corpus)
+        Path(cfg.results_dir).mkdir(parents=True, exist_ok=True)
+        bar = tqdm(desc="extensions (model-steps)", unit="step", disable=not progress)
+        try:
+            _search_and_seeds(extension_runs(cfg, splits.vocab_size), cfg, bar, cfg.seeds,
+                              results_dir=cfg.results_dir, refine=float(cfg.refine) or False)
+        finally:
+            bar.close()
+    if "mlp" in cfg.parts:
+        _mlp_part(cfg, progress)
+    return load_lm_records(cfg.results_dir) if Path(cfg.results_dir).is_dir() \
+        else pd.DataFrame()
+
+
+def mlp_runs(cfg: ExtensionsConfig) -> list:
+    """Seed-0 runs of every model at every MLP rank, under the tuned AdamW protocol."""
+    from ..core.protocol import RunConfig
+    tuned = cfg.mlp_config()
+    p = tuned.protocol("adamw")
+    return [RunConfig(tuned.task, EXT_MODELS[name][0], r, protocol=p,
+                      options=EXT_MODELS[name][1])
+            for name in cfg.models for r in cfg.mlp_ranks]
+
+
+def _mlp_part(cfg: ExtensionsConfig, progress: bool) -> None:
+    """The MLP's models through the one search and seed rule, on the tuned study's AdamW
+    grid (extended at an edge, refined to ``refine``), records in ``mlp_dir``."""
+    from .search import search_and_seed
+    from .tuned import GRIDS, _records, _train
+    from ..tasks import TASKS
+    tuned = cfg.mlp_config()
+    TASKS[tuned.task].prepare(cfg.data_root)
+    models = mlp_runs(cfg)
+    search_and_seed(models, {m.model_key: GRIDS["adamw"] for m in models},
+                    lambda runs, what: _train(runs, tuned, what, progress),
+                    lambda: _records(tuned), tuned.max_extend, range(1, cfg.seeds),
+                    "extensions (MLP): seeds of the chosen rates",
+                    refine={m.model_key: cfg.refine for m in models} if cfg.refine else None)
 
 
 def plan_jobs(cfg: ExtensionsConfig) -> list:

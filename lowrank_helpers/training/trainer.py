@@ -61,6 +61,7 @@ def fit(run: RunConfig, data, *, device="cpu", progress: bool = True,
     groups = groups or param_groups(model, run)
     opt = method.make_optimizer(groups, run) or make_optimizer(groups, protocol)
     hook_every = method.every_for(run)
+    method.begin(model, opt, total, run)
     scales = [g.get("lr", protocol.lr) / protocol.lr for g in opt.param_groups]
     result = TrainResult(device=device_name(dev), engine="plain")
     result.init = task.evaluate(model, data, protocol)
