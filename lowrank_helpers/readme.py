@@ -9,7 +9,9 @@ directories ``a:b:...`` compared by init (:func:`~lowrank_helpers.reports.answer
 (:func:`~lowrank_helpers.reports.tuned.tuned_answer`, ``tuned_tables_markdown``,
 ``tuned_headline``); ``lm`` and ``lm-table`` of the language-model study's records
 (:func:`~lowrank_helpers.reports.lm.lm_answer`, ``lm_tables_markdown``) and ``lm-speed`` of its
-benchmark's JSON (:func:`lm_speed`).
+benchmark's JSON (:func:`lm_speed`); ``lm-gap`` of the LM study's controls
+(:func:`~lowrank_helpers.reports.lm_gap.gap_answer`); ``extensions`` of
+``extensions:lm:tuned`` (:func:`~lowrank_helpers.reports.extensions.readme_block`).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from .core.results import is_reference, load_records
 
 README_BLOCK = re.compile(
     r"(<!-- generated: (table|discussion|agreement|inits|tuned|tuned-tables|tuned-headline|lm|"
-    r"lm-table|lm-speed|lm-gap) (\S+) -->\n)(.*?)"
+    r"lm-table|lm-speed|lm-gap|extensions) (\S+) -->\n)(.*?)"
     r"(<!-- end -->)", re.S)
 
 
@@ -42,6 +44,9 @@ def render_block(kind: str, results_dir) -> str:
     if kind == "agreement":
         other, reference = str(results_dir).rsplit(":", 1)
         return agreement(reference_records(reference), reference_records(other))
+    if kind == "extensions":    # its folder, the LM study's and the tuned study's
+        from .reports.extensions import readme_block
+        return readme_block(*str(results_dir).split(":"))
     if kind == "lm-gap":        # the study's folder, the longer budget's, the scale series'
         from .reports.lm_gap import gap_answer, gap_tables
         main, budget, *scale = str(results_dir).split(":")

@@ -153,12 +153,13 @@ METRICS = {"lm": ("held-out loss (nats)", "{:.3f}", 1.0),
 
 
 def extensions_markdown(table: pd.DataFrame, part: str = "lm") -> str:
-    """The comparison as a Markdown table (Δ against dense, Holm-corrected)."""
+    """The comparison as a Markdown table (Δ against dense: Welch's uncorrected interval; the
+    answer's lines give each verdict after Holm's correction)."""
     if table.empty:
         return "(no records yet: run `lowrank-study extensions`)"
     header, fmt, scale = METRICS[part]
     tests = comparisons(table)
-    out = [f"| model | rank | lr | seeds | {header} | Δ vs dense (95 % CI, Holm) | "
+    out = [f"| model | rank | lr | seeds | {header} | Δ vs dense (95 % CI) | "
            "trainable params | optimizer state (kB) | peak memory (MB) | tokens/s |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
@@ -207,3 +208,50 @@ def extensions_figure(table: pd.DataFrame, part: str = "lm"):
                  "(mean, 95 % CI)")
     fig.tight_layout()
     return fig
+
+
+def extensions_answer(table: pd.DataFrame, part: str, models=tuple(EXT_MODELS)) -> str:
+    """The part's sentences: each method's rows against dense and against plain B·A (default
+    init) of the same rank, one Holm family over the table's tests; the methods and rows
+    the records do not have yet are named."""
+    task = {"lm": "Transformer (held-out loss, nats/char)",
+            "mlp": "MLP (test accuracy, points)"}[part]
+    if table.empty or not (table.name == DENSE).any():
+        return f"- **{task}**: no records of the dense model yet."
+    header, fmt, scale = METRICS[part]
+    signed = fmt.replace("{:", "{:+")
+    tests = comparisons(table)
+    n = int(tests.test.notna().sum()) if len(tests) else 0
+    better = (lambda d: d.diff < 0) if part == "lm" else (lambda d: d.diff > 0)
+    lines = [f"- **{task}**: each row − the other, Welch's 95 % interval (uncorrected) and "
+             f"the verdict after Holm's correction over these {n} tests (Holm p):"]
+    plain = [PLAIN.format(init=i) for i in ("lora", "default")]
+    for name in [*plain, *models]:
+        own = tests[tests.name == name] if len(tests) else tests
+        if own.empty:
+            if name not in plain:
+                lines.append(f"  - {name}: not yet in the records.")
+            continue
+        parts = []
+        for _, t in own.iterrows():
+            d = t.test
+            if d is None:
+                parts.append(f"r={int(t['rank'])} against {t.against}: fewer than 2 seeds")
+                continue
+            verdict = ("detectably better" if d.real and better(d) else "detectably worse"
+                       if d.real else "not distinguishable")
+            parts.append(f"r={int(t['rank'])} against {t.against} "
+                         f"{signed.format(d.diff * scale)} ({signed.format(d.low * scale)} to "
+                         f"{signed.format(d.high * scale)}, Holm p {d.p_holm:.2g}): {verdict}")
+        lines.append(f"  - {name}: " + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
+def readme_block(ext_dir, lm_dir, tuned_dir) -> str:
+    """README's ``extensions`` block: both parts' tables and answers."""
+    from ..studies.extensions import ExtensionsConfig
+    cfg = ExtensionsConfig(results_dir=str(ext_dir), lm_dir=str(lm_dir),
+                           tuned_dir=str(tuned_dir))
+    lm, mlp = extensions_table(cfg), mlp_table(cfg)
+    return "\n".join([extensions_answer(lm, "lm"), extensions_answer(mlp, "mlp"), "",
+                      extensions_markdown(lm, "lm"), "", extensions_markdown(mlp, "mlp")])
