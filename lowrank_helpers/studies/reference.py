@@ -76,7 +76,8 @@ def run_records(runs: list[RunConfig], results_dir, *, data_root=None, device="a
     CPU processes for the stacked runs (on a GPU, one). ``finish(run, result, data)``: called
     on each result before its record is written (a study's additions: samples, analyses of the
     trained ``result.model``). ``bar``: a tqdm bar that the generic stacked path advances by
-    model-steps (the language-model study's); ``verbose``: print what is trained how.
+    model-steps, and a run trained alone by its steps once it ends (the language-model and
+    extensions studies'); ``verbose``: print what is trained how.
     """
     say = print if verbose else (lambda *a, **k: None)
     results_dir = check_writable(results_dir)  # fail before training, not after
@@ -123,7 +124,13 @@ def run_records(runs: list[RunConfig], results_dir, *, data_root=None, device="a
                          zip(group, train_stacked(group, data, device=dev, progress=step))],
                  data)
         for run in tqdm(alone, desc="runs", unit="run", disable=not progress or not alone):
-            save([run], [run_result(run, data, dev, progress, analyze)], data)
+            if bar is not None:
+                bar.set_postfix_str(f"{run.label} (alone)")
+            result = run_result(run, data, dev, progress, analyze)
+            save([run], [result], data)
+            if bar is not None:                     # the study's bar counts model-steps
+                bar.update(run.protocol.total_steps(
+                    TASKS[run.task].steps_per_epoch(run.protocol, data)))
     return load_records(results_dir, run_id=[r.run_id for r in runs])
 
 
