@@ -18,7 +18,7 @@ records (``lm_dir``), trained under the same protocol. Records go to ``results_d
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -45,6 +45,13 @@ EXT_SMOKE = {"models": ("loro", "adalora"), "refine": 0, "mlp_ranks": (4,)}
 PARTS = ("lm", "mlp")
 
 
+def _hidden(name: str):
+    """An inherited setting of the language-model study that this comparison does not use:
+    kept at its default, neither a notebook parameter nor a flag."""
+    f = LMStudyConfig.__dataclass_fields__[name]
+    return field(default=f.default, metadata={**f.metadata, "param": False, "flag": False})
+
+
 @dataclass(frozen=True)
 class ExtensionsConfig(LMStudyConfig):
     """The extensions comparison's parameters: the language-model study's (its shape,
@@ -57,6 +64,18 @@ class ExtensionsConfig(LMStudyConfig):
     models: tuple = setting(tuple(EXT_MODELS), "list[str]", "the methods compared (LoRA+ at "
                             "two ratios)", choices=tuple(EXT_MODELS))
     results_dir: str = setting("../results/extensions", "str", "where records go")
+    extra_inits: tuple = _hidden("extra_inits")
+    refine_ranks: tuple = _hidden("refine_ranks")
+    extra_init_seeds: int = _hidden("extra_init_seeds")
+    anchor_seeds: int = _hidden("anchor_seeds")
+    narrow_ranks: tuple = _hidden("narrow_ranks")
+    partial_rank: int = _hidden("partial_rank")
+    svd_ranks: tuple = _hidden("svd_ranks")
+    svd_lrs: tuple = _hidden("svd_lrs")
+    teacher_ranks: tuple = _hidden("teacher_ranks")
+    phases: tuple = _hidden("phases")
+    scale_dirs: tuple = _hidden("scale_dirs")
+    budget_dir: str | None = _hidden("budget_dir")
     lm_dir: str = setting("../results/shakespeare_char", "str", "the language-model study's "
                           "records: the dense and plain B·A rows")
     train: bool = setting(True, "bool", "train what the records lack (False: read the "
