@@ -254,8 +254,18 @@ def test_relora_resets_the_factors_optimizer_state_at_a_merge():
     layer = next(l for l in model.modules() if hasattr(l, "merge"))
     assert layer.A in opt.state
     lh.METHODS["relora"].after_step(model, opt, 1, run)
-    assert layer.A not in opt.state and layer.B not in opt.state
-    assert model.wte.weight in opt.state                   # every other tensor keeps its state
+    for p in (layer.A, layer.B):                           # as a fresh state, its size kept
+        st = opt.state[p]
+        assert int(st["step"]) == 0 and not st["exp_avg"].any() and not st["exp_avg_sq"].any()
+    assert opt.state[model.wte.weight]["exp_avg"].any()    # every other tensor keeps its state
+    fresh = torch.optim.AdamW([torch.nn.Parameter(layer.A.detach().clone())], lr=1e-3)
+    fresh.param_groups[0]["params"][0].grad = torch.ones_like(layer.A)
+    layer.A.grad = torch.ones_like(layer.A)
+    before = layer.A.detach().clone()
+    opt.step()
+    fresh.step()                                           # the reset state steps as a new one
+    torch.testing.assert_close(layer.A.detach() - before,
+                               fresh.param_groups[0]["params"][0].detach() - before)
 
 
 def test_relora_rates_return_to_the_schedule_after_a_rewarm_on_a_constant_protocol():
@@ -337,16 +347,41 @@ def test_loro_lazy_steps_are_adam_at_r_over_d_and_the_exact_step_resets_the_stat
     torch.testing.assert_close(layer.A.detach(), expect)
     opt.step()
     assert opt.state                                              # moments kept
-    W = layer.B.detach() @ layer.A.detach()
+    B0, A0 = layer.B.detach().clone(), layer.A.detach().clone()
+    st = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[p].items()}
+          for p in (layer.B, layer.A)}
     opt.step()                                                    # the third: exact
-    assert not opt.state                                          # every state reset
-    Bn, An = layer.B.detach(), layer.A.detach()
-    torch.testing.assert_close(Bn.T @ Bn, An @ An.T, atol=1e-4, rtol=1e-4)
-    assert not torch.allclose(Bn @ An, W)
+    # the exact step from Adam's directions m/(√v+ε) at the bias-corrected rate, no r/d scaler
+    beta1, beta2 = factors["betas"]
+    dirs = []
+    for p in (layer.B, layer.A):
+        m = beta1 * st[p]["exp_avg"] + (1 - beta1) * p.grad
+        v = beta2 * st[p]["exp_avg_sq"] + (1 - beta2) * p.grad ** 2
+        dirs.append(m / (v.sqrt() + eps))
+    corr = math.sqrt(1 - beta2 ** 3) / (1 - beta1 ** 3)
+    Be, Ae = exact_step(B0, A0, dirs[0], dirs[1], lr * corr)
+    torch.testing.assert_close(layer.B.detach() @ layer.A.detach(), Be @ Ae, atol=1e-5,
+                               rtol=1e-4)
+    state = opt.state[layer.A]                                    # every state reset, kept
+    assert state["step"] == 0 and not state["exp_avg"].any()
+    from lowrank_helpers.methods import optimizer_state_bytes
+    assert optimizer_state_bytes(opt) > 0                         # still measured
     # the schedule re-warms after each exact step
     m = lh.METHODS["loro"]
     assert m.lr_factor(2, run) == 1 and m.lr_factor(3, run) == pytest.approx(1 / 6)
     assert m.lr_factor(4, run) == pytest.approx(2 / 6)
+
+
+def test_loro_at_a_rank_no_smaller_than_a_layer_takes_the_lazy_step_there():
+    """The MLP's 10-way output layer at r = 32: no proper rank-32 manifold, no exact step."""
+    import os
+    p = lh.Protocol(epochs=1, batch_size=64, optimizer="adamw", lr=1e-3, train_subset=256,
+                    test_subset=64)
+    run = RunConfig("fashion_mnist", "loro", 32, widths=(784, 64, 10), protocol=p,
+                    options={"loro_every": 2})
+    data = lh.TASKS["fashion_mnist"].load(p, os.environ["LOWRANK_DATA"])
+    result = fit(run, data, progress=False)
+    assert math.isfinite(result.history[-1]["train_loss"])
 
 
 def test_loro_trains_and_refuses_bad_input():
@@ -385,6 +420,13 @@ def test_adalora_masks_the_lowest_scored_triplets_to_the_budget_over_all_layers(
             p.grad = torch.randn_like(p)
     alloc.step(5)                                         # warm-up: scores, no mask
     assert sum(m.kept() for m in layers) == 24
+    # the score by hand after one update from zero: I = 0.15 s, U = 0.15 |s − I|, score I·U;
+    # a triplet's: E_i's + the mean over A's row i + the mean over B's column i
+    def hand(p):
+        sens = (p * p.grad).abs()
+        return (0.15 * sens) * (0.15 * (sens - 0.15 * sens).abs())
+    expect = torch.cat([hand(m.E) + hand(m.A).mean(1) + hand(m.B).mean(0) for m in layers])
+    torch.testing.assert_close(alloc.scores(), expect)
     b = alloc.step(20)                                    # a masking step of the reduction
     assert b == budget(20, 60, 24, 8, 10, 30)[0] and 8 < b < 24
     zero = torch.cat([m.E == 0 for m in layers])
@@ -397,6 +439,19 @@ def test_adalora_masks_the_lowest_scored_triplets_to_the_budget_over_all_layers(
         m.E.data.fill_(1.0)                               # a step revives them ...
     alloc.step(45)
     assert [torch.equal(m.E == 0, f) for m, f in zip(layers, fixed)] == [True, True]  # same mask
+
+
+def test_adalora_caps_a_small_layers_triplets_at_its_singular_values():
+    """The MLP's 10-way output layer at r = 32: r₀ = min(48, 10), its target 10, no dead
+    triplet; the budget b_T = Σ min(r, d_in, d_out)."""
+    from lowrank_helpers.methods.adalora import initial_rank
+    assert initial_rank(32, 512, 10) == 10 and initial_rank(32, 784, 512) == 48
+    torch.manual_seed(0)
+    layers = [AdaLoRALinear(64, 64, initial_rank(32, 64, 64)),
+              AdaLoRALinear(64, 10, initial_rank(32, 64, 10))]
+    assert [m.rank for m in layers] == [48, 10] and layers[1].kept() == 10
+    alloc = RankAllocator(layers, target=32, total=60)
+    assert (alloc.b0, alloc.bT) == (58, 42)
 
 
 def test_adalora_trains_with_its_penalty_in_the_loss_and_records_each_layers_rank():
@@ -421,6 +476,11 @@ def test_adalora_trains_with_its_penalty_in_the_loss_and_records_each_layers_ran
     assert any(not torch.allclose(a[n], p) for n, p in free.model.named_parameters()
                if n.endswith(".A"))                       # the penalty changed the training
     assert not m.stackable
+    from lowrank_helpers.methods import optimizer_state_bytes
+    ema = 2 * 4 * sum(p.numel() for layer in layers for p in (layer.A, layer.E, layer.B))
+    opt = torch.optim.AdamW(result.model.parameters())
+    assert m.state_bytes(result.model, opt) == optimizer_state_bytes(opt) + ema  # EMAs counted
+    assert result.optimizer_state_bytes > ema
     with pytest.raises(ValueError, match="adalora_orth must be a non-negative number"):
         run.replace(options={"adalora_orth": -1.0})
 
@@ -465,12 +525,23 @@ def test_the_extensions_mlp_part_trains_on_the_tuned_adamw_protocol(tmp_path):
     assert cfg.mlp_dir == str(tmp_path / "ext" / "smoke" / "mlp")
     run_extensions(cfg, progress=False)
     runs = load_records(cfg.mlp_config().results_dir)
-    assert set(runs.method) == {"adalora"} and set(runs.optimizer) == {"adamw"}
-    assert set(runs[runs.seed == 0].lr) >= set(GRIDS["adamw"])    # the tuned study's grid
-    assert all(a and a["adalora_total_rank"] == 4 * 3 for a in runs.analysis)  # 3 layers
+    assert set(runs.method) == {"adalora", "full", "lora", "ae"}   # with its own baselines
+    assert set(runs.optimizer) == {"adamw"}
+    for _, g in runs[runs.seed == 0].groupby("model_key"):
+        assert set(g.lr) >= set(GRIDS["adamw"])                # the tuned study's grid, each
+    ada = runs[runs.method == "adalora"]
+    assert all(a and a["adalora_total_rank"] == 4 * 3 for a in ada.analysis)  # 3 layers
     table = mlp_table(cfg)
-    assert list(table.name) == ["adalora"] and table.seeds.iloc[0] == cfg.seeds
+    assert list(table.name) == ["dense", "B·A (lora init)", "B·A (default init)", "adalora"]
+    assert (table.seeds == cfg.seeds).all()
     assert "| adalora | 4 |" in extensions_markdown(table, "mlp")
+    # the baselines start from another folder's records of the same runs (the tuned study's)
+    from lowrank_helpers.studies.extensions import _adopt, mlp_baselines
+    base = runs[runs.method != "adalora"]
+    assert _adopt(mlp_baselines(cfg), cfg.mlp_config().results_dir, tmp_path / "copy") == \
+        len(base)
+    assert _adopt(mlp_baselines(cfg), cfg.mlp_config().results_dir, tmp_path / "copy") == 0
+    assert set(load_records(tmp_path / "copy").run_id) == set(base.run_id)
 
 
 def test_each_method_counts_its_own_training_flops():

@@ -5,12 +5,13 @@ global budget of singular values is pruned during training to the layers that ne
 Here W = B·diag(E)·A with B (d_out × r₀) for P, E (r₀) for Λ and A (r₀ × d_in) for Q, as PEFT
 names them (``lora_B``, ``lora_E``, ``lora_A``), at an initial rank r₀ = ⌈1.5·r⌉
 (PEFT's defaults are 12 → 8), pruned to a total of r per layer on
-average (the run's rank is the target).
+average (the run's rank is the target); a layer with fewer singular values than that (the
+MLP's 10-way output layer) gets min(d_in, d_out) of both.
 
 - **Importance** of each entry w of A, E, B: s = |w·∂L/∂w|, smoothed I = EMA_β₁(s) and its
   uncertainty U = EMA_β₂(|s − I|) (β₁ = β₂ = 0.85); score I·U. A triplet i (E_i, row i of A,
   column i of B) scores S_i = score(E_i) + mean of row i's scores + mean of column i's.
-- **Budget**: b₀ = Σ r₀ over the layers, b_T = r × layers. Up to t_init, b₀ and no masking;
+- **Budget**: b₀ = Σ r₀ over the layers, b_T = Σ min(r, d_in, d_out). Up to t_init, b₀ and no masking;
   from step T − t_final on (0-based), b_T with the mask fixed (PEFT forces this mask at
   exactly T − t_final); between, the cubic
   b(t) = b_T + (b₀ − b_T)(1 − (t − t_init)/(T − t_final − t_init))³, and every ΔT steps the
@@ -22,7 +23,8 @@ average (the run's rank is the target).
   unlike PEFT, whose ``AdaLoraModel.forward`` adds it only to an output carrying ``.loss``
   (a model returning plain logits silently trains without it). The records' training loss
   is the task's loss alone.
-- **Final rank per layer** (nonzero E) is kept in each record's ``analysis``.
+- **Final rank per layer** (nonzero E) is kept in each record's ``analysis``; the records'
+  optimizer state counts the importance EMAs beside AdamW's (:meth:`AdaLoRA.state_bytes`).
 
 Defaults from the official code (``loralib/adalora.py``; its README's example schedule:
 t_init 500, t_final 1500, ΔT 10 of 3,000 steps) and PEFT (``tuners/adalora``): β₁ = β₂ =
@@ -47,6 +49,11 @@ from .base import LayerSpec, Method, Option, register_method, register_option
 BETA1 = BETA2 = 0.85
 INIT_RATIO, ORTH = 1.5, 0.1
 TINIT_FRACTION, TFINAL_FRACTION, DELTA_T = 1 / 6, 1 / 2, 10
+
+
+def initial_rank(rank: int, d_in: int, d_out: int) -> int:
+    """r₀ = ⌈1.5·r⌉, at most min(d_in, d_out)."""
+    return min(math.ceil(INIT_RATIO * rank), d_in, d_out)
 
 
 class AdaLoRALinear(nn.Module):
@@ -100,7 +107,7 @@ class RankAllocator:
     def __init__(self, layers: list[AdaLoRALinear], target: int, total: int):
         self.layers, self.total = layers, total
         self.b0 = sum(m.rank for m in layers)
-        self.bT = target * len(layers)
+        self.bT = sum(min(target, m.in_features, m.out_features) for m in layers)
         self.tinit = int(total * TINIT_FRACTION)
         self.tfinal = int(total * TFINAL_FRACTION)
         if not self.b0 > self.bT or not self.tinit < total - self.tfinal:
@@ -162,8 +169,9 @@ class RankAllocator:
 
 class AdaLoRA(Method):
     def layer(self, spec: LayerSpec, rank, init) -> nn.Module:
-        """P·Λ·Q at the initial rank r₀ = ⌈1.5·r⌉ (r: the run's, the target)."""
-        return AdaLoRALinear(spec.d_in, spec.d_out, math.ceil(INIT_RATIO * rank),
+        """P·Λ·Q at the initial rank r₀ = ⌈1.5·r⌉ (r: the run's, the target), at most the
+        layer's min(d_in, d_out) (no triplet without a singular value to hold)."""
+        return AdaLoRALinear(spec.d_in, spec.d_out, initial_rank(rank, spec.d_in, spec.d_out),
                              bias=spec.bias, dense_init=spec.dense_init)
 
     def every_for(self, run) -> int:
@@ -171,8 +179,16 @@ class AdaLoRA(Method):
 
     def training_macs(self, d_in: int, d_out: int, rank: int | None) -> int:
         """At the initial rank r₀ (masked entries are still computed), with Λ's products."""
-        r0 = math.ceil(INIT_RATIO * rank)
+        r0 = initial_rank(rank, d_in, d_out)
         return 3 * (r0 * (d_in + d_out) + r0)
+
+    def state_bytes(self, model: nn.Module, optimizer) -> int:
+        """The optimizer's state and the importance and uncertainty EMAs (2 × A, E, B)."""
+        allocator = getattr(model, "_adalora", None)
+        extra = 0 if allocator is None else sum(
+            t.numel() * t.element_size() for d in (allocator.ipt, allocator.unc)
+            for t in d.values())
+        return super().state_bytes(model, optimizer) + extra
 
     def begin(self, model: nn.Module, optimizer, total: int, run) -> None:
         """The model's rank allocator, for the run's ``total`` steps."""

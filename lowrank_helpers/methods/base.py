@@ -122,6 +122,7 @@ class Method:
                 and own.make_optimizer is Method.make_optimizer
                 and own.after_step is Method.after_step and own.lr_factor is Method.lr_factor
                 and own.penalty is Method.penalty and own.begin is Method.begin
+                and own.summary is Method.summary and own.state_bytes is Method.state_bytes
                 and own.layer in _STACKABLE_LAYERS)
 
     # -- building ---------------------------------------------------------------------------
@@ -197,6 +198,11 @@ class Method:
         the forward's r·(d_in + d_out) for B·A or d_in·d_out for a dense W (what is done once
         per step, not per token, is not counted)."""
         return 3 * (rank * (d_in + d_out) if self.factorized else d_in * d_out)
+
+    def state_bytes(self, model: nn.Module, optimizer) -> int:
+        """Bytes of the training state beside the weights: the optimizer's, measured from its
+        state tensors (:func:`optimizer_state_bytes`), and any the method keeps itself."""
+        return optimizer_state_bytes(optimizer)
 
     def trainable(self, model: nn.Module) -> int:
         """Trainable parameters of the built model."""

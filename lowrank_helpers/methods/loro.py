@@ -20,8 +20,12 @@ and its projection on the tangent space at W, P(G) = U UᵀG + G V Vᵀ − U U�
 S = [[R_B R_Aᵀ, 0], [0, 0]]; one SVD of that 2r × 2r matrix, cut to rank r, gives the new
 factors, balanced: B = [U Q₂] U_r Σ_r^½, Aᵀ = [V Q₁] V_r Σ_r^½. η is Adam's bias-corrected
 rate, without the lazy steps' s, and no weight decay is applied, as in the official code.
-After the exact step every tensor's Adam state is reset (``loro_refresh all``), and the rate
-re-warms linearly over ``loro_rewarm`` steps (their cosine-with-restarts schedule's ramp).
+After the exact step every tensor's Adam state is reset (``loro_refresh all``: moments zeroed,
+step count 0), and the rate re-warms linearly over ``loro_rewarm`` steps (their
+cosine-with-restarts schedule's ramp). A layer whose rank is min(d_in, d_out) or more (the
+MLP's 10-way output layer at r = 32) is on no proper low-rank manifold: its factors take the
+lazy step at the exact steps too. Weight decay, where the protocol's groups have it, is
+applied to the factors after their lazy step at the plain rate (decoupled, as AdamW's).
 
 Defaults from the official code (``loro_torch/loro_optim.py``, ``scripts/loro_c4/
 llama_60m.sh``): the lazy steps' scaler r/d; K = 500 with the state reset at the same steps,
@@ -116,7 +120,9 @@ class LOROAdamW(torch.optim.Optimizer):
                     continue
                 dB, corr = self._direction(B, group)
                 dA, _ = self._direction(A, group)
-                if exact:
+                if exact and B.shape[1] < min(B.shape[0], A.shape[1]):
+                    # (at r ≥ min(d_in, d_out) the rank-r manifold is every matrix: the lazy
+                    # step is the step there, and the QRs' factors would not be square)
                     B_new, A_new = exact_step(B, A, dB, dA, lr * corr)
                     B.copy_(B_new)
                     A.copy_(A_new)
@@ -126,8 +132,19 @@ class LOROAdamW(torch.optim.Optimizer):
                     if wd:
                         p.add_(p, alpha=-lr * wd)
         if exact:
-            self.state.clear()                       # the official ``loro_refresh all``
+            self.reset_state()
         return loss
+
+    @torch.no_grad()
+    def reset_state(self) -> None:
+        """Every tensor's moments zeroed and its step count set to 0 (the official
+        ``refresh_states("all")``): the next step is Adam's first again, and the state's size
+        is kept (and measured)."""
+        for state in self.state.values():
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    value.zero_()
+            state["step"] = 0
 
 
 class LORO(Method):

@@ -86,8 +86,10 @@ class ReLoRA(Method):
         for layer in model.modules():
             if isinstance(layer, ReLoRALinear):
                 layer.merge(gen)
-                for p in (layer.A, layer.B):
-                    optimizer.state.pop(p, None)
+                for p in (layer.A, layer.B):      # reset: as a fresh state, size kept
+                    for key, value in optimizer.state.get(p, {}).items():
+                        if torch.is_tensor(value):
+                            value.zero_()
 
     def lr_factor(self, step: int, run) -> float:
         """The jagged schedule: after each merge, a linear re-warm-up over ``relora_rewarm``

@@ -84,15 +84,20 @@ def _ordered(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def mlp_table(cfg) -> pd.DataFrame:
-    """The MLP's rows (test accuracy, %, in ``scores``): the tuned study's dense model and
-    plain B·A (both inits) under AdamW at ``cfg.mlp_ranks`` from ``cfg.tuned_dir``, then every
-    model of ``cfg.models`` from the MLP part's records; each at its chosen rate (the tuned
-    study's choice on the validation split), its first ``cfg.seeds`` seeds."""
+    """The MLP's rows (test accuracy, fraction, in ``scores``): the dense model and plain B·A
+    (both inits) under AdamW at ``cfg.mlp_ranks``, then every model of ``cfg.models``, each at
+    its chosen rate (the tuned study's rule, on the validation split) with its first
+    ``cfg.seeds`` seeds, all from the MLP part's records (its baselines refined as the methods
+    are). Until the part has baselines of its own, the tuned study's (``cfg.tuned_dir``,
+    unrefined) stand in."""
     from pathlib import Path
     from ..core.results import load_records
     from ..studies.tuned import tuned_table
+    own_dir = Path(cfg.mlp_config().results_dir)
+    mine = load_records(own_dir) if own_dir.is_dir() else pd.DataFrame()
+    has_base = len(mine) and (mine.method == "full").any()
     rows = []
-    for where, own in ((cfg.tuned_dir, False), (cfg.mlp_config().results_dir, True)):
+    for where, own in (() if has_base else ((cfg.tuned_dir, False),)) + ((own_dir, None),):
         if not Path(where).is_dir():
             continue
         runs = load_records(where)
@@ -102,9 +107,9 @@ def mlp_table(cfg) -> pd.DataFrame:
         runs = runs[(runs.optimizer == "adamw") & (runs.epochs == epochs)]
         options = dict(zip(runs.model_key, runs.options))
         for _, r in tuned_table(runs, cfg.seeds, cfg.seeds).iterrows():
-            if own:
-                name = ext_name(r.method, options.get(r.key))
-                if name is None or name not in cfg.models:
+            name = ext_name(r.method, options.get(r.key))
+            if name is not None:
+                if own is False or name not in cfg.models:
                     continue
             elif r.method == "full":
                 name = DENSE

@@ -2,12 +2,13 @@
 LoRA+, ReLoRA, AdaLoRA, GaLore, CoLA, LORO and SLTrain on the language-model study's
 transformer, nanoGPT's CPU configuration on tiny-shakespeare, each at ``ranks`` of d_model
 (part ``lm``), and on the Fashion-MNIST MLP under the tuned study's AdamW protocol at
-``mlp_ranks`` (part ``mlp``; its dense and plain B·A rows are the tuned study's records).
+``mlp_ranks`` (part ``mlp``; its dense and plain B·A rows start from the tuned study's records
+of the same runs and are refined as the methods are).
 
 Every model (a method with its options, at a rank) gets the study's one search and seed rule
 (:func:`~lowrank_helpers.studies.search.search_and_seed`): seed 0 at every rate of ``lrs``,
 extended beyond an edge where the choice sits there, refined around the choice until its
-neighbours lie within ``refine`` (2: neighbouring rungs at most 2× apart), then ``seeds``
+neighbours lie within ``refine`` (1.5, as the baselines were: rungs at most 1.5× apart), then ``seeds``
 seeds at the choice. Each method's other settings are its module's defaults (taken from its
 official code, scaled to this run: each module's docstring says which). LoRA+ is run at
 λ = 4 and 16; λ = 1 is the LoRA layers themselves.
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ..core.config import _not_empty, smoke_dir
+from ..core.config import _not_empty, refuse_smoke_overrides, smoke_dir
 from ..core.results import check_writable
 from ..core.settings import all_of, distinct, each, positive, setting
 from .lm import LMStudyConfig, _refine_factor, _search_and_seeds, load_lm_records
@@ -58,8 +59,10 @@ class ExtensionsConfig(LMStudyConfig):
     protocol and grid), with the extensions' models, ranks, refinement and folders."""
     ranks: tuple = setting((16, 32, 64), "list[int]", "ranks of every method",
                            check=all_of(_not_empty, distinct, each(positive)))
-    refine: float = setting(2.0, "float", "refine each model's grid around its choice until "
-                            "its neighbouring rates lie within this factor (0: off)",
+    refine: float = setting(1.5, "float", "refine each model's grid around its choice until "
+                            "its neighbouring rates lie within this factor (0: off; 1.5: as "
+                            "the LM study's dense and B·A at ranks 16-64, and the MLP's "
+                            "baselines here)",
                             check=_refine_factor)
     models: tuple = setting(tuple(EXT_MODELS), "list[str]", "the methods compared (LoRA+ at "
                             "two ratios)", choices=tuple(EXT_MODELS))
@@ -94,9 +97,11 @@ class ExtensionsConfig(LMStudyConfig):
         super().__post_init__()
         if self.mlp_dir is None:
             object.__setattr__(self, "mlp_dir", os.path.join(self.results_dir, "mlp"))
-        if self.smoke and self.models == tuple(EXT_MODELS):   # once (a job's replace keeps
-            for k, v in EXT_SMOKE.items():                    # its own models)
-                object.__setattr__(self, k, v)
+        if self.smoke:
+            refuse_smoke_overrides(self, {k: v for k, v in EXT_SMOKE.items() if k != "models"})
+            for k, v in EXT_SMOKE.items():
+                if k != "models" or self.models == tuple(EXT_MODELS):   # models: a job's own
+                    object.__setattr__(self, k, v)                       # are kept
             for k in ("lm_dir", "tuned_dir"):
                 object.__setattr__(self, k, smoke_dir(getattr(self, k)))
 
@@ -154,15 +159,52 @@ def mlp_runs(cfg: ExtensionsConfig) -> list:
             for name in cfg.models for r in cfg.mlp_ranks]
 
 
+def mlp_baselines(cfg: ExtensionsConfig) -> list:
+    """The MLP's dense model and plain B·A (the LoRA layers, the autoencoder layers) at
+    ``mlp_ranks``, seed 0, under the tuned AdamW protocol."""
+    from ..core.protocol import RunConfig
+    tuned = cfg.mlp_config()
+    p = tuned.protocol("adamw")
+    return [RunConfig(tuned.task, "full", protocol=p)] + [
+        RunConfig(tuned.task, m, r, i, protocol=p) for m, i in (("lora", "lora"), ("ae", None))
+        for r in cfg.mlp_ranks]
+
+
+def _adopt(models: list, source, target) -> int:
+    """Copy ``source``'s records of ``models`` (any rate and seed: the same runs, by id) into
+    ``target``, where a search resumes from them; returns how many were copied."""
+    import shutil
+    from pathlib import Path
+    from ..core.results import load_records
+    if not Path(source).is_dir():
+        return 0
+    runs = load_records(source)
+    if runs.empty:
+        return 0
+    keys = {m.model_key for m in models}
+    Path(target).mkdir(parents=True, exist_ok=True)
+    copied = 0
+    for path in runs[runs.model_key.isin(keys)].path:
+        dest = Path(target) / Path(path).name
+        if not dest.exists():
+            shutil.copy2(path, dest)
+            copied += 1
+    return copied
+
+
 def _mlp_part(cfg: ExtensionsConfig, progress: bool) -> None:
-    """The MLP's models through the one search and seed rule, on the tuned study's AdamW
-    grid (extended at an edge, refined to ``refine``), records in ``mlp_dir``."""
+    """The MLP's models and baselines through the one search and seed rule, on the tuned
+    study's AdamW grid, extended at an edge and all refined alike to ``refine``; records in
+    ``mlp_dir``. The baselines start from the tuned study's records of the same runs (copied),
+    so that only their refinement trains."""
     from .search import search_and_seed
     from .tuned import GRIDS, _records, _train
     from ..tasks import TASKS
     tuned = cfg.mlp_config()
     TASKS[tuned.task].prepare(cfg.data_root)
-    models = mlp_runs(cfg)
+    baselines = mlp_baselines(cfg)
+    _adopt(baselines, cfg.tuned_dir, tuned.results_dir)
+    models = baselines + mlp_runs(cfg)
     search_and_seed(models, {m.model_key: GRIDS["adamw"] for m in models},
                     lambda runs, what: _train(runs, tuned, what, progress),
                     lambda: _records(tuned), tuned.max_extend, range(1, cfg.seeds),

@@ -111,7 +111,7 @@ def fit(run: RunConfig, data, *, device="cpu", progress: bool = True,
     result.peak_memory = peak_memory(dev)
     if final_eval:
         result.final = task.evaluate(model, data, protocol, final=True)
-    result.optimizer_state_bytes = _state_bytes(opt)
+    result.optimizer_state_bytes = method.state_bytes(model, opt)
     result.model = model
     result.analysis = {**method.summary(model), **(analyze(model) if analyze else {})}
     return result
