@@ -215,6 +215,30 @@ def extensions_figure(table: pd.DataFrame, part: str = "lm"):
     return fig
 
 
+def extensions_curves(table: pd.DataFrame, rank: int, cfg):
+    """Held-out loss against steps at ``rank``: every model's seeds at its chosen rate (mean
+    over seeds at each evaluation), beside dense and plain B·A; read from the records."""
+    import matplotlib.pyplot as plt
+    from pathlib import Path
+    runs = pd.concat([load_lm_records(d) for d in (cfg.lm_dir, cfg.results_dir)
+                      if Path(d).is_dir()], ignore_index=True)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    rows = table[(table["rank"] == rank) | (table.name == DENSE)]
+    for _, r in rows.iterrows():
+        hist = runs[runs.run_id.isin(r.run_ids)].drop_duplicates("run_id").history
+        curves = pd.DataFrame([{h["iter"]: h["val_loss"] for h in hs} for hs in hist])
+        if curves.empty:
+            continue
+        mean = curves.mean()
+        ax.plot(mean.index, mean.values, marker=".", label=f"{r['name']} ({r.seeds} seeds)",
+                linestyle="--" if r["name"] == DENSE else "-")
+    ax.set(xlabel="step", ylabel="held-out loss (nats/char)",
+           title=f"Held-out loss during training at rank {rank} (mean over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def extensions_answer(table: pd.DataFrame, part: str, models=tuple(EXT_MODELS)) -> str:
     """The part's sentences: each method's rows against dense and against plain B·A (default
     init) of the same rank, one Holm family over the table's tests; the methods and rows
