@@ -493,9 +493,12 @@ def test_the_extensions_study_trains_resumes_and_reports_each_model(tmp_path):
     from lowrank_helpers.studies.extensions import ExtensionsConfig, plan_jobs, run_extensions
     cfg = ExtensionsConfig(smoke=True, results_dir=str(tmp_path / "ext"),
                            lm_dir=str(tmp_path / "lm"))
-    assert cfg.models == ("loro", "adalora") and cfg.lm_dir.endswith("smoke")
+    assert cfg.models == ("adalora",) and cfg.lm_dir.endswith("smoke") and cfg.refine == 0
+    cfg = replace(cfg, models=("loro", "adalora"))
     assert [j.name for j in plan_jobs(cfg)] == ["loro", "adalora"]
     assert plan_jobs(cfg)[0].config.models == ("loro",)       # a job keeps its own model
+    with pytest.raises(ValueError, match="smoke mode sets refine itself"):
+        ExtensionsConfig(smoke=True, refine=3.0)
     cfg = replace(cfg, models=("loro",), parts=("lm",))
     runs = run_extensions(cfg, progress=False)
     assert set(runs.method) == {"loro"} and set(runs["rank"]) == set(cfg.ranks)
