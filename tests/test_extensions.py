@@ -598,3 +598,18 @@ def test_loraplus_rates_match_peft_create_loraplus_optimizer():
         assert theirs[f"{prefix}.lora_A.default.weight"] == ours[f"{layer}.A"] == 1e-3
         assert theirs[f"{prefix}.lora_B.default.weight"] == ours[f"{layer}.B"] == 4e-3
         assert theirs[f"{prefix}.base_layer.bias"] == 4e-3 and ours[f"{layer}.bias"] == 1e-3
+
+
+def test_close_calls_are_the_rows_whose_interval_overlaps_dense_or_plain_of_their_rank():
+    import pandas as pd
+    from lowrank_helpers.reports.extensions import close_calls
+    table = pd.DataFrame([
+        {"name": "dense", "rank": pd.NA, "scores": [1.90, 1.91, 1.92]},
+        {"name": "B·A (default init)", "rank": 4, "scores": [2.50, 2.51, 2.52]},
+        {"name": "loro", "rank": 4, "scores": [1.905, 1.91, 1.915]},       # overlaps dense
+        {"name": "cola", "rank": 4, "scores": [2.505, 2.51, 2.515]},       # overlaps B·A
+        {"name": "galore", "rank": 4, "scores": [2.20, 2.21, 2.22]},       # neither
+        {"name": "relora", "rank": 8, "scores": [2.505, 2.51, 2.515]},     # no B·A at r=8
+        {"name": "sltrain", "rank": 4, "scores": [1.91]},                  # one seed: no
+    ])
+    assert close_calls(table) == {("loro", 4), ("cola", 4)}

@@ -188,6 +188,34 @@ def extensions_markdown(table: pd.DataFrame, part: str = "lm") -> str:
     return "\n".join(out)
 
 
+def interval(scores) -> tuple[float, float] | None:
+    """The 95 % t-interval of the mean of ``scores`` (None with fewer than 2)."""
+    from scipy import stats as st
+    if len(scores) < 2:
+        return None
+    s = pd.Series(scores)
+    half = st.t.ppf(0.975, len(s) - 1) * s.std() / math.sqrt(len(s))
+    return s.mean() - half, s.mean() + half
+
+
+def close_calls(table: pd.DataFrame) -> set[tuple[str, int]]:
+    """The (name, rank) of every extension row whose 95 % interval overlaps the dense
+    model's, or plain B·A's (either init) of its rank: where more seeds may decide."""
+    if table.empty or not (table.name == DENSE).any():
+        return set()
+    dense = interval(table[table.name == DENSE].iloc[0].scores)
+    out = set()
+    for _, r in table[table.name.isin(list(EXT_MODELS))].iterrows():
+        mine = interval(r.scores)
+        if mine is None:
+            continue
+        others = [dense] + [interval(o.scores) for _, o in table[
+            table.name.str.startswith("B·A") & (table["rank"] == r["rank"])].iterrows()]
+        if any(o is not None and mine[0] <= o[1] and o[0] <= mine[1] for o in others):
+            out.add((r["name"], int(r["rank"])))
+    return out
+
+
 def _num(v, unit: float) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v / unit:,.0f}"
 

@@ -9,7 +9,9 @@ Every model (a method with its options, at a rank) gets the study's one search a
 (:func:`~lowrank_helpers.studies.search.search_and_seed`): seed 0 at every rate of ``lrs``,
 extended beyond an edge where the choice sits there, refined around the choice until its
 neighbours lie within ``refine`` (1.5, as the baselines were: rungs at most 1.5× apart), then ``seeds``
-seeds at the choice. Each method's other settings are its module's defaults (taken from its
+seeds at the choice, and ``close_seeds`` where the model's 95 % interval overlaps the dense
+model's or plain B·A's of its rank (:func:`~lowrank_helpers.reports.extensions.close_calls`;
+the baselines keep their own studies' seeds). Each method's other settings are its module's defaults (taken from its
 official code, scaled to this run: each module's docstring says which). LoRA+ is run at
 λ = 4 and 16; λ = 1 is the LoRA layers themselves.
 
@@ -41,7 +43,7 @@ EXT_MODELS: dict[str, tuple[str, dict]] = {
 }
 #: What ``smoke=True`` shrinks the comparison to (besides the LM study's smoke sizes): one
 #: method (the one with the most machinery: hooks, penalty, summary), no refinement.
-EXT_SMOKE = {"models": ("adalora",), "refine": 0, "mlp_ranks": (4,)}
+EXT_SMOKE = {"models": ("adalora",), "refine": 0, "mlp_ranks": (4,), "close_seeds": 3}
 #: The tasks the comparison can run on.
 PARTS = ("lm", "mlp")
 
@@ -81,6 +83,8 @@ class ExtensionsConfig(LMStudyConfig):
     budget_dir: str | None = _hidden("budget_dir")
     lm_dir: str = setting("../results/shakespeare_char", "str", "the language-model study's "
                           "records: the dense and plain B·A rows")
+    close_seeds: int = setting(5, "int", "seeds of a model whose interval overlaps dense's or "
+                               "plain B·A's at its rank, after seeds", check=positive)
     train: bool = setting(True, "bool", "train what the records lack (False: read the "
                           "records only, e.g. while the runs train elsewhere)")
     parts: tuple = setting(PARTS, "list[str]", "the tasks compared: lm (the transformer), mlp "
@@ -113,6 +117,12 @@ class ExtensionsConfig(LMStudyConfig):
                            data_root=self.data_root, device=self.device, smoke=self.smoke)
 
 
+def _name(run) -> str | None:
+    """The comparison's name of a run (:data:`EXT_MODELS`)."""
+    from ..reports.extensions import ext_name
+    return ext_name(run.method, dict(run.options or {}))
+
+
 def extension_runs(cfg: ExtensionsConfig, vocab: int) -> list:
     """Seed-0 runs of every model at every rank, at the grid's first rate."""
     from ..training.lm import LMRun
@@ -139,8 +149,17 @@ def run_extensions(cfg: ExtensionsConfig, progress: bool = True) -> pd.DataFrame
         Path(cfg.results_dir).mkdir(parents=True, exist_ok=True)
         bar = tqdm(desc="extensions (model-steps)", unit="step", disable=not progress)
         try:
-            _search_and_seeds(extension_runs(cfg, splits.vocab_size), cfg, bar, cfg.seeds,
-                              results_dir=cfg.results_dir, refine=float(cfg.refine) or False)
+            runs = extension_runs(cfg, splits.vocab_size)
+            refine = float(cfg.refine) or False
+            _search_and_seeds(runs, cfg, bar, cfg.seeds, results_dir=cfg.results_dir,
+                              refine=refine)
+            if cfg.close_seeds > cfg.seeds:             # the close calls: more seeds
+                from ..reports.extensions import close_calls, extensions_table
+                close = close_calls(extensions_table(cfg))
+                more = [r for r in runs if (_name(r), r.rank) in close]
+                if more:
+                    _search_and_seeds(more, cfg, bar, cfg.close_seeds,
+                                      results_dir=cfg.results_dir, refine=refine)
         finally:
             bar.close()
     if "mlp" in cfg.parts:
@@ -205,11 +224,19 @@ def _mlp_part(cfg: ExtensionsConfig, progress: bool) -> None:
     baselines = mlp_baselines(cfg)
     _adopt(baselines, cfg.tuned_dir, tuned.results_dir)
     models = baselines + mlp_runs(cfg)
-    search_and_seed(models, {m.model_key: GRIDS["adamw"] for m in models},
-                    lambda runs, what: _train(runs, tuned, what, progress),
-                    lambda: _records(tuned), tuned.max_extend, range(1, cfg.seeds),
-                    "extensions (MLP): seeds of the chosen rates",
-                    refine={m.model_key: cfg.refine for m in models} if cfg.refine else None)
+    def seeded(models, seeds, what):
+        search_and_seed(models, {m.model_key: GRIDS["adamw"] for m in models},
+                        lambda runs, w: _train(runs, tuned, w, progress),
+                        lambda: _records(tuned), tuned.max_extend, range(1, seeds), what,
+                        refine={m.model_key: cfg.refine for m in models} if cfg.refine
+                        else None)
+    seeded(models, cfg.seeds, "extensions (MLP): seeds of the chosen rates")
+    if cfg.close_seeds > cfg.seeds:
+        from ..reports.extensions import close_calls, mlp_table
+        close = close_calls(mlp_table(cfg))
+        more = [m for m in mlp_runs(cfg) if (_name(m), m.rank) in close]
+        if more:
+            seeded(more, cfg.close_seeds, "extensions (MLP): the close calls' seeds")
 
 
 def plan_jobs(cfg: ExtensionsConfig) -> list:
