@@ -613,3 +613,18 @@ def test_close_calls_are_the_rows_whose_interval_overlaps_dense_or_plain_of_thei
         {"name": "sltrain", "rank": 4, "scores": [1.91]},                  # one seed: no
     ])
     assert close_calls(table) == {("loro", 4), ("cola", 4)}
+
+
+def test_galore_miniature_is_each_ranks_perplexity_ratio_to_dense():
+    import pandas as pd
+    from lowrank_helpers.reports.extensions import galore_miniature
+    table = pd.DataFrame([{"name": "dense", "rank": pd.NA, "score": 1.9},
+                          {"name": "B·A (default init)", "rank": 4, "score": 2.0},
+                          {"name": "galore", "rank": 4, "score": 1.95},
+                          {"name": "B·A (default init)", "rank": 8, "score": 1.92}])
+    mini = galore_miniature(table)
+    assert list(mini["rank"]) == [4, 8]
+    assert mini.iloc[0]["Low-Rank (B·A) / dense"] == pytest.approx(math.exp(0.1))
+    assert mini.iloc[0]["GaLore / dense"] == pytest.approx(math.exp(0.05))
+    assert math.isnan(mini.iloc[1]["GaLore / dense"])
+    assert "78.18" not in mini.attrs["published"] and "2.30" in mini.attrs["published"]

@@ -267,6 +267,30 @@ def extensions_curves(table: pd.DataFrame, rank: int, cfg):
     return fig
 
 
+def galore_miniature(table: pd.DataFrame) -> pd.DataFrame:
+    """GaLore's Table 2 question in miniature: at each rank, the character perplexity e^loss
+    of plain B·A (default init, the paper's "Low-Rank") and of GaLore over the dense model's,
+    beside the published 60M row's ratios of validation perplexity (per subword token, so
+    only the ratio's direction compares; :data:`~lowrank_helpers.reports.lm.GALORE_TABLE`)."""
+    from .lm import GALORE_TABLE
+    if table.empty or not (table.name == DENSE).any():
+        return pd.DataFrame()
+    published = GALORE_TABLE[0]
+    dense = table[table.name == DENSE].iloc[0].score
+    rows = []
+    for rank in sorted(r for r in table["rank"].dropna().unique()):
+        row = {"rank": int(rank)}
+        for label, name in (("Low-Rank (B·A) / dense", PLAIN.format(init="default")),
+                            ("GaLore / dense", "galore")):
+            hit = table[(table.name == name) & (table["rank"] == rank)]
+            row[label] = math.exp(hit.iloc[0].score - dense) if len(hit) else math.nan
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out.attrs["published"] = (f"published 60M (rank {published['rank']}): Low-Rank / "
+                              f"full-rank {published['low_rank'] / published['full_rank']:.2f}")
+    return out
+
+
 def extensions_answer(table: pd.DataFrame, part: str, models=tuple(EXT_MODELS)) -> str:
     """The part's sentences: each method's rows against dense and against plain B·A (default
     init) of the same rank, one Holm family over the table's tests; the methods and rows
