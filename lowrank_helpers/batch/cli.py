@@ -25,8 +25,8 @@ import signal
 import sys
 from pathlib import Path
 
-from .jobs import (JobSpec, LocalRunner, config_tag, make_runner, plan_jobs, run_job,
-                   run_specs)
+from .jobs import plan_jobs, run_job
+from .runners import JobSpec, LocalRunner, config_tag, make_runner, run_specs
 from ..core.config import StudyConfig, SummaryConfig, smoke_dir
 from ..tasks.images_data import DataNotFoundError
 from ..core.protocol import REFERENCE, Protocol

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlparse
 
-from .jobs import JobSpec, Outcome, run_job, usable_cores
+from .jobs import Outcome, run_job, usable_cores
+from .runners import JobSpec
 from ..core.results import ResultsDirError, read_record, record_file, save_record, write_atomic
 
 #: Seconds to wait for a scheduler before saying it does not answer.

@@ -19,7 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .jobs import JobSpec, config_tag, make_runner, run_job, run_specs
+from .jobs import run_job
+from .runners import JobSpec, config_tag, make_runner, run_specs
 from ..core.config import smoke_dir
 from ..tasks.images_data import DataError, DataNotFoundError
 from ..core.results import ResultsDirError
