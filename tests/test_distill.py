@@ -90,3 +90,18 @@ def test_no_student_starts_from_an_anchors_init():
     a, s = anchor.build(), student.build()
     assert not torch.equal(a.wte.weight, s.wte.weight)
     assert torch.equal(s.wte.weight, student.build().wte.weight)     # still seeded
+
+
+def test_the_students_answer_counts_only_students_that_can_express_their_teacher():
+    import pandas as pd
+    from lowrank_helpers.reports.lm_gap import student_lines
+    row = lambda r, kl: {"teacher_rank": 4, "rank": r, "label": str(r), "lr": 1e-3,  # noqa: E731
+                         "kl": kl, "loss": kl, "every_rate": {1e-3: kl[0]}}
+    table = pd.DataFrame([row(2, [0.50, 0.51, 0.52]),      # below k: not counted
+                          row(4, [0.30, 0.31, 0.32]),      # at k, far above dense
+                          row(8, [0.101, 0.102, 0.100]),   # above k, as dense
+                          row(None, [0.10, 0.102, 0.101])])
+    so = student_lines(table)[-1]
+    assert so.startswith("- **So** (students that can express their teacher exactly")
+    assert "1 of 2 end detectably farther" in so and "(r=4 (k=4))" in so
+    assert "1 not distinguishable" in so
