@@ -140,7 +140,7 @@ def test_the_gap_at_a_longer_budget_and_at_another_width_is_compared_seed_for_se
     (tiny models, a few steps): each gap is Welch's over the records, its change the
     difference of two gaps."""
     from lowrank_helpers.core.stats import change
-    from lowrank_helpers.reports.lm_gap import budget_lines, gaps, scale_lines, scale_table
+    from lowrank_helpers.reports.lm_scale import budget_lines, gaps, scale_lines, scale_table
     from lowrank_helpers.studies.lm import LMStudyConfig, load_lm_records, run_lm_study
     tiny = dict(corpus="python_stdlib", n_layer=1, block_size=16, batch_size=4,
                 tune_chars=4000, eval_every=6, eval_windows=8, inits=("default",),
