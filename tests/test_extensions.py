@@ -509,6 +509,17 @@ def test_the_extensions_study_trains_resumes_and_reports_each_model(tmp_path):
     assert list(table.name) == ["loro"] * len(cfg.ranks) and (table.seeds == cfg.seeds).all()
     text = extensions_markdown(table)
     assert text.count("| loro |") == len(cfg.ranks)
+    assert (table.total_parameters == table.parameters).all()   # LORO freezes nothing
+    import json
+    from pathlib import Path
+    from lowrank_helpers.reports.extensions import total_parameters
+    record = json.loads(Path(runs.iloc[0].path).read_text())
+    relora = lh.RunConfig.from_dict({**record["config"], "method": "relora"})
+    model = relora.build()
+    assert sum(p.numel() for p in model.parameters() if not p.requires_grad) > 0   # its W
+    path = tmp_path / "relora.json"
+    path.write_text(json.dumps({**record, "config": relora.to_dict(), "run_id": relora.run_id}))
+    assert total_parameters(path) == sum(p.numel() for p in model.parameters())
     assert ext_name("loraplus", {}) == "loraplus16"            # λ = 16 is the default
     assert ext_name("loraplus", {"loraplus_ratio": 4.0}) == "loraplus4"
     assert ext_name("lora", {}) is None

@@ -27,11 +27,21 @@ def ext_name(method: str, options: dict | None) -> str | None:
     return None
 
 
+def total_parameters(path) -> int:
+    """Every parameter of the model a record's run builds, trainable or not (ReLoRA's frozen
+    W counts here, not among its trainable ones)."""
+    from ..core.protocol import RunConfig
+    from ..core.results import read_record
+    model = RunConfig.from_dict(read_record(path)["config"]).build()
+    return sum(p.numel() for p in model.parameters())
+
+
 def _measured(runs: pd.DataFrame, ids: list[str]) -> dict:
     """Means over a row's seeds of what the records measured beside the loss."""
     at = runs[runs.run_id.isin(ids)]
     stack = at.stack_size.fillna(1)
-    return {"optimizer_state_bytes": at.optimizer_state_bytes.mean(),
+    return {"total_parameters": total_parameters(at.path.iloc[0]) if len(at) else math.nan,
+            "optimizer_state_bytes": at.optimizer_state_bytes.mean(),
             "peak_memory_bytes": at.peak_memory_bytes.mean(),
             "tokens_per_second": (at.tokens_per_second / stack).mean(),
             "seconds_per_run": (at.seconds / stack).mean()}
@@ -123,6 +133,8 @@ def mlp_table(cfg) -> pd.DataFrame:
                          and not (isinstance(r.edge, float) and pd.isna(r.edge)),
                          "seeds": r.seeds, "scores": list(r.test_values),
                          "score": r.mean_test, "score_std": r.std_test, "parameters": r.params,
+                         "total_parameters": total_parameters(at.path.iloc[0]) if len(at)
+                         else math.nan,
                          "optimizer_state_bytes": at.optimizer_state_bytes.mean(),
                          "peak_memory_bytes": at.peak_memory_bytes.mean()})
     return _ordered(pd.DataFrame(rows))
@@ -165,8 +177,8 @@ def extensions_markdown(table: pd.DataFrame, part: str = "lm") -> str:
     header, fmt, scale = METRICS[part]
     tests = comparisons(table)
     out = [f"| model | rank | lr | seeds | {header} | Δ vs dense (95 % CI) | "
-           "trainable params | optimizer state (kB) | peak memory (MB) | tokens/s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "trainable params | all params | optimizer state (kB) | peak memory (MB) | "
+           "tokens/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         ci = "—"
         if len(tests):
@@ -183,6 +195,7 @@ def extensions_markdown(table: pd.DataFrame, part: str = "lm") -> str:
         speed = r.get("tokens_per_second", math.nan)
         out.append(f"| {r['name']} | {rank} | {r.lr:g}{edge} | {r.seeds} | "
                    f"{fmt.format(r.score * scale)}{std} | {ci} | {r.parameters / 1e3:.0f}k | "
+                   f"{_num(r.total_parameters, 1e3)}k | "
                    f"{_num(r.optimizer_state_bytes, 1e3)} | {_num(r.peak_memory_bytes, 1e6)} | "
                    f"{_num(speed, 1)} |")
     return "\n".join(out)
