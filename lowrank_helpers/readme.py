@@ -62,7 +62,8 @@ def render_block(kind: str, results_dir) -> str:
         from .studies.teacher import stored_students
         return lm_answer(runs, stored_students(Path(results_dir) / STUDENTS))
     if kind.startswith("tuned"):
-        from .reports.tuned import tuned_answer, tuned_headline, tuned_tables_markdown
+        from .reports.tuned import tuned_answer, tuned_tables_markdown
+        from .reports.tuned_headline import tuned_headline
         from .studies.tuned import tuned_table
         runs = load_records(results_dir)
         table = tuned_table(runs)
