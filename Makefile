@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STUDY_ARGS ?=
 
-.PHONY: setup system-deps study smoke test notebooks lab bench table clean-smoke lm-gap
+.PHONY: setup system-deps study smoke test notebooks lab bench table clean-smoke lm-gap extensions
 
 setup: $(VENV)/.installed
 
@@ -47,6 +47,15 @@ lm-gap: setup
 	$(LM) --iters 8000 --ranks 16 32 64 --inits default --refine 0 \
 	  --phases search seeds --results-dir results/lm_budget
 	$(BIN)/lowrank-study lm
+
+# The extensions on one protocol (many CPU hours; resumes): the transformer at each rank, then
+# the MLP; then notebooks/extensions.ipynb over the records.
+EXT := $(BIN)/lowrank-study extensions --no-notebook
+extensions: setup
+	$(EXT) --ranks 32 --parts lm
+	$(EXT) --ranks 16 64 --parts lm
+	$(EXT) --parts mlp
+	$(BIN)/lowrank-study extensions
 
 # Re-execute the committed notebooks in place (cwd notebooks/); runs with records are skipped.
 # (The panels draw into Image widgets: papermill hangs on cells that fill an Output widget,
