@@ -69,6 +69,19 @@ class Difference:
                 f"{self.n_b} seeds)")
 
 
+def mean_interval(values: Sequence[float], level: float = 1 - ALPHA
+                  ) -> tuple[float, float, float]:
+    """Mean and Student's t interval of the mean of ``values`` (nan bounds with fewer than
+    2)."""
+    v = [float(x) for x in values]
+    m = sum(v) / len(v)
+    if len(v) < 2:
+        return m, math.nan, math.nan
+    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+    half = _st.t.ppf(0.5 + level / 2, len(v) - 1) * sd / math.sqrt(len(v))
+    return m, m - half, m + half
+
+
 def welch(a: Sequence[float], b: Sequence[float], level: float = 1 - ALPHA) -> Difference:
     """Welch's unequal-variance t interval and test for mean(a) − mean(b) (each needs at
     least 2 values; equal constant samples give a zero-width interval)."""

@@ -6,9 +6,9 @@ Today's: :mod:`.dense` (``full``), :mod:`.lora` (``lora``, ``ae``), :mod:`.dense
 option of the factorized methods). :func:`~.apply.lowrank` puts a method's layers into a
 model of one's own.
 """
-from .base import (METHODS, OPTIONS, LayerSpec, Method, Option, check_init_for, check_method,
-                   check_options, init_methods, method_for_init, optimizer_state_bytes,
-                   register_method, register_option)
+from .base import (METHODS, OPTIONS, LayerSpec, Method, Option, Periodic, check_init_for,
+                   check_method, check_options, init_methods, method_for_init,
+                   optimizer_state_bytes, register_method, register_option, register_period)
 from . import dense, lora, dense_he, densehead, rescale  # noqa: F401  (registrations, in table order)
 
 
@@ -31,8 +31,9 @@ from .naming import (INIT_COLORS, RANK_COLORS, family_label, init_color, linesty
 #: The original study's methods: what a study compares unless told otherwise.
 ORIGINAL_METHODS = ("full", "lora", "ae")
 
-__all__ = ["METHODS", "OPTIONS", "LayerSpec", "Method", "Option", "check_init_for",
+__all__ = ["METHODS", "OPTIONS", "LayerSpec", "Method", "Option", "Periodic", "check_init_for",
            "check_method", "check_options", "init_methods", "method_for_init",
-           "optimizer_state_bytes", "register_method", "register_option", "lowrank",
+           "optimizer_state_bytes", "register_method", "register_option", "register_period",
+           "lowrank",
            "INIT_COLORS", "RANK_COLORS", "family_label", "init_color", "linestyle",
            "model_label", "model_order", "rank_color", "ORIGINAL_METHODS"]

@@ -215,6 +215,33 @@ def check_steps(name: str, value) -> None:
         raise ValueError(f"{name} must be a non-negative integer (steps), got {value!r}")
 
 
+class Periodic(Method):
+    """A method with an event every ``{name}_every`` steps (a merge, an exact step) after
+    which the rate re-warms over ``{name}_rewarm`` steps (options registered by
+    :func:`register_period`): ReLoRA, LORO."""
+
+    def _option(self, run, what: str) -> int:
+        key = f"{self.name}_{what}"
+        return int(run.options.get(key, OPTIONS[key].default))
+
+    def every_for(self, run) -> int | None:
+        return self._option(run, "every") or None          # 0: no event
+
+    def lr_factor(self, step: int, run) -> float:
+        """The jagged schedule (:func:`rewarm_factor`)."""
+        return rewarm_factor(step, self.every_for(run), self._option(run, "rewarm"))
+
+
+def register_period(method: str, every: int, rewarm: int, every_help: str, event: str
+                    ) -> None:
+    """Register a :class:`Periodic` method's two options: its period ``every`` (steps; 0:
+    none) and the re-warm-up ``rewarm`` (steps) after each ``event``."""
+    register_option(Option(f"{method}_every", every, every_help, check=check_steps,
+                           applies=lambda m: m.name == method))
+    register_option(Option(f"{method}_rewarm", rewarm, f"re-warm-up after {event}, steps",
+                           check=check_steps, applies=lambda m: m.name == method))
+
+
 def rewarm_factor(step: int, every: int | None, steps: int) -> float:
     """A jagged schedule's factor at ``step`` (0-based): after each event every ``every`` steps
     (a merge, an exact step, a state reset), the rate re-warms linearly over ``steps`` steps;

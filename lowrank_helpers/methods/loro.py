@@ -42,8 +42,7 @@ import math
 import torch
 from torch import nn
 
-from .base import (LayerSpec, Method, Option, check_steps, register_method, register_option,
-                   rewarm_factor)
+from .base import LayerSpec, Periodic, register_method, register_period
 from ..models.layers import LowRankLinear
 
 EVERY, REWARM = 100, 5
@@ -147,7 +146,7 @@ class LOROAdamW(torch.optim.Optimizer):
             state["step"] = 0
 
 
-class LORO(Method):
+class LORO(Periodic):
     def layer(self, spec: LayerSpec, rank, init) -> nn.Module:
         """B·A with each factor Xavier-normal (the official ``loro_init xavier``)."""
         layer = LowRankLinear(spec.d_in, spec.d_out, rank, bias=spec.bias, init="default")
@@ -186,17 +185,9 @@ class LORO(Method):
         return LOROAdamW(params, lr=p.lr, betas=(p.beta1, p.beta2),
                          weight_decay=p.weight_decay, every=self.every_for(run) or 0)
 
-    def every_for(self, run) -> int | None:
-        return int(run.options.get("loro_every", EVERY)) or None   # 0: no exact step
-
-    def lr_factor(self, step: int, run) -> float:
-        return rewarm_factor(step, self.every_for(run),
-                             int(run.options.get("loro_rewarm", REWARM)))
 
 
 
-register_option(Option("loro_every", EVERY, "LORO's K: steps between exact steps (0: none)",
-                       check=check_steps, applies=lambda m: m.name == "loro"))
-register_option(Option("loro_rewarm", REWARM, "LORO's re-warm-up after an exact step, steps",
-                       check=check_steps, applies=lambda m: m.name == "loro"))
+register_period("loro", EVERY, REWARM, "LORO's K: steps between exact steps (0: none)",
+                "an exact step")
 register_method(LORO("loro", "LORO", factorized=True, init="default", linestyle="--"))

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (LayerSpec, Method, Option, check_steps, register_method, register_option,
-                   rewarm_factor)
+from .base import LayerSpec, Periodic, register_method, register_period
 
 ALPHA, EVERY, REWARM = 32.0, 500, 10
 
@@ -68,13 +67,10 @@ class ReLoRALinear(nn.Module):
                 f"rank={self.rank}, scale={self.scale:g}")
 
 
-class ReLoRA(Method):
+class ReLoRA(Periodic):
     def layer(self, spec: LayerSpec, rank, init) -> nn.Module:
         return ReLoRALinear(spec.d_in, spec.d_out, rank, bias=spec.bias,
                             dense_init=spec.dense_init)
-
-    def every_for(self, run) -> int | None:
-        return int(run.options.get("relora_every", EVERY)) or None   # 0: never merge
 
     def training_macs(self, d_in: int, d_out: int, rank: int | None) -> int:
         """The frozen W's forward and input gradient (no weight gradient), and B·A's three."""
@@ -91,17 +87,8 @@ class ReLoRA(Method):
                         if torch.is_tensor(value):
                             value.zero_()
 
-    def lr_factor(self, step: int, run) -> float:
-        """The jagged schedule: after each merge, a linear re-warm-up over ``relora_rewarm``
-        steps (1 before the first merge)."""
-        return rewarm_factor(step, self.every_for(run),
-                             int(run.options.get("relora_rewarm", REWARM)))
 
 
-
-register_option(Option("relora_every", EVERY, "ReLoRA's T: steps between merges",
-                       check=check_steps, applies=lambda m: m.name == "relora"))
-register_option(Option("relora_rewarm", REWARM, "ReLoRA's re-warm-up after a merge, steps",
-                       check=check_steps, applies=lambda m: m.name == "relora"))
+register_period("relora", EVERY, REWARM, "ReLoRA's T: steps between merges", "a merge")
 register_method(ReLoRA("relora", "ReLoRA", factorized=True, init="default", every=EVERY,
                        linestyle="-."))

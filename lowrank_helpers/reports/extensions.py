@@ -8,23 +8,13 @@ import math
 
 import pandas as pd
 
-from ..core.stats import correct, welch
-from ..studies.extensions import EXT_MODELS
+from ..core.stats import correct, mean_interval, welch
+from ..studies.extensions import EXT_MODELS, ext_name
 from ..studies.lm import load_lm_records
 from .lm import lm_table
 
 #: The names of the rows the LM study's records give.
 DENSE, PLAIN = "dense", "B·A ({init} init)"
-
-
-def ext_name(method: str, options: dict | None) -> str | None:
-    """The comparison's name of a (method, options), or None if it is not one of them
-    (options at their default are left out of a run's, as of these)."""
-    from ..methods import check_options
-    for name, (m, opts) in EXT_MODELS.items():
-        if m == method and check_options(m, opts) == dict(options or {}):
-            return name
-    return None
 
 
 def total_parameters(path) -> int:
@@ -39,12 +29,14 @@ def total_parameters(path) -> int:
 def _measured(runs: pd.DataFrame, ids: list[str]) -> dict:
     """Means over a row's seeds of what the records measured beside the loss."""
     at = runs[runs.run_id.isin(ids)]
-    stack = at.stack_size.fillna(1)
-    return {"total_parameters": total_parameters(at.path.iloc[0]) if len(at) else math.nan,
-            "optimizer_state_bytes": at.optimizer_state_bytes.mean(),
-            "peak_memory_bytes": at.peak_memory_bytes.mean(),
-            "tokens_per_second": (at.tokens_per_second / stack).mean(),
-            "seconds_per_run": (at.seconds / stack).mean()}
+    out = {"total_parameters": total_parameters(at.path.iloc[0]) if len(at) else math.nan,
+           "optimizer_state_bytes": at.optimizer_state_bytes.mean(),
+           "peak_memory_bytes": at.peak_memory_bytes.mean()}
+    if "tokens_per_second" in at:                    # the transformer's records
+        stack = at.stack_size.fillna(1)
+        out.update(tokens_per_second=(at.tokens_per_second / stack).mean(),
+                   seconds_per_run=(at.seconds / stack).mean())
+    return out
 
 
 def extensions_table(cfg) -> pd.DataFrame:
@@ -96,27 +88,34 @@ def _ordered(table: pd.DataFrame) -> pd.DataFrame:
 def mlp_table(cfg) -> pd.DataFrame:
     """The MLP's rows (test accuracy, fraction, in ``scores``): the dense model and plain B·A
     (both inits) under AdamW at ``cfg.mlp_ranks``, then every model of ``cfg.models``, each at
-    its chosen rate (the tuned study's rule, on the validation split) with its first
-    ``cfg.seeds`` seeds, all from the MLP part's records (its baselines refined as the methods
-    are). Until the part has baselines of its own, the tuned study's (``cfg.tuned_dir``,
-    unrefined) stand in."""
+    its chosen rate (the tuned study's rule, on the validation split) with its seeds (up to
+    ``cfg.close_seeds``: a close call's extra ones too), all from the MLP part's records (its
+    baselines refined as the methods are). Until the part has baselines of its own, the
+    tuned study's (``cfg.tuned_dir``, unrefined) stand in."""
     from pathlib import Path
     from ..core.results import load_records
     from ..studies.tuned import tuned_table
-    own_dir = Path(cfg.mlp_config().results_dir)
-    mine = load_records(own_dir) if own_dir.is_dir() else pd.DataFrame()
-    has_base = len(mine) and (mine.method == "full").any()
+    tuned = cfg.mlp_config()
+    epochs = tuned.protocol("adamw").epochs          # not the convergence check's
+
+    def records(where):
+        runs = load_records(where) if Path(where).is_dir() else pd.DataFrame()
+        return runs[(runs.optimizer == "adamw") & (runs.epochs == epochs)] if len(runs) \
+            else runs
+    mine = records(tuned.results_dir)
+    sources = [(mine, None)]
+    if not (len(mine) and (mine.method == "full").any()):
+        sources.insert(0, (records(cfg.tuned_dir), False))
+    seeds = max(cfg.seeds, cfg.close_seeds)
     rows = []
-    for where, own in (() if has_base else ((cfg.tuned_dir, False),)) + ((own_dir, None),):
-        if not Path(where).is_dir():
-            continue
-        runs = load_records(where)
+    for runs, own in sources:
         if runs.empty:
             continue
-        epochs = cfg.mlp_config().protocol("adamw").epochs   # not the convergence check's
-        runs = runs[(runs.optimizer == "adamw") & (runs.epochs == epochs)]
         options = dict(zip(runs.model_key, runs.options))
-        for _, r in tuned_table(runs, cfg.seeds, cfg.seeds).iterrows():
+        # the tuned study's rows under its own seed rule (as its README gives them); the
+        # part's own with every seed up to close_seeds
+        table = tuned_table(runs) if own is False else tuned_table(runs, seeds, seeds)
+        for _, r in table.iterrows():
             name = ext_name(r.method, options.get(r.key))
             if name is not None:
                 if own is False or name not in cfg.models:
@@ -128,15 +127,13 @@ def mlp_table(cfg) -> pd.DataFrame:
                 name = PLAIN.format(init=r.init)
             else:
                 continue
-            at = runs[(runs.model_key == r.key) & (runs.lr == r.lr) & (runs.seed < cfg.seeds)]
-            rows.append({"name": name, "rank": r["rank"], "lr": r.lr, "edge": r.edge is not None
-                         and not (isinstance(r.edge, float) and pd.isna(r.edge)),
-                         "seeds": r.seeds, "scores": list(r.test_values),
-                         "score": r.mean_test, "score_std": r.std_test, "parameters": r.params,
-                         "total_parameters": total_parameters(at.path.iloc[0]) if len(at)
-                         else math.nan,
-                         "optimizer_state_bytes": at.optimizer_state_bytes.mean(),
-                         "peak_memory_bytes": at.peak_memory_bytes.mean()})
+            at = runs[(runs.model_key == r.key) & (runs.lr == r.lr)
+                      & runs.seed.isin(range(r.seeds if own is False else seeds))]
+            rows.append({"name": name, "rank": r["rank"], "lr": r.lr,
+                         "edge": r.edge is not None and pd.notna(r.edge), "seeds": r.seeds,
+                         "scores": list(r.test_values), "score": r.mean_test,
+                         "score_std": r.std_test, "parameters": r.params,
+                         **_measured(at, list(at.run_id))})
     return _ordered(pd.DataFrame(rows))
 
 
@@ -203,12 +200,7 @@ def extensions_markdown(table: pd.DataFrame, part: str = "lm") -> str:
 
 def interval(scores) -> tuple[float, float] | None:
     """The 95 % t-interval of the mean of ``scores`` (None with fewer than 2)."""
-    from scipy import stats as st
-    if len(scores) < 2:
-        return None
-    s = pd.Series(scores)
-    half = st.t.ppf(0.975, len(s) - 1) * s.std() / math.sqrt(len(s))
-    return s.mean() - half, s.mean() + half
+    return mean_interval(scores)[1:] if len(scores) >= 2 else None
 
 
 def close_calls(table: pd.DataFrame) -> set[tuple[str, int]]:
@@ -237,12 +229,11 @@ def extensions_figure(table: pd.DataFrame, part: str = "lm"):
     """The score against trainable parameters and against optimizer-state bytes, one marker
     per model and rank (its seeds' mean and 95 % interval)."""
     import matplotlib.pyplot as plt
-    from scipy import stats as st
     header, _, scale = METRICS[part]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for name, g in table.groupby("name", sort=False):
-        half = [scale * st.t.ppf(0.975, len(v) - 1) * pd.Series(v).std() / math.sqrt(len(v))
-                if len(v) > 1 else 0.0 for v in g.scores]
+        half = [0.0 if math.isnan(hi) else scale * (hi - m)
+                for m, _, hi in map(mean_interval, g.scores)]
         for ax, x in zip(axes, ("parameters", "optimizer_state_bytes")):
             ax.errorbar(g[x], g.score * scale, yerr=half, marker="o", capsize=3, label=name,
                         linestyle="-" if len(g) > 1 else "none")

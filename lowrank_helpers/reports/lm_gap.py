@@ -19,22 +19,10 @@ import math
 
 import pandas as pd
 
-from ..core.stats import correct
+from ..core.stats import correct, mean_interval
 from ..studies.search import choose
 from .lm import dense_row, lm_table
 from .lm_scale import _diff, budget_lines, scale_lines, scale_table
-
-
-def _interval(values) -> tuple[float, float, float]:
-    """Mean and Student's 95 % interval of ``values`` (nan bounds with fewer than 2)."""
-    from scipy import stats as st
-    v = [float(x) for x in values]
-    m = sum(v) / len(v)
-    if len(v) < 2:
-        return m, math.nan, math.nan
-    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
-    half = st.t.ppf(0.975, len(v) - 1) * sd / math.sqrt(len(v))
-    return m, m - half, m + half
 
 
 # -- the SVD-started control ------------------------------------------------------------------
@@ -196,7 +184,7 @@ def student_lines(table: pd.DataFrame) -> list[str]:
     for k, g in table.groupby("teacher_rank"):
         parts = []
         for _, s in g.iterrows():
-            m, lo, hi = _interval(s.kl)
+            m, lo, hi = mean_interval(s.kl)
             name = "dense" if pd.isna(s["rank"]) else f"r={int(s['rank'])}"
             every = ", ".join(f"{v:.3f}" for v in s.every_rate.values())
             tail = ""

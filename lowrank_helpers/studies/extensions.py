@@ -117,10 +117,14 @@ class ExtensionsConfig(LMStudyConfig):
                            data_root=self.data_root, device=self.device, smoke=self.smoke)
 
 
-def _name(run) -> str | None:
-    """The comparison's name of a run (:data:`EXT_MODELS`)."""
-    from ..reports.extensions import ext_name
-    return ext_name(run.method, dict(run.options or {}))
+def ext_name(method: str, options: dict | None) -> str | None:
+    """The comparison's name (:data:`EXT_MODELS`) of a (method, options), or None if it is
+    not one of them (options at their default are left out of a run's, as of these)."""
+    from ..methods import check_options
+    for name, (m, opts) in EXT_MODELS.items():
+        if m == method and check_options(m, opts) == dict(options or {}):
+            return name
+    return None
 
 
 def extension_runs(cfg: ExtensionsConfig, vocab: int) -> list:
@@ -156,7 +160,7 @@ def run_extensions(cfg: ExtensionsConfig, progress: bool = True) -> pd.DataFrame
             if cfg.close_seeds > cfg.seeds:             # the close calls: more seeds
                 from ..reports.extensions import close_calls, extensions_table
                 close = close_calls(extensions_table(cfg))
-                more = [r for r in runs if (_name(r), r.rank) in close]
+                more = [r for r in runs if (ext_name(r.method, r.options), r.rank) in close]
                 if more:
                     _search_and_seeds(more, cfg, bar, cfg.close_seeds,
                                       results_dir=cfg.results_dir, refine=refine)
@@ -234,7 +238,7 @@ def _mlp_part(cfg: ExtensionsConfig, progress: bool) -> None:
     if cfg.close_seeds > cfg.seeds:
         from ..reports.extensions import close_calls, mlp_table
         close = close_calls(mlp_table(cfg))
-        more = [m for m in mlp_runs(cfg) if (_name(m), m.rank) in close]
+        more = [m for m in mlp_runs(cfg) if (ext_name(m.method, m.options), m.rank) in close]
         if more:
             seeded(more, cfg.close_seeds, "extensions (MLP): the close calls' seeds")
 

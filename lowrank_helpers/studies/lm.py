@@ -37,7 +37,7 @@ from ..models.charlm import LMShape, check_lm_rank, lm_parameters, spectra
 from ..core.config import NotebookParams, _not_empty, refuse_smoke_overrides, smoke_dir
 from ..core.devices import check_device, resolve_device
 from ..models.layers import INITS
-from ..training.lm import LMProtocol, LMRun, _sample, retrain
+from ..training.lm import LMProtocol, LMRun, _sample, another_model, retrain
 from ..core.protocol import RunConfig
 from ..core.results import check_writable, has_record, load_records, read_record, record_path
 from ..core.settings import all_of, check_settings, distinct, each, non_negative, positive, setting
@@ -247,7 +247,6 @@ def complete_analysis(runs: list[RunConfig], cfg: LMStudyConfig, splits, bar=Non
     values against the stored ones, and add :func:`learned_analysis` with the size of that
     check. A run whose retrained spectrum differs by more than :data:`RETRAIN_TOLERANCE` is
     another model: its record is left as it is and its name returned."""
-    import warnings
     from ..core.results import _write_atomic
     todo = []
     for run in runs:
@@ -265,10 +264,8 @@ def complete_analysis(runs: list[RunConfig], cfg: LMStudyConfig, splits, bar=Non
         stored, new = rec["analysis"]["singular_values"], learned_analysis(run, res.model)
         gap = max(abs(a - b) for k in stored
                   for a, b in zip(stored[k], new["singular_values"][k]))
-        if gap > RETRAIN_TOLERANCE:
-            warnings.warn(f"{path.name}: retrained, its singular values differ from the "
-                          f"record's by {gap:.2g} (> {RETRAIN_TOLERANCE:g}): another "
-                          "model; its learned part is not added")
+        if another_model(path, "singular values", gap, RETRAIN_TOLERANCE,
+                         "its learned part is not added"):
             refused.append(path.name)
             continue
         rec["analysis"] = {"singular_values": stored,

@@ -19,13 +19,12 @@ the from-scratch loss, the rank itself limits (representation), as far as this p
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 from ..core.checkpoints import has_checkpoint, save_checkpoint
 from ..core.protocol import RunConfig
 from ..core.results import read_record, record_path, write_atomic
-from ..training.lm import retrain
+from ..training.lm import another_model, retrain
 
 #: The untrained truncations, beside the study's records.
 TRUNCATED = "svd/truncated.json"
@@ -46,10 +45,8 @@ def ensure_checkpoints(runs: list[RunConfig], splits, results_dir, device="cpu",
         if path.exists():
             stored = read_record(path)["final"]["val_loss"]
             gap = abs(stored - res.final["val_loss"])
-            if gap > CHECKPOINT_TOLERANCE:
-                warnings.warn(f"{path.name}: retrained, its held-out loss differs from the "
-                              f"record's by {gap:.2g} (> {CHECKPOINT_TOLERANCE:g}): another "
-                              "model; no checkpoint kept")
+            if another_model(path, "held-out loss", gap, CHECKPOINT_TOLERANCE,
+                             "no checkpoint kept"):
                 refused.append(run.name)
                 continue
         save_checkpoint(run, res.model, res.final)

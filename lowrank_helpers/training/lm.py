@@ -16,6 +16,8 @@ at a time: the reference the batched one is tested and benchmarked against.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import math
 from dataclasses import dataclass, field
 
@@ -151,6 +153,18 @@ def retrain(runs: list[RunConfig], splits: Splits, device="cpu", bar=None, what:
             bar.set_postfix_str(f"{what}{group[0].label} ×{len(group)}")
         progress = (lambda n, k=len(group): bar.update(n * k)) if bar is not None else None
         yield from zip(group, train_lms(group, splits, progress=progress, device=device))
+
+
+def another_model(path, what: str, gap: float, tolerance: float, consequence: str) -> bool:
+    """Whether a retrained run (:func:`retrain`) is another model than its record at ``path``
+    says: ``what`` (its measure) differs by ``gap`` > ``tolerance``; then a warning says so and
+    what follows (``consequence``)."""
+    if gap <= tolerance:
+        return False
+    import warnings
+    warnings.warn(f"{Path(path).name}: retrained, its {what} differs from the record's by "
+                  f"{gap:.2g} (> {tolerance:g}): another model; {consequence}", stacklevel=3)
+    return True
 
 
 def train_lm_eager(run: RunConfig, splits: Splits, dtype=torch.float32
