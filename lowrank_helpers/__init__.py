@@ -1,77 +1,77 @@
 """Helpers for the low-rank layers study: can W be a product B·A trained from scratch?
 
-One module per concept. What a run is: settings (typed, declared fields), protocol (how to
-train; the run and its ids), tasks (data, model family, metrics: a registry), methods (layer
-kinds as plug-ins, one module each, and how models are named, ordered and coloured), layers (LowRankLinear and
-its inits), models (the MLP and its costs), data. Training: training (the plain loop), stacked
-(stacked layers, forward and written-out backward), engine (many models in lockstep), planning
-(which models train together), steps (eager or CUDA-graph step), workers (CPU processes),
-devices. Results: results (records, replicate keys), study (runs with resume), config (the
-notebooks' parameters), report (tables, computed prose), readme (README's generated blocks),
-plots (study figures). The fair comparison: tuning (learning rates chosen on a validation
-split, seeds, controls), stats (Welch intervals), tuned_report (its tables and prose),
-tuned_plots (its figures). Theory: theory (signal and gradients at init, predicted and
-measured), theory_plots. Panels: explorer (records), init_panel (an init and a rank). Batches: batch (jobs, one job
-in a child process, the local runner), cluster (the same jobs on Dask), cli.
-The language-model study: text (character corpora, split as nanoGPT splits them), charlm
-(nanoGPT's transformer with dense or B·A projections), lm_training (its protocol, a run, many
-runs at once through torch.func), lm_study (the phases, with resume), lm_report (tables,
-computed prose), lm_plots (figures), teacher (the teacher–student control).
+Subpackages, one module per concept (README's "Layout" says what lives where): ``core`` (what
+a run is: settings, protocol and run ids, records, statistics, notebook configs), ``tasks``
+(data, the model for a shape, the loss and metrics: the image MLP, the character transformer,
+the teacher–student control), ``models`` (the layers and their inits, the MLP, the
+transformer), ``methods`` (plug-ins: how a method builds, trains and counts a model),
+``training`` (the one trainer, alone or stacked), ``studies`` (which runs each study trains,
+the one learning-rate search), ``reports`` (tables, computed prose, figures, panels),
+``batch`` (jobs, locally or on Dask, and the command line), ``readme`` (README's generated
+blocks).
+
+The names below are imported on first use, so that ``import lowrank_helpers`` and the command
+line start without loading torch, pandas, scipy and matplotlib until they are needed.
 """
-from .studies import theory
-from .core.config import (SMOKE, ExplorerConfig, StudyConfig, SummaryConfig, TheoryConfig)
-from .tasks.images_data import DATASETS, Data, DataNotFoundError, load_data
-from .core.devices import resolve_device
-from .training.engine import train_group, train_many
-from .models.charlm import CharTransformer, LMShape
-from .models.layers import INITS, LowRankLinear, register_init
-from .reports.lm_plots import lm_figures
-from .reports.lm import anchor_summary, lm_answer, lm_table, lm_tables_markdown
-from .studies.lm import LMStudyConfig, load_lm_records, run_lm_study
-from .training.lm import LMProtocol, LMRun, train_lm_eager, train_lms
-from .methods import (METHODS, LayerSpec, Method, lowrank, method_for_init, model_label,
-                      register_method)
-from .models.mlp import MLP, count_parameters, parameter_counts, parameter_table
-from .training.planning import plan_stacks
-from .reports.plots import plot_curves, plot_final_vs, save_figures, study_figures
-from .core.protocol import OPTIMIZERS, REFERENCE, SCHEDULES, Protocol, RunConfig
-from .readme import update_readme
-from .reports import answers
-from .reports.answers import discussion
-from .reports.reference import ORIGINAL, comparison_table, cost_table
-from .core.results import (ResultsDirError, epochs_frame, load_records, make_record, read_record,
-                      replicates, save_record)
-from .training.stacked import StackedMLP
-from .studies.reference import (init_study_records, run_one, run_records, run_study, spectra_records,
-                    summary_records)
-from .studies.teacher import TeacherConfig, best_students, teacher_results
-from .tasks import TASKS, Task, build_model, register_task
-from .training.loop import TrainResult, evaluate, train
-from .reports.tuned_plots import tuned_figures
-from .reports.tuned import tuned_answer, tuned_summary
-from .studies.tuned import TUNED_PROTOCOLS, TunedConfig, run_tuning, tuned_table
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "theory", "answers", "SMOKE", "ExplorerConfig", "StudyConfig", "SummaryConfig",
-    "TheoryConfig",
-    "DATASETS", "Data", "DataNotFoundError", "load_data", "resolve_device",
-    "train_group", "train_many", "INITS", "LowRankLinear", "register_init",
-    "METHODS", "LayerSpec", "Method", "lowrank", "method_for_init", "model_label",
-    "register_method",
-    "MLP", "count_parameters", "parameter_counts", "parameter_table", "plan_stacks",
-    "plot_curves", "plot_final_vs", "save_figures", "study_figures",
-    "OPTIMIZERS", "REFERENCE", "SCHEDULES", "Protocol", "RunConfig", "update_readme",
-    "ORIGINAL", "comparison_table", "cost_table", "discussion",
-    "ResultsDirError", "epochs_frame", "load_records", "make_record", "read_record",
-    "replicates", "save_record", "StackedMLP",
-    "init_study_records", "run_one", "run_records", "run_study", "spectra_records",
-    "summary_records", "TASKS", "Task", "build_model", "register_task",
-    "TrainResult", "evaluate", "train", "tuned_figures", "tuned_answer", "tuned_summary",
-    "TUNED_PROTOCOLS", "TunedConfig", "run_tuning", "tuned_table",
-    "CharTransformer", "LMShape", "lm_figures", "anchor_summary", "lm_answer", "lm_table",
-    "lm_tables_markdown", "LMStudyConfig", "load_lm_records", "run_lm_study", "LMProtocol",
-    "LMRun", "train_lm_eager", "train_lms", "TeacherConfig", "best_students",
-    "teacher_results",
-]
+#: Public name -> the module that defines it (imported when the name is first used).
+_EXPORTS = {
+    "core.config": ("SMOKE", "ExplorerConfig", "StudyConfig", "SummaryConfig", "TheoryConfig"),
+    "tasks.images_data": ("DATASETS", "Data", "DataNotFoundError", "load_data"),
+    "core.devices": ("resolve_device",),
+    "training.engine": ("train_group", "train_many"),
+    "models.charlm": ("CharTransformer", "LMShape"),
+    "models.layers": ("INITS", "LowRankLinear", "register_init"),
+    "reports.lm_plots": ("lm_figures",),
+    "reports.lm": ("anchor_summary", "lm_answer", "lm_table", "lm_tables_markdown"),
+    "studies.lm": ("LMStudyConfig", "load_lm_records", "run_lm_study"),
+    "training.lm": ("LMProtocol", "LMRun", "train_lm_eager", "train_lms"),
+    "methods": ("METHODS", "LayerSpec", "Method", "lowrank", "method_for_init", "model_label",
+                "register_method"),
+    "models.mlp": ("MLP", "count_parameters", "parameter_counts", "parameter_table"),
+    "training.planning": ("plan_stacks",),
+    "reports.plots": ("plot_curves", "plot_final_vs", "save_figures", "study_figures"),
+    "core.protocol": ("OPTIMIZERS", "REFERENCE", "SCHEDULES", "Protocol", "RunConfig"),
+    "readme": ("update_readme",),
+    "reports.answers": ("discussion",),
+    "reports.reference": ("ORIGINAL", "comparison_table", "cost_table"),
+    "core.results": ("ResultsDirError", "epochs_frame", "load_records", "make_record",
+                     "read_record", "replicates", "save_record"),
+    "training.stacked": ("StackedMLP",),
+    "studies.reference": ("init_study_records", "run_one", "run_records", "run_study",
+                          "spectra_records", "summary_records"),
+    "studies.teacher": ("TeacherConfig", "best_students", "teacher_results"),
+    "tasks": ("TASKS", "Task", "build_model", "register_task"),
+    "training.loop": ("TrainResult", "evaluate", "train"),
+    "training.trainer": ("fit",),
+    "reports.tuned_plots": ("tuned_figures",),
+    "reports.tuned": ("tuned_answer", "tuned_summary"),
+    "reports.tuned_compare": ("lr_theory_fit",),
+    "studies.tuned": ("TUNED_PROTOCOLS", "TunedConfig", "run_tuning", "tuned_table"),
+}
+_SUBMODULES = {"theory": "studies.theory", "answers": "reports.answers",
+               **{pkg: pkg for pkg in ("core", "tasks", "models", "methods", "training",
+                                       "studies", "reports", "batch", "readme")}}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = [*_SUBMODULES, *_WHERE]
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        value = importlib.import_module(f".{_SUBMODULES[name]}", __name__)
+    elif name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

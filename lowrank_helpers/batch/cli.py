@@ -25,7 +25,8 @@ import signal
 import sys
 from pathlib import Path
 
-from .jobs import plan_jobs, run_job
+from .jobs import run_job
+from .plan import plan_jobs
 from .runners import JobSpec, LocalRunner, config_tag, make_runner, run_specs
 from ..core.config import StudyConfig, SummaryConfig, smoke_dir
 from ..tasks.images_data import DataNotFoundError

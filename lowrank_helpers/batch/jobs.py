@@ -1,5 +1,5 @@
-"""A batch: the study's runs cut into jobs, and one job (a papermill run of a notebook) run in a
-child process that can be timed out, stopped, and followed epoch by epoch.
+"""One job of a batch (a papermill run of a notebook) in a child process that can be timed out,
+stopped, and followed epoch by epoch. (Which jobs a study has: :mod:`.plan`.)
 
 The child (:func:`job_main`) runs papermill's ``execute_notebook`` and holds a pipe from whoever
 started it on its stdin: when that pipe closes (the runner exited, or was killed with SIGKILL),
@@ -7,14 +7,14 @@ it kills its kernel and exits, so that no kernel trains on in the background. (T
 polls ``JPY_PARENT_PID``.) Training reports its epoch through a small file named by
 ``$LOWRANK_PROGRESS`` (:func:`report_progress`), which the runner reads once a second.
 
-Both runners, the local one (:class:`~lowrank_helpers.batch.runners.LocalRunner`, threads on
+This module imports only the standard library (papermill in the child), so that the child and
+training's progress reports start without loading the package's heavy parts. Both runners, the local one (:class:`~lowrank_helpers.batch.runners.LocalRunner`, threads on
 this machine) and the Dask one (:mod:`lowrank_helpers.batch.cluster`), run jobs through
 :func:`run_job`.
 """
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import os
 import signal
@@ -26,10 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..core.config import StudyConfig
-from ..methods import METHODS
-from ..training.planning import stack_rank
-from ..core.results import has_record, read_record, record_path
 
 #: The file a kernel started by a batch runner writes its progress to (see report_progress).
 PROGRESS_ENV = "LOWRANK_PROGRESS"
@@ -57,63 +53,6 @@ def report_progress(epoch: int, epochs: int) -> None:
         os.replace(tmp, path)
     except OSError:  # progress is a courtesy: training goes on without it
         pass
-
-
-@dataclass
-class Job:
-    """One notebook run of a study: the reference study's jobs are a dense method ("full") or
-    a stack of ranks ("r001-r016"), whose runs are known in advance (``config.runs()``); a
-    study that chooses its runs as it goes (a learning-rate search) plans none, and its job
-    may write any run's record."""
-    name: str
-    config: object       # the notebook's parameters for this job (a NotebookParams config)
-
-    def runs(self) -> list | None:
-        return self.config.runs() if hasattr(self.config, "runs") else None
-
-    def run_ids(self) -> set[str] | None:
-        """The ids of the runs the job may write (None: any)."""
-        runs = self.runs()
-        return None if runs is None else {r.run_id for r in runs}
-
-    def done(self) -> bool:
-        """Every planned run is recorded (a job without planned runs is run again: it resumes
-        from the records)."""
-        runs = self.runs()
-        return runs is not None and all(has_record(r, self.config.results_dir) for r in runs)
-
-    def records(self) -> list[dict]:
-        """The records it starts from (a job that stopped half way has some): those of its
-        planned runs, or every record of the results folder."""
-        runs, folder = self.runs(), Path(self.config.results_dir)
-        if runs is not None:
-            return [read_record(record_path(r, folder)) for r in runs if has_record(r, folder)]
-        out = []
-        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
-            try:
-                out.append(read_record(path))
-            except ValueError:
-                pass
-        return out
-
-
-def plan_jobs(cfg: StudyConfig) -> list[Job]:
-    """One job per dense method and one per stack of factorized ranks (ranks up to 16
-    together, then one per power of two; all factorized methods and seeds in each), so that the
-    engine can stack each job's models."""
-    def job(name, methods, ranks):
-        takes = any(METHODS[m].takes_init() for m in methods)
-        return Job(name, dataclasses.replace(cfg, methods=tuple(methods), ranks=tuple(ranks),
-                                             init=cfg.init if takes else None))
-    jobs = [job(m, [m], []) for m in cfg.methods if not METHODS[m].takes_rank]
-    factorized = [m for m in cfg.methods if METHODS[m].takes_rank]
-    buckets: dict[int, list[int]] = {}
-    for r in cfg.ranks:
-        buckets.setdefault(stack_rank(r), []).append(r)
-    for ranks in buckets.values() if factorized else ():
-        name = f"r{ranks[0]:03d}" + (f"-r{ranks[-1]:03d}" if len(ranks) > 1 else "")
-        jobs.append(job(name, factorized, ranks))
-    return jobs
 
 
 @dataclass

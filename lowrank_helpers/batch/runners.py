@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .jobs import Job, Outcome, run_job, usable_cores
+from .jobs import Outcome, run_job, usable_cores
+from .plan import Job
 
 
 @dataclass

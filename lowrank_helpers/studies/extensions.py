@@ -246,5 +246,5 @@ def _mlp_part(cfg: ExtensionsConfig, progress: bool) -> None:
 def plan_jobs(cfg: ExtensionsConfig) -> list:
     """One job per method (each searches and seeds its ranks)."""
     from dataclasses import replace
-    from ..batch.jobs import Job
+    from ..batch.plan import Job
     return [Job(name, replace(cfg, models=(name,))) for name in cfg.models]

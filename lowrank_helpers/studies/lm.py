@@ -337,7 +337,7 @@ def plan_jobs(cfg: LMStudyConfig) -> list:
     """The study as jobs of the batch runner: the anchor, the search with its seeds, and each
     control (the phases of ``cfg.phases`` only)."""
     from dataclasses import replace
-    from ..batch.jobs import Job
+    from ..batch.plan import Job
     jobs = []
     for group in JOB_PHASES:
         phases = tuple(p for p in group if p in cfg.phases)

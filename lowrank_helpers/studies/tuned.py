@@ -323,7 +323,7 @@ def _table(runs: pd.DataFrame) -> pd.DataFrame:
 def plan_jobs(cfg: TunedConfig) -> list:
     """The tuned study as jobs of the batch runner: one per optimizer (their searches, seeds,
     close calls and convergence checks are independent of each other)."""
-    from ..batch.jobs import Job
+    from ..batch.plan import Job
     return [Job(opt, replace(cfg, optimizers=(opt,))) for opt in cfg.optimizers]
 
 
