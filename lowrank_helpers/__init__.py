@@ -75,3 +75,16 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted({*globals(), *__all__})
+
+
+def submodules_on_use(package: str):
+    """A subpackage's module ``__getattr__``: ``lh.studies.lm`` imports ``studies.lm`` when
+    first used, as ``import lowrank_helpers.studies.lm`` would."""
+    def __getattr__(name: str):
+        try:
+            return importlib.import_module(f"{package}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{package}.{name}":
+                raise
+            raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
+    return __getattr__

@@ -37,3 +37,7 @@ __all__ = ["METHODS", "OPTIONS", "LayerSpec", "Method", "Option", "Periodic", "c
            "lowrank",
            "INIT_COLORS", "RANK_COLORS", "family_label", "init_color", "linestyle",
            "model_label", "model_order", "rank_color", "ORIGINAL_METHODS"]
+
+from .. import submodules_on_use
+
+__getattr__ = submodules_on_use(__name__)

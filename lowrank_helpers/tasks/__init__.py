@@ -8,3 +8,7 @@ from .chars import CharLM, lm_protocol
 
 __all__ = ["TASKS", "Task", "build_model", "check_task", "register_task", "task_of_config",
            "CLASSIFICATION_METRICS", "ImageClassification", "CharLM", "lm_protocol"]
+
+from .. import submodules_on_use
+
+__getattr__ = submodules_on_use(__name__)
