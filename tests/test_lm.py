@@ -16,7 +16,7 @@ from lowrank_helpers.tasks.images_data import DataNotFoundError
 from lowrank_helpers.models.layers import LowRankLinear
 from lowrank_helpers.studies.lm import narrow_width
 from lowrank_helpers.training.lm import StackedAdamW, get_batch, windows
-from lowrank_helpers.studies.teacher import floor, teacher
+from lowrank_helpers.tasks.linear import floor, teacher
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40
 
@@ -285,6 +285,34 @@ def test_teacher_has_its_spectrum_and_students_respect_the_floor():
     assert (df.loss >= df.floor - 1e-9).all()              # Eckart–Young: nothing beats it
     full = df[df["rank"] == 16]
     assert (full.loss < 0.05).all()                        # full rank learns the teacher
+
+
+def test_linear_students_are_a_task_of_the_one_trainer():
+    """Alone (fit) and stacked (train_stacked) train the same student; the population loss is
+    the squared error on fresh samples; a dense student learns the teacher."""
+    from lowrank_helpers.core.protocol import RunConfig
+    from lowrank_helpers.tasks.linear import linear_protocol
+    from lowrank_helpers.training.stacking import train_stacked
+    proto = linear_protocol(steps=40, batch_size=32, eval_every=20)
+    runs = [RunConfig("linear_power", "lora", rank=4, init=i, shape=8, protocol=proto)
+            for i in ("he", "lora")]
+    data = runs[0].task_spec.load(proto, d=8)
+    data64 = type(data)(data.w.double(), data.s)
+    alone = [lh.fit(r, data64, progress=False, dtype=torch.float64) for r in runs]
+    stacked = train_stacked(runs, data64, dtype=torch.float64)
+    for a, b in zip(alone, stacked):
+        assert [h["iter"] for h in a.history] == [20, 40]
+        assert b.final["val_loss"] == pytest.approx(a.final["val_loss"], rel=1e-9)
+    model = alone[0].model
+    x = torch.randn(20000, 8, dtype=torch.float64)
+    sampled = ((model(x) - x @ data.w.double().T) ** 2).mean().item()
+    assert sampled == pytest.approx(alone[0].final["val_loss"], rel=0.05)
+    dense = lh.fit(RunConfig("linear_power", "full", shape=8, lr=3e-2,
+                             protocol=linear_protocol(steps=300, batch_size=64)),
+                   data, progress=False)
+    assert dense.final["val_loss"] < 1e-3 < dense.init["val_loss"]
+    with pytest.raises(ValueError, match="rank 9 is above d = 8"):
+        RunConfig("linear_flat", "lora", rank=9, shape=8)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

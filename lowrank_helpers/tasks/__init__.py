@@ -1,8 +1,9 @@
 """The tasks: one module each and one registration (see :mod:`.base`): :mod:`.images` (the MLP
 on Fashion-MNIST and MNIST), :mod:`.chars` (nanoGPT's character transformer) and :mod:`.distill`
-(its students learning a low-rank teacher's distributions)."""
+(its students learning a low-rank teacher's distributions) and :mod:`.linear` (students of a
+linear teacher)."""
 from .base import TASKS, Task, build_model, check_task, register_task, task_of_config
-from . import images, chars, distill  # noqa: F401  (registrations)
+from . import images, chars, distill, linear  # noqa: F401  (registrations)
 from .images import CLASSIFICATION_METRICS, ImageClassification
 from .chars import CharLM, lm_protocol
 
