@@ -287,6 +287,44 @@ def test_teacher_has_its_spectrum_and_students_respect_the_floor():
     assert (full.loss < 0.05).all()                        # full rank learns the teacher
 
 
+def test_an_interrupted_stack_goes_on_from_its_last_save(tmp_path):
+    """A stack stopped at step 4 of 6 (its state saved after every step) and trained again ends
+    where the uninterrupted stack ends, and its saved state is gone; another stack's file is
+    not taken."""
+    from lowrank_helpers.training.stacking import stack_state_path, train_stacked
+    splits = text.split_text(TEXT, tune_chars=200)
+    runs = [_tiny(0, 1e-2, factorize="both", rank=3, init="lora"),
+            _tiny(1, 3e-3, factorize="both", rank=3, init="lora")]
+    whole = train_stacked(runs, splits, dtype=torch.float64)
+    path = stack_state_path(runs, tmp_path)
+    assert path.parent == tmp_path / "stacks"
+
+    def stop(n, steps=[0]):
+        steps[0] += n
+        if steps[0] == 4:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train_stacked(runs, splits, dtype=torch.float64, progress=stop, resume=path,
+                      save_every=0)
+    assert path.exists()
+    other = stack_state_path(runs[:1], tmp_path)
+    other.parent.mkdir(exist_ok=True)
+    other.write_bytes(path.read_bytes())               # a file of other runs: not theirs
+    counted = []
+    again = train_stacked(runs, splits, dtype=torch.float64, progress=counted.append,
+                          resume=path, save_every=0)
+    assert len(counted) == 2                            # steps 5 and 6 only
+    assert not path.exists()
+    for a, b in zip(whole, again):
+        assert [h["iter"] for h in b.history] == [h["iter"] for h in a.history]
+        assert b.final["val_loss"] == pytest.approx(a.final["val_loss"], rel=1e-12)
+        assert b.history[0]["train_loss"] == pytest.approx(a.history[0]["train_loss"])
+    restarted = []
+    train_stacked(runs[:1], splits, dtype=torch.float64, progress=restarted.append,
+                  resume=other)
+    assert len(restarted) == 6                          # from step 1
+
+
 def test_linear_students_are_a_task_of_the_one_trainer():
     """Alone (fit) and stacked (train_stacked) train the same student; the population loss is
     the squared error on fresh samples; a dense student learns the teacher."""

@@ -11,7 +11,7 @@ from ..core.config import StudyConfig, SummaryConfig, TheoryConfig, smoke_protoc
 from ..tasks.images_data import Data
 from ..core.devices import as_device, resolve_device
 from ..training.engine import train_many
-from ..training.stacking import stack_key, train_stacked
+from ..training.stacking import stack_key, stack_state_path, train_stacked
 from ..methods import METHODS, ORIGINAL_METHODS, method_for_init
 from ..training.planning import stackable
 from ..core.protocol import Protocol, RunConfig
@@ -121,7 +121,8 @@ def run_records(runs: list[RunConfig], results_dir, *, data_root=None, device="a
                 bar.set_postfix_str(f"{group[0].label} ×{len(group)}")
                 step = partial(lambda n, k: bar.update(n * k), k=len(group))  # model-steps
             save(group, [_as_record_result(r, res) for r, res in
-                         zip(group, train_stacked(group, data, device=dev, progress=step))],
+                         zip(group, train_stacked(group, data, device=dev, progress=step,
+                                                  resume=stack_state_path(group, data_root)))],
                  data)
         for run in tqdm(alone, desc="runs", unit="run", disable=not progress or not alone):
             if bar is not None:

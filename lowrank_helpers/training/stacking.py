@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -78,6 +79,14 @@ class StackedAdamW(_StackedOptimizer):
         """Optimizer state per model (the moments)."""
         return sum(t[0].numel() * t.element_size() for t in (*self.m, *self.v))
 
+    def state(self) -> dict:
+        return {"m": self.m, "v": self.v, "t": self.t}
+
+    def load(self, state: dict) -> None:
+        for mine, kept in zip((*self.m, *self.v), (*state["m"], *state["v"])):
+            mine.copy_(kept)
+        self.t = state["t"]
+
 
 class StackedSGD(_StackedOptimizer):
     """SGD with momentum and (coupled) weight decay as ``torch.optim.SGD`` computes it, over
@@ -101,6 +110,12 @@ class StackedSGD(_StackedOptimizer):
 
     def state_bytes(self) -> int:
         return sum(b[0].numel() * b.element_size() for b in self.buf if b is not None)
+
+    def state(self) -> dict:
+        return {"buf": self.buf}
+
+    def load(self, state: dict) -> None:
+        self.buf = [None if b is None else b.clone() for b in state["buf"]]
 
 
 class Stack:
@@ -207,14 +222,31 @@ def _decays(model: torch.nn.Module, run: RunConfig, names: list[str]) -> list[fl
     return [wd.get(id(own[n]), run.protocol.weight_decay) for n in names]
 
 
+def stack_state_path(runs: list[RunConfig], root=None) -> Path:
+    """Where a stack of ``runs`` keeps its state while it trains (:func:`train_stacked`'s
+    ``resume``): the data cache's ``stacks/`` folder, named by the runs' ids."""
+    import hashlib
+
+    from ..tasks.images_data import default_root
+    key = hashlib.sha256(" ".join(sorted(r.run_id for r in runs)).encode()).hexdigest()[:16]
+    return (Path(root) if root is not None else default_root()) / "stacks" / f"{key}.pt"
+
+
 def train_stacked(runs: list[RunConfig], data, *, device="cpu", dtype=torch.float32,
                   progress: Callable[[int], None] | None = None,
-                  pad: bool = False) -> list[TrainResult]:
+                  pad: bool = False, resume: Path | None = None,
+                  save_every: float = 600.0) -> list[TrainResult]:
     """Train ``runs`` (one stack, :func:`check_stack`) together on ``data``: each model on its
     own batches, at its own rate, evaluated as :func:`~lowrank_helpers.training.trainer.fit` evaluates
     it; with ``pad``, factorized models of different ranks padded to the largest
     (:func:`pad_ranks`). ``progress(n)`` after each step. Returns one TrainResult per run, the
-    trained models (on the CPU, at their own ranks) in ``result.model``."""
+    trained models (on the CPU, at their own ranks) in ``result.model``.
+
+    ``resume``: a file where the stack's state (step, parameters, optimizer state, histories)
+    is written every ``save_every`` seconds of training, and read back when the same runs are
+    trained again: an interrupted stack goes on from its last save (the batches before it are
+    drawn again and skipped, so the result is the uninterrupted one) instead of from step 1.
+    The file is removed when the stack ends."""
     check_stack(runs, pad)
     dev = as_device(device)
     task, protocol = runs[0].task_spec, runs[0].protocol
@@ -236,9 +268,22 @@ def train_stacked(runs: list[RunConfig], data, *, device="cpu", dtype=torch.floa
     reset_peak_memory(dev)
     iters = [task.batches(r, data) for r in runs]
     seen = torch.zeros(len(runs), dtype=torch.float64)
-    start = last = time.perf_counter()
-    since = 0
-    for step in range(1, total + 1):
+    start = last = saved = time.perf_counter()
+    since, first, before = 0, 1, 0.0
+    kept = _read_state(resume, runs)
+    if kept is not None:   # go on from the last save: its state, and its batches skipped
+        with torch.no_grad():
+            for t, k in zip(stack.tensors(), kept["params"]):
+                t.copy_(k)
+        opt.load(kept["opt"])
+        for it in iters:
+            for _ in range(kept["step"]):
+                next(it)
+        for res, h, d in zip(results, kept["history"], kept["diverged"]):
+            res.history, res.diverged = h, d
+        seen.copy_(kept["seen"])
+        since, first, before = kept["since"], kept["step"] + 1, kept["seconds"]
+    for step in range(first, total + 1):
         xs, ys = zip(*(next(it) for it in iters))
         losses = stack.loss(stack.params, stack.buffers, torch.stack(xs).to(dev),
                             torch.stack(ys).to(dev))                     # (M,)
@@ -265,9 +310,15 @@ def train_stacked(runs: list[RunConfig], data, *, device="cpu", dtype=torch.floa
                     res.diverged = step
             seen.zero_()
             since, last = 0, now
+        if resume is not None and step < total and time.perf_counter() - saved > save_every:
+            _write_state(resume, runs, step, stack, opt, results, seen, since,
+                         before + time.perf_counter() - start)
+            saved = time.perf_counter()
         if progress is not None:
             progress(1)
-    seconds = time.perf_counter() - start
+    seconds = before + time.perf_counter() - start
+    if resume is not None:
+        Path(resume).unlink(missing_ok=True)
     finals = task.evaluate_many(stack.logits, runs[0], data, final=True)
     stack.unstack(models)
     for p in padded:
@@ -278,3 +329,33 @@ def train_stacked(runs: list[RunConfig], data, *, device="cpu", dtype=torch.floa
         res.optimizer_state_bytes = state
         res.model = models[i].cpu()
     return results
+
+
+def _write_state(path, runs, step, stack, opt, results, seen, since, seconds) -> None:
+    """The stack's state after ``step`` (see :func:`train_stacked`), written atomically."""
+    import os
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"run_ids": [r.run_id for r in runs], "step": step,
+                "params": [t.detach().cpu() for t in stack.tensors()],
+                "opt": {k: ([None if t is None else t.detach().cpu() for t in v]
+                            if isinstance(v, list) else v) for k, v in opt.state().items()},
+                "history": [r.history for r in results],
+                "diverged": [r.diverged for r in results],
+                "seen": seen, "since": since, "seconds": seconds}, tmp)
+    os.replace(tmp, path)
+
+
+def _read_state(path, runs) -> dict | None:
+    """The state kept at ``path`` for these runs, or None (no file, another stack's, or a file
+    that cannot be read: then the stack starts from step 1)."""
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        kept = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a torn or foreign file: train from the start
+        print(f"warning: the stack's saved state {path} cannot be read ({exc}); training "
+              "from step 1", flush=True)
+        return None
+    return kept if kept.get("run_ids") == [r.run_id for r in runs] else None
