@@ -1,5 +1,6 @@
 """The character LM: corpus loading and splitting, the model, training many at once against
 one at a time, the study's phases and resume, the teacher–student control."""
+import dataclasses
 import hashlib
 import io
 import math
@@ -334,8 +335,8 @@ def test_linear_students_are_a_task_of_the_one_trainer():
     proto = linear_protocol(steps=40, batch_size=32, eval_every=20)
     runs = [RunConfig("linear_power", "lora", rank=4, init=i, shape=8, protocol=proto)
             for i in ("he", "lora")]
-    data = runs[0].task_spec.load(proto, d=8)
-    data64 = type(data)(data.w.double(), data.s)
+    data = runs[0].task_spec.load(proto)
+    data64 = dataclasses.replace(data, dtype=torch.float64)
     alone = [lh.fit(r, data64, progress=False, dtype=torch.float64) for r in runs]
     stacked = train_stacked(runs, data64, dtype=torch.float64)
     for a, b in zip(alone, stacked):
@@ -343,7 +344,7 @@ def test_linear_students_are_a_task_of_the_one_trainer():
         assert b.final["val_loss"] == pytest.approx(a.final["val_loss"], rel=1e-9)
     model = alone[0].model
     x = torch.randn(20000, 8, dtype=torch.float64)
-    sampled = ((model(x) - x @ data.w.double().T) ** 2).mean().item()
+    sampled = ((model(x) - x @ data64(8)[0].T) ** 2).mean().item()
     assert sampled == pytest.approx(alone[0].final["val_loss"], rel=0.05)
     dense = lh.fit(RunConfig("linear_power", "full", shape=8, lr=3e-2,
                              protocol=linear_protocol(steps=300, batch_size=64)),

@@ -59,11 +59,11 @@ def run_teacher_student(cfg: TeacherConfig = TeacherConfig(), progress: bool = T
     for (task, rank), group in groupby(runs, key=lambda r: (r.task, r.rank)):
         group = list(group)
         spec = group[0].task_spec
-        data = spec.load(group[0].protocol, d=cfg.d)
+        data = spec.load(group[0].protocol)
         for run, res in zip(group, train_stacked(group, data, progress=bar.update)):
             rows.append({"spectrum": spec.spectrum, "init": run.init, "lr": run.protocol.lr,
                          "rank": rank, "loss": res.final["val_loss"],
-                         "floor": floor(data.s, rank)})
+                         "floor": floor(data(cfg.d)[1], rank)})
     bar.close()
     return pd.DataFrame(rows)
 

@@ -82,6 +82,10 @@ class Task:
     def check_rank(self, rank: int, shape, targets, method) -> None:
         """Refuse a rank that restricts none of the target layers (default: nothing)."""
 
+    def max_rank(self, shape) -> int | None:
+        """The largest rank that restricts a target layer of ``shape`` (None: no bound)."""
+        return None
+
     def build(self, run: "RunConfig") -> torch.nn.Module:
         raise NotImplementedError
 

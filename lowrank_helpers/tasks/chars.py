@@ -112,6 +112,9 @@ class CharLM(Task):
     def check_rank(self, rank: int, shape, targets, method) -> None:
         check_lm_rank(rank, shape.d_model)
 
+    def max_rank(self, shape) -> int:
+        return shape.d_model
+
     def factorize(self, run: "RunConfig") -> str:
         """The legacy name of the run's target set: "none" for the dense model."""
         return "none" if run.method == "full" else run.targets

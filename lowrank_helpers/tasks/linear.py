@@ -70,13 +70,25 @@ def linear_protocol(**changes) -> "Protocol":
 
 
 @dataclass
-class TeacherData:
-    """The teacher W (float32, as the students train) and its singular values (float64)."""
-    w: torch.Tensor
-    s: torch.Tensor
+class Teachers:
+    """A task's teachers, drawn on first use for each d (a run's shape): W in ``dtype`` on
+    ``device`` (as the students train), its singular values in float64."""
+    spectrum: str
+    seed: int = 0
+    device: str | torch.device = "cpu"
+    dtype: torch.dtype = torch.float32
 
-    def to(self, device) -> "TeacherData":
-        return TeacherData(self.w.to(device), self.s)
+    def __post_init__(self):
+        self._drawn: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if d not in self._drawn:
+            w, s = teacher(self.spectrum, d, self.seed)
+            self._drawn[d] = (w.to(self.device, self.dtype), s)
+        return self._drawn[d]
+
+    def to(self, device) -> "Teachers":
+        return Teachers(self.spectrum, self.seed, device, self.dtype)
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,9 @@ class LinearTeacher(Task):
         shape = 128 if shape is None else shape
         if isinstance(shape, bool) or not isinstance(shape, int) or shape < 1:
             raise ValueError(f"the shape of task {self.name!r} is d, an int ≥ 1, got {shape!r}")
+        return shape
+
+    def max_rank(self, shape) -> int:
         return shape
 
     def check_rank(self, rank: int, shape, targets, method) -> None:
@@ -122,14 +137,13 @@ class LinearTeacher(Task):
     def prepare(self, root=None) -> None:
         """Nothing to fetch: the teacher is drawn."""
 
-    def load(self, protocol: "Protocol", root=None, device="cpu", d: int = 128) -> TeacherData:
-        w, s = teacher(self.spectrum, d, self.teacher_seed)
-        return TeacherData(w.float(), s).to(device)
+    def load(self, protocol: "Protocol", root=None, device="cpu") -> Teachers:
+        return Teachers(self.spectrum, self.teacher_seed, device)
 
-    def batches(self, run: "RunConfig", data: TeacherData):
+    def batches(self, run: "RunConfig", data: Teachers):
         """Fresh x ~ N(0, I) from a generator of the run's seed, and y = Wx."""
         gen = torch.Generator().manual_seed(run.seed)
-        w = data.w
+        w, _ = data(run.shape)
         for _ in range(run.protocol.total_steps()):
             x = torch.randn(run.protocol.batch_size, run.shape, generator=gen).to(w)
             yield x, x @ w.T
@@ -137,21 +151,23 @@ class LinearTeacher(Task):
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return (out - y).pow(2).mean()
 
-    def _population(self, product: torch.Tensor, data: TeacherData) -> torch.Tensor:
+    def _population(self, product: torch.Tensor, data: Teachers) -> torch.Tensor:
         """‖W − M‖²_F / d per model, from each model's outputs on the identity, (…, d, d) =
         Mᵀ."""
-        diff = product.double() - data.w.T.double().to(product.device)
-        return diff.pow(2).sum(dim=(-2, -1)) / data.w.shape[0]
+        w, _ = data(product.shape[-1])
+        diff = product.double() - w.T.double().to(product.device)
+        return diff.pow(2).sum(dim=(-2, -1)) / w.shape[0]
 
-    def evaluate(self, model, data: TeacherData, protocol: "Protocol",
-                 final: bool = False) -> dict:
+    def evaluate(self, model, data: Teachers, protocol: "Protocol", final: bool = False) -> dict:
+        p = next(model.parameters())
         with torch.no_grad():
-            eye = torch.eye(data.w.shape[1], device=data.w.device, dtype=data.w.dtype)
+            eye = torch.eye(model.in_features, device=p.device, dtype=p.dtype)
             return {"val_loss": self._population(model(eye), data).item()}
 
-    def evaluate_many(self, forward, run: "RunConfig", data: TeacherData,
+    def evaluate_many(self, forward, run: "RunConfig", data: Teachers,
                       final: bool = False) -> list[dict]:
-        eye = torch.eye(data.w.shape[1], device=data.w.device, dtype=data.w.dtype)
+        w, _ = data(run.shape)
+        eye = torch.eye(run.shape, device=w.device, dtype=w.dtype)
         return [{"val_loss": v} for v in self._population(forward(eye), data).tolist()]
 
     def parameters(self, run: "RunConfig") -> dict[str, int]:
