@@ -10,8 +10,9 @@ the one learning-rate search), ``reports`` (tables, computed prose, figures, pan
 ``batch`` (jobs, locally or on Dask, and the command line), ``readme`` (README's generated
 blocks).
 
-The names below are imported on first use, so that ``import lowrank_helpers`` and the command
-line start without loading torch, pandas, scipy and matplotlib until they are needed.
+The names below are imported on first use, so that ``import lowrank_helpers`` loads nothing
+heavy, and the command line, a batch job's child and a notebook's kernel load scipy, matplotlib
+and the reports only where they use them.
 """
 from __future__ import annotations
 

@@ -59,20 +59,20 @@ def scheduler(tmp_path_factory):
                     proc.wait(timeout=30)
 
 
-def _ctrl_c_as_at_a_terminal():
-    """A child started from a background job inherits SIGINT ignored (POSIX shells ignore it
-    for background commands; Python then installs no KeyboardInterrupt handler), so a test
-    run from such a job could never interrupt it. A terminal's Ctrl-C reaches a process whose
-    SIGINT has its default action: give it that."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+#: Runs its arguments with SIGINT at its default action. A child started from a background
+#: job inherits SIGINT ignored (POSIX shells ignore it for background commands; Python then
+#: installs no KeyboardInterrupt handler), so a suite run from such a job could never
+#: interrupt it; a terminal's Ctrl-C reaches a process whose SIGINT has its default action.
+CTRL_C_AS_AT_A_TERMINAL = [sys.executable, "-c", "import os, signal, sys; "
+                           "signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                           "os.execv(sys.argv[1], sys.argv[1:])"]
 
 
 @contextlib.contextmanager
 def started(args, **kwargs):
     """``lowrank-study`` in the background, with SIGINT as at a terminal; killed if the test
     fails before it ends (its jobs then take their kernels down with them)."""
-    proc = subprocess.Popen(args, cwd=ROOT, text=True, preexec_fn=_ctrl_c_as_at_a_terminal,
-                            **kwargs)
+    proc = subprocess.Popen([*CTRL_C_AS_AT_A_TERMINAL, *args], cwd=ROOT, text=True, **kwargs)
     try:
         yield proc
     finally:

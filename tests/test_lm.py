@@ -314,12 +314,20 @@ def test_an_interrupted_stack_goes_on_from_its_last_save(tmp_path):
     counted = []
     again = train_stacked(runs, splits, dtype=torch.float64, progress=counted.append,
                           resume=path, save_every=0)
-    assert len(counted) == 2                            # steps 5 and 6 only
-    assert not path.exists()
-    for a, b in zip(whole, again):
+    assert counted == [4, 1, 1]                         # the 4 steps kept, then 5 and 6
+    assert path.exists()          # saved after the last step: the caller removes it once kept
+    counted.clear()               # stopped before the records were written: nothing retrains
+    last = train_stacked(runs, splits, dtype=torch.float64, progress=counted.append,
+                         resume=path)
+    assert counted == [6]
+    for a, b, c in zip(whole, again, last):
         assert [h["iter"] for h in b.history] == [h["iter"] for h in a.history]
         assert b.final["val_loss"] == pytest.approx(a.final["val_loss"], rel=1e-12)
+        assert c.final["val_loss"] == pytest.approx(a.final["val_loss"], rel=1e-12)
         assert b.history[0]["train_loss"] == pytest.approx(a.history[0]["train_loss"])
+    counted.clear()                         # float32 runs do not take a float64 stack's state
+    train_stacked(runs, splits, progress=counted.append, resume=path)
+    assert counted == [1] * 6
     restarted = []
     train_stacked(runs[:1], splits, dtype=torch.float64, progress=restarted.append,
                   resume=other)
@@ -352,6 +360,8 @@ def test_linear_students_are_a_task_of_the_one_trainer():
     assert dense.final["val_loss"] < 1e-3 < dense.init["val_loss"]
     with pytest.raises(ValueError, match="rank 9 is above d = 8"):
         RunConfig("linear_flat", "lora", rank=9, shape=8)
+    with pytest.raises(ValueError, match="'cola' is not a linear layer"):
+        RunConfig("linear_flat", "cola", rank=2, shape=8)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

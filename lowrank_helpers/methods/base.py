@@ -82,7 +82,8 @@ class Method:
     model's output layer is not a target (it stays the task's dense layer).
     ``param_groups(model, lr)``: the optimizer's groups (the short way to override
     :meth:`groups`). ``every``: how often :meth:`after_step` runs (None: never). ``ranked``:
-    a dense method whose runs still name a rank (GaLore's gradient projection).
+    a dense method whose runs still name a rank (GaLore's gradient projection). ``linear``: its
+    layer computes x ↦ Wx + b for some W (False: CoLA's B·σ(A·x)).
     """
     name: str
     label: str                      # "LoRA layers": in tables, legends, prose
@@ -94,6 +95,7 @@ class Method:
     dense_output: bool = False
     every: int | None = None
     ranked: bool = False            # dense layers, yet a rank (GaLore's projection rank)
+    linear: bool = True             # the layer is a linear map of its input
 
     # -- what the method is ---------------------------------------------------------------
     @property

@@ -52,4 +52,5 @@ class CoLA(Method):
         return CoLALinear(spec.d_in, spec.d_out, rank, bias=spec.bias)
 
 
-register_method(CoLA("cola", "CoLA layers", factorized=True, init="default", linestyle=":"))
+register_method(CoLA("cola", "CoLA layers", factorized=True, init="default", linestyle=":",
+                     linear=False))

@@ -120,10 +120,12 @@ def run_records(runs: list[RunConfig], results_dir, *, data_root=None, device="a
             if bar is not None:
                 bar.set_postfix_str(f"{group[0].label} ×{len(group)}")
                 step = partial(lambda n, k: bar.update(n * k), k=len(group))  # model-steps
+            kept = stack_state_path(group, data_root)     # the stack's state as it trains
             save(group, [_as_record_result(r, res) for r, res in
                          zip(group, train_stacked(group, data, device=dev, progress=step,
-                                                  resume=stack_state_path(group, data_root)))],
+                                                  resume=kept))],
                  data)
+            kept.unlink(missing_ok=True)                  # its records are written
         for run in tqdm(alone, desc="runs", unit="run", disable=not progress or not alone):
             if bar is not None:
                 bar.set_postfix_str(f"{run.label} (alone)")

@@ -114,6 +114,10 @@ class LinearTeacher(Task):
         return shape
 
     def check_rank(self, rank: int, shape, targets, method) -> None:
+        if not method.linear:
+            raise ValueError(f"method {method.name!r} is not a linear layer: the population "
+                             f"loss of task {self.name!r} (from the weights) holds only for "
+                             "linear students")
         if method.factorized and rank > shape:
             raise ValueError(f"rank {rank} is above d = {shape}: B·A would not restrict W")
 

@@ -115,7 +115,8 @@ class StackedSGD(_StackedOptimizer):
         return {"buf": self.buf}
 
     def load(self, state: dict) -> None:
-        self.buf = [None if b is None else b.clone() for b in state["buf"]]
+        self.buf = [None if b is None else b.to(q.device, q.dtype, copy=True)
+                    for b, q in zip(state["buf"], self.params)]
 
 
 class Stack:
@@ -246,7 +247,8 @@ def train_stacked(runs: list[RunConfig], data, *, device="cpu", dtype=torch.floa
     is written every ``save_every`` seconds of training, and read back when the same runs are
     trained again: an interrupted stack goes on from its last save (the batches before it are
     drawn again and skipped, so the result is the uninterrupted one) instead of from step 1.
-    The file is removed when the stack ends."""
+    The last save is after the last step; the caller removes the file once it has kept the
+    results (:func:`~lowrank_helpers.studies.reference.run_records`: after their records)."""
     check_stack(runs, pad)
     dev = as_device(device)
     task, protocol = runs[0].task_spec, runs[0].protocol
@@ -268,9 +270,8 @@ def train_stacked(runs: list[RunConfig], data, *, device="cpu", dtype=torch.floa
     reset_peak_memory(dev)
     iters = [task.batches(r, data) for r in runs]
     seen = torch.zeros(len(runs), dtype=torch.float64)
-    start = last = saved = time.perf_counter()
     since, first, before = 0, 1, 0.0
-    kept = _read_state(resume, runs)
+    kept = _read_state(resume, runs, stack.tensors())
     if kept is not None:   # go on from the last save: its state, and its batches skipped
         with torch.no_grad():
             for t, k in zip(stack.tensors(), kept["params"]):
@@ -283,6 +284,9 @@ def train_stacked(runs: list[RunConfig], data, *, device="cpu", dtype=torch.floa
             res.history, res.diverged = h, d
         seen.copy_(kept["seen"])
         since, first, before = kept["since"], kept["step"] + 1, kept["seconds"]
+        if progress is not None:
+            progress(kept["step"])
+    start = last = saved = time.perf_counter()
     for step in range(first, total + 1):
         xs, ys = zip(*(next(it) for it in iters))
         losses = stack.loss(stack.params, stack.buffers, torch.stack(xs).to(dev),
@@ -310,15 +314,13 @@ def train_stacked(runs: list[RunConfig], data, *, device="cpu", dtype=torch.floa
                     res.diverged = step
             seen.zero_()
             since, last = 0, now
-        if resume is not None and step < total and time.perf_counter() - saved > save_every:
+        if resume is not None and (step == total or time.perf_counter() - saved > save_every):
             _write_state(resume, runs, step, stack, opt, results, seen, since,
                          before + time.perf_counter() - start)
             saved = time.perf_counter()
         if progress is not None:
             progress(1)
     seconds = before + time.perf_counter() - start
-    if resume is not None:
-        Path(resume).unlink(missing_ok=True)
     finals = task.evaluate_many(stack.logits, runs[0], data, final=True)
     stack.unstack(models)
     for p in padded:
@@ -338,6 +340,8 @@ def _write_state(path, runs, step, stack, opt, results, seen, since, seconds) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save({"run_ids": [r.run_id for r in runs], "step": step,
+                "shapes": [list(t.shape) for t in stack.tensors()],
+                "dtype": str(stack.tensors()[0].dtype),
                 "params": [t.detach().cpu() for t in stack.tensors()],
                 "opt": {k: ([None if t is None else t.detach().cpu() for t in v]
                             if isinstance(v, list) else v) for k, v in opt.state().items()},
@@ -347,9 +351,10 @@ def _write_state(path, runs, step, stack, opt, results, seen, since, seconds) ->
     os.replace(tmp, path)
 
 
-def _read_state(path, runs) -> dict | None:
-    """The state kept at ``path`` for these runs, or None (no file, another stack's, or a file
-    that cannot be read: then the stack starts from step 1)."""
+def _read_state(path, runs, tensors) -> dict | None:
+    """The state kept at ``path`` for these runs and stacked ``tensors`` (their shapes and
+    dtype), or None (no file, another stack's, or a file that cannot be read: then the stack
+    starts from step 1)."""
     if path is None or not Path(path).exists():
         return None
     try:
@@ -358,4 +363,7 @@ def _read_state(path, runs) -> dict | None:
         print(f"warning: the stack's saved state {path} cannot be read ({exc}); training "
               "from step 1", flush=True)
         return None
-    return kept if kept.get("run_ids") == [r.run_id for r in runs] else None
+    same = (kept.get("run_ids") == [r.run_id for r in runs]
+            and kept.get("shapes") == [list(t.shape) for t in tensors]
+            and kept.get("dtype") == str(tensors[0].dtype))
+    return kept if same else None
