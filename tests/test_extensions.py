@@ -103,6 +103,27 @@ def test_sltrain_is_scaled_ba_plus_a_sparse_s_whose_support_stays_fixed():
     assert math.isfinite(fit(run, data, progress=False).final["val_loss"])
 
 
+def test_sltrain_density_and_alpha_are_run_options():
+    """δ and α as options: another δ redraws each support (seeded) at that size; α sets the
+    scale α/r; the defaults leave the run's id as it was; bad values are refused."""
+    from lowrank_helpers.methods.sltrain import ALPHA, DENSITY, SparsePlusLowRankLinear
+    plain, _ = _lm("sltrain")
+    assert _lm("sltrain", options={"sltrain_density": DENSITY,
+                                   "sltrain_alpha": ALPHA})[0].run_id == plain.run_id
+    run, _ = _lm("sltrain", options={"sltrain_density": 0.25, "sltrain_alpha": 8.0})
+    assert run.run_id != plain.run_id
+    layers = [m for m in run.build().modules() if isinstance(m, SparsePlusLowRankLinear)]
+    again = [m for m in run.build().modules() if isinstance(m, SparsePlusLowRankLinear)]
+    for m, n in zip(layers, again):
+        assert len(m.support) == int(0.25 * m.in_features * m.out_features)
+        assert len(m.values) == len(m.support) and m.scale == 8.0 / m.rank
+        assert torch.equal(m.support, n.support) and torch.equal(m.values, n.values)
+    assert not torch.equal(layers[0].support[:5], layers[1].support[:5])  # each its own
+    for bad in ({"sltrain_density": 1.5}, {"sltrain_alpha": 0}, {"sltrain_alpha": True}):
+        with pytest.raises(ValueError, match="sltrain_"):
+            _lm("sltrain", options=bad)
+
+
 # -- GaLore -------------------------------------------------------------------------------------
 def _galore_layer(m, n, rank, every=2, scale=0.25, sgd=False, lr=1e-2, wd=0.0):
     from lowrank_helpers.methods.galore import GaLoreOptimizer

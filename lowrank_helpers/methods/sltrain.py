@@ -6,9 +6,10 @@ from the run's seed) and only its values train.
 Defaults from the official code and scripts (``splora/splora_linear.py``, the 60M LLaMA
 script): δ = 0.03, α = 32; A Kaiming-uniform (a = √5, as ``nn.Linear`` draws a weight), B zero,
 so the low-rank part starts at 0 (A's gradient is nonzero once B moves); S's values uniform in
-±1/√d_in, the bias uniform in ±1/√d_out. Both are fixed here (:data:`DENSITY`,
-:data:`ALPHA`); the official scripts also use weight decay 0, which the study's protocol sets
-per task, not per method.
+±1/√d_in, the bias uniform in ±1/√d_out. δ and α are the run options ``sltrain_density`` and
+``sltrain_alpha`` (defaults :data:`DENSITY`, :data:`ALPHA`; another δ redraws each layer's
+support and values from the run's seed); the official scripts also use weight decay 0, which
+the study's protocol sets per task, not per method.
 
 The official layer avoids forming W with a custom kernel; this one forms it at every forward
 (W = (α/r)·B·A, then S's values added at its support): the same function and gradients, but
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LayerSpec, Method, register_method
+from .base import LayerSpec, Method, Option, register_method, register_option
 
 #: The fraction of each W's entries in S's support, and the low-rank part's α (scale α/r).
 DENSITY = 0.03
@@ -54,6 +55,19 @@ class SparsePlusLowRankLinear(nn.Module):
         else:
             self.register_parameter("bias", None)
 
+    @torch.no_grad()
+    def resample(self, density: float, generator: torch.Generator) -> None:
+        """A new support of ``density`` and new values, drawn from ``generator``."""
+        if not 0 < density < 1:
+            raise ValueError(f"density must lie in (0, 1), got {density!r}")
+        n = max(1, int(density * self.in_features * self.out_features))
+        size = self.in_features * self.out_features
+        self.support = torch.randperm(size, generator=generator)[:n].sort().values.to(
+            self.support.device)
+        bound = 1 / math.sqrt(self.in_features)
+        values = torch.empty(n).uniform_(-bound, bound, generator=generator)
+        self.values = nn.Parameter(values.to(self.values))
+
     def sparse(self) -> torch.Tensor:
         """S as a dense (d_out, d_in) matrix."""
         s = self.values.new_zeros(self.out_features * self.in_features)
@@ -79,6 +93,16 @@ class SLTrain(Method):
     def layer(self, spec: LayerSpec, rank, init) -> nn.Module:
         return SparsePlusLowRankLinear(spec.d_in, spec.d_out, rank, bias=spec.bias)
 
+    def start(self, model: nn.Module, run) -> None:
+        """Another δ than :data:`DENSITY`: each layer's support and values drawn again, from
+        the run's seed and the layer's place."""
+        density = run.options.get("sltrain_density", DENSITY)
+        if density == DENSITY:
+            return
+        layers = [m for m in model.modules() if isinstance(m, SparsePlusLowRankLinear)]
+        for i, layer in enumerate(layers):
+            layer.resample(density, torch.Generator().manual_seed(run.seed * 1009 + i))
+
     def training_macs(self, d_in: int, d_out: int, rank: int | None) -> int:
         """As this layer computes: the formed W's three dense products per token (forming W
         and passing its gradient to B, A and S happen once per step, not counted); the
@@ -86,5 +110,28 @@ class SLTrain(Method):
         return 3 * d_in * d_out
 
 
+def _fraction(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+
+
+def _positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def _set_alpha(model: nn.Module, alpha: float) -> None:
+    for m in model.modules():
+        if isinstance(m, SparsePlusLowRankLinear):
+            m.scale = alpha / m.rank
+
+
+register_option(Option("sltrain_density", DENSITY, "SLTrain's δ: the fraction of each W's "
+                       "entries in S's support", check=_fraction,
+                       applies=lambda m: m.name == "sltrain"))
+register_option(Option("sltrain_alpha", ALPHA, "SLTrain's α: the low-rank part's scale is α/r",
+                       check=_positive, applies=lambda m: m.name == "sltrain",
+                       apply=_set_alpha))
 register_method(SLTrain("sltrain", "SLTrain layers", factorized=True, init="default",
                         linestyle="--"))
