@@ -34,16 +34,19 @@ smoke: setup
 test: setup
 	$(BIN)/pytest
 
-# Where the LM's gap comes from (hours on a CPU; every command resumes from its records): the
-# SVD-started control and the students, the refined grids, the scale series (d_model 64 and
-# 256) and the 8,000-step budget; then the LM notebook over all of them.
+# Where the LM's gap comes from (hours on a CPU; every command resumes from its records, and a
+# stack in flight from its last save): the SVD-started control and the students, the refined
+# grids, the scale series (d_model 64; 256 on the coarse grid, for the CPU budget) and the
+# 8,000-step budget (ranks 16 and 32 first, then 64); then the LM notebook over all of them.
 LM := $(BIN)/lowrank-study lm --no-notebook
 lm-gap: setup
 	$(LM) --phases svd teacher search seeds
 	$(LM) --d-model 64 --n-head 2 --ranks 8 16 32 --refine-ranks 8 16 32 \
 	  --phases search seeds --results-dir results/lm_scale
-	$(LM) --d-model 256 --n-head 8 --ranks 32 64 128 --refine-ranks 32 64 128 --inits default \
+	$(LM) --d-model 256 --n-head 8 --ranks 32 64 128 --inits default --refine 0 \
 	  --phases search seeds --results-dir results/lm_scale
+	$(LM) --iters 8000 --ranks 16 32 --inits default --refine 0 \
+	  --phases search seeds --results-dir results/lm_budget
 	$(LM) --iters 8000 --ranks 16 32 64 --inits default --refine 0 \
 	  --phases search seeds --results-dir results/lm_budget
 	$(BIN)/lowrank-study lm
