@@ -55,9 +55,8 @@ _EXPORTS = {
     "reports.tuned_compare": ("lr_theory_fit",),
     "studies.tuned": ("TUNED_PROTOCOLS", "TunedConfig", "run_tuning", "tuned_table"),
 }
-_SUBMODULES = {"theory": "studies.theory", "answers": "reports.answers",
-               **{pkg: pkg for pkg in ("core", "tasks", "models", "methods", "training",
-                                       "studies", "reports", "batch", "readme")}}
+#: Modules exported under a short name (``lh.theory``); every subpackage is one by its own.
+_SUBMODULES = {"theory": "studies.theory", "answers": "reports.answers"}
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [*_SUBMODULES, *_WHERE]
@@ -69,7 +68,7 @@ def __getattr__(name: str):
     elif name in _WHERE:
         value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
     else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = _subpackage(name)       # lh.core, lh.studies, ...
     globals()[name] = value  # later lookups skip this function
     return value
 
@@ -89,3 +88,6 @@ def submodules_on_use(package: str):
                 raise
             raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
     return __getattr__
+
+
+_subpackage = submodules_on_use(__name__)

@@ -292,7 +292,8 @@ def test_an_interrupted_stack_goes_on_from_its_last_save(tmp_path):
     """A stack stopped at step 4 of 6 (its state saved after every step) and trained again ends
     where the uninterrupted stack ends, and its saved state is gone; another stack's file is
     not taken."""
-    from lowrank_helpers.training.stacking import stack_state_path, train_stacked
+    from lowrank_helpers.core.checkpoints import stack_state_path
+    from lowrank_helpers.training.stacking import train_stacked
     splits = text.split_text(TEXT, tune_chars=200)
     runs = [_tiny(0, 1e-2, factorize="both", rank=3, init="lora"),
             _tiny(1, 3e-3, factorize="both", rank=3, init="lora")]

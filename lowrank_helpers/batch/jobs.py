@@ -8,7 +8,9 @@ polls ``JPY_PARENT_PID``.) Training reports its epoch through a small file named
 ``$LOWRANK_PROGRESS`` (:func:`report_progress`), which the runner reads once a second.
 
 This module imports only the standard library (papermill in the child), so that the child and
-training's progress reports start without loading the package's heavy parts. Both runners, the local one (:class:`~lowrank_helpers.batch.runners.LocalRunner`, threads on
+training's progress reports start without loading the package's heavy parts.
+
+Both runners, the local one (:class:`~lowrank_helpers.batch.runners.LocalRunner`, threads on
 this machine) and the Dask one (:mod:`lowrank_helpers.batch.cluster`), run jobs through
 :func:`run_job`.
 """

@@ -1,5 +1,6 @@
 """Trained models kept for later runs to start from (the SVD-started control), in the data
-cache, not in git: a checkpoint is rebuilt by retraining its run when it is absent.
+cache, not in git: a checkpoint is rebuilt by retraining its run when it is absent. Beside
+them, ``stacks/`` holds the state of stacks still training (:func:`stack_state_path`).
 
 A checkpoint is one file per run, ``<data root>/checkpoints/<run name>-<run id>.pt``, holding
 the trained ``state_dict``, the run's config and its final metrics (the check that a retrained
@@ -16,23 +17,43 @@ import torch
 from .protocol import RunConfig
 
 
+def _cache(root, folder: str) -> Path:
+    """``folder`` of the data root (``root``, else the default one)."""
+    from ..tasks.images_data import default_root
+    return (Path(root) if root is not None else default_root()) / folder
+
+
 def checkpoint_path(run: RunConfig, root=None) -> Path:
     """Where ``run``'s trained model is kept."""
-    from ..tasks.images_data import default_root
-    base = Path(root) if root is not None else default_root()
-    return base / "checkpoints" / f"{run.name}-{run.run_id}.pt"
+    return _cache(root, "checkpoints") / f"{run.name}-{run.run_id}.pt"
+
+
+def stack_state_path(runs: list[RunConfig], root=None) -> Path:
+    """Where a stack of ``runs`` keeps its state while it trains
+    (:func:`~lowrank_helpers.training.stacking.train_stacked`'s ``resume``): ``stacks/``,
+    named by the runs' ids."""
+    import hashlib
+    key = hashlib.sha256(" ".join(sorted(r.run_id for r in runs)).encode()).hexdigest()[:16]
+    return _cache(root, "stacks") / f"{key}.pt"
+
+
+def torch_save_atomic(obj, path) -> Path:
+    """``torch.save(obj)`` at ``path`` through a temporary file: never a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def save_checkpoint(run: RunConfig, model: torch.nn.Module, final: dict, root=None) -> Path:
     """Keep ``model`` (trained by ``run``, with its ``final`` metrics); written atomically."""
-    path = checkpoint_path(run, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "config": run.to_dict(),
-                "final": {k: v for k, v in final.items() if isinstance(v, (int, float))}}, tmp)
-    os.replace(tmp, path)
-    return path
+    return torch_save_atomic(
+        {"state_dict": state, "config": run.to_dict(),
+         "final": {k: v for k, v in final.items() if isinstance(v, (int, float))}},
+        checkpoint_path(run, root))
 
 
 def has_checkpoint(run: RunConfig, root=None) -> bool:

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LayerSpec, Method, Option, register_method, register_option
+from .base import LayerSpec, Method, Option, number_check, register_method, register_option
 
 BETA1 = BETA2 = 0.85
 INIT_RATIO, ORTH = 1.5, 0.1
@@ -216,10 +216,7 @@ class AdaLoRA(Method):
         return {"adalora_ranks": ranks, "adalora_total_rank": sum(ranks.values())}
 
 
-def _weight(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+_weight = number_check("a non-negative number", strict=False)
 
 
 register_option(Option("adalora_orth", ORTH, "AdaLoRA's orthogonality penalty weight",

@@ -25,6 +25,7 @@ registry; nothing outside the method's module names it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -209,6 +210,21 @@ class Method:
     def trainable(self, model: nn.Module) -> int:
         """Trainable parameters of the built model."""
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def number_check(what: str, low: float = 0.0, high: float | None = None, strict: bool = True,
+                 integer: bool = False) -> Callable[[str, Any], None]:
+    """An option's check: a finite number (no bool) above ``low`` (at or above it without
+    ``strict``), below ``high``, integral with ``integer``; ``what`` says what is accepted
+    ("a positive number") in the error."""
+    def check(name: str, value) -> None:
+        ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+              and math.isfinite(value) and (value > low if strict else value >= low)
+              and (high is None or value < high)
+              and (not integer or float(value).is_integer()))
+        if not ok:
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+    return check
 
 
 def check_steps(name: str, value) -> None:

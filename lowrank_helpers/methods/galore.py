@@ -30,19 +30,11 @@ import math
 import torch
 from torch import nn
 
-from .base import Method, Option, register_method, register_option
+from .base import Method, Option, number_check, register_method, register_option
 
 EVERY, SCALE = 200, 0.25
 
 
-def _positive(kind):
-    def check(name, value):
-        ok = (not isinstance(value, bool) and isinstance(value, (int, float))
-              and math.isfinite(value) and value > 0
-              and (kind is float or float(value).is_integer()))
-        if not ok:
-            raise ValueError(f"{name} must be a positive {kind.__name__}, got {value!r}")
-    return check
 
 
 def projector(grad: torch.Tensor, rank: int) -> torch.Tensor:
@@ -148,8 +140,10 @@ def _target_weights(model: nn.Module, run) -> set[int]:
 
 
 register_option(Option("galore_every", EVERY, "GaLore's T: steps between projector updates",
-                       check=_positive(int), applies=lambda m: m.name == "galore"))
+                       check=number_check("a positive int", integer=True),
+                       applies=lambda m: m.name == "galore"))
 register_option(Option("galore_scale", SCALE, "GaLore's α: the scale of the projected-back "
-                       "update", check=_positive(float), applies=lambda m: m.name == "galore"))
+                       "update", check=number_check("a positive float"),
+                       applies=lambda m: m.name == "galore"))
 register_method(GaLore("galore", "GaLore", factorized=False, init="default", ranked=True,
                        linestyle=":"))

@@ -16,18 +16,14 @@ as B's; the comparison with the LoRA layers then isolates the one change LoRA+ a
 """
 from __future__ import annotations
 
-import math
 
-from .base import Method, Option, register_method, register_option
+from .base import Method, Option, number_check, register_method, register_option
 
 #: The paper's recommended ratio of B's rate to A's.
 DEFAULT_RATIO = 16.0
 
 
-def _check(name, value):
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or value <= 0):
-        raise ValueError(f"{name} must be a positive number (B's rate over A's), got {value!r}")
+_check = number_check("a positive number (B's rate over A's)")
 
 
 class LoRAPlus(Method):

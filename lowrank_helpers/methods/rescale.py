@@ -2,19 +2,15 @@
 init. The model computes the same function; only the learning rate each factor sees changes
 (under SGD ∂L/∂A scales by 1/c and ∂L/∂B by c). ``rescale`` enters a run's id only when it is
 not 1."""
-import math
 
 import torch
 from torch import nn
 
 from ..models.layers import LowRankLinear
-from .base import Option, register_option
+from .base import Option, number_check, register_option
 
 
-def _check(name, value):
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or value <= 0):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+_check = number_check("a positive number")
 
 
 @torch.no_grad()

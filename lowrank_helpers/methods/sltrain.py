@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LayerSpec, Method, Option, register_method, register_option
+from .base import LayerSpec, Method, Option, number_check, register_method, register_option
 
 #: The fraction of each W's entries in S's support, and the low-rank part's α (scale α/r).
 DENSITY = 0.03
@@ -44,11 +44,9 @@ class SparsePlusLowRankLinear(nn.Module):
         self.A = nn.Parameter(torch.empty(rank, in_features))        # (r, d_in)
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         self.B = nn.Parameter(torch.zeros(out_features, rank))       # (d_out, r)
-        n = max(1, int(density * in_features * out_features))
-        support = torch.randperm(in_features * out_features)[:n].sort().values
-        self.register_buffer("support", support)                     # flat indices into W
-        bound = 1 / math.sqrt(in_features)
-        self.values = nn.Parameter(torch.empty(n).uniform_(-bound, bound))
+        self.register_buffer("support", torch.empty(0, dtype=torch.long))  # flat indices
+        self.values = nn.Parameter(torch.empty(0))
+        self.resample(density)
         if bias:
             b = 1 / math.sqrt(out_features)
             self.bias = nn.Parameter(torch.empty(out_features).uniform_(-b, b))
@@ -56,10 +54,9 @@ class SparsePlusLowRankLinear(nn.Module):
             self.register_parameter("bias", None)
 
     @torch.no_grad()
-    def resample(self, density: float, generator: torch.Generator) -> None:
-        """A new support of ``density`` and new values, drawn from ``generator``."""
-        if not 0 < density < 1:
-            raise ValueError(f"density must lie in (0, 1), got {density!r}")
+    def resample(self, density: float, generator: torch.Generator | None = None) -> None:
+        """S's support (a fraction ``density`` of W's entries) and values, drawn from
+        ``generator`` (None: torch's global one)."""
         n = max(1, int(density * self.in_features * self.out_features))
         size = self.in_features * self.out_features
         self.support = torch.randperm(size, generator=generator)[:n].sort().values.to(
@@ -110,17 +107,6 @@ class SLTrain(Method):
         return 3 * d_in * d_out
 
 
-def _fraction(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
-
-
-def _positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-
-
 def _set_alpha(model: nn.Module, alpha: float) -> None:
     for m in model.modules():
         if isinstance(m, SparsePlusLowRankLinear):
@@ -128,10 +114,11 @@ def _set_alpha(model: nn.Module, alpha: float) -> None:
 
 
 register_option(Option("sltrain_density", DENSITY, "SLTrain's δ: the fraction of each W's "
-                       "entries in S's support", check=_fraction,
+                       "entries in S's support", check=number_check("a number in (0, 1)", high=1),
                        applies=lambda m: m.name == "sltrain"))
 register_option(Option("sltrain_alpha", ALPHA, "SLTrain's α: the low-rank part's scale is α/r",
-                       check=_positive, applies=lambda m: m.name == "sltrain",
+                       check=number_check("a positive number"),
+                       applies=lambda m: m.name == "sltrain",
                        apply=_set_alpha))
 register_method(SLTrain("sltrain", "SLTrain layers", factorized=True, init="default",
                         linestyle="--"))

@@ -15,20 +15,15 @@ not on compute.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 
 from ..models.layers import LowRankLinear
-from .base import Method, Option, register_method, register_option
+from .base import Method, Option, number_check, register_method, register_option
 
 
-def _check_lr(name, value):
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or value <= 0):
-        raise ValueError(f"{name} must be the dense model's positive learning rate, "
-                         f"got {value!r}")
+_check_lr = number_check("the dense model's positive learning rate")
 
 
 def dense_source(run):

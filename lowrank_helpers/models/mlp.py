@@ -117,14 +117,12 @@ def parameter_table(ranks: Sequence[int] = RANKS, widths=DEFAULT_WIDTHS,
     if not hasattr(TASKS[task], "widths_with"):
         from ..core.protocol import RunConfig
 
-        def run_shape(task, widths):
-            return RunConfig(task, "full", shape=widths).shape
-
         def total(method, rank=None):
             run = RunConfig(task, method, rank, shape=widths)
             return run.task_spec.parameters(run)["total"]
         full = total("full")
-        d_max = min(TASKS[task].max_rank(run_shape(task, widths)) or max(ranks), max(ranks))
+        shape = RunConfig(task, "full", shape=widths).shape
+        d_max = min(TASKS[task].max_rank(shape) or max(ranks), max(ranks))
         rows = [{"model": "full-rank", "total": full}]
         rows += [{"model": f"rank {r}", "total": total("lora", r)} for r in ranks if r <= d_max]
         table = pd.DataFrame(rows).set_index("model")

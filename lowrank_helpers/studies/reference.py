@@ -11,7 +11,8 @@ from ..core.config import StudyConfig, SummaryConfig, TheoryConfig, smoke_protoc
 from ..tasks.images_data import Data
 from ..core.devices import as_device, resolve_device
 from ..training.engine import train_many
-from ..training.stacking import stack_key, stack_state_path, train_stacked
+from ..core.checkpoints import stack_state_path
+from ..training.stacking import stack_key, train_stacked
 from ..methods import METHODS, ORIGINAL_METHODS, method_for_init
 from ..training.planning import stackable
 from ..core.protocol import Protocol, RunConfig

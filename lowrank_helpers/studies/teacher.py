@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..tasks.linear import SPECTRA, floor, teacher  # noqa: F401  (the control's names)
+from ..tasks.linear import SPECTRA, floor, linear_protocol
 
 #: Stored tables of an older trainer are retrained (its own loop drew the inits in sequence).
 STUDENTS_SCHEMA = 2
@@ -31,7 +31,6 @@ def students(cfg: "TeacherConfig") -> list:
     """The runs of ``cfg``: every (spectrum, init, rate) student at every rank, seed
     ``cfg.seed`` (all see the same samples; one init per (init, rank))."""
     from ..core.protocol import RunConfig
-    from ..tasks.linear import linear_protocol
     proto = linear_protocol(steps=cfg.steps, batch_size=cfg.batch)
     out = []
     for rank in cfg.ranks:
@@ -54,7 +53,7 @@ def run_teacher_student(cfg: TeacherConfig = TeacherConfig(), progress: bool = T
     from ..training.stacking import train_stacked
     runs = students(cfg)
     rows = []
-    bar = tqdm(total=len(runs) and len(runs) // (len(cfg.inits) * len(cfg.lrs)) * cfg.steps,
+    bar = tqdm(total=len(cfg.ranks) * len(cfg.spectra) * cfg.steps,   # a stack's steps each
                desc="teacher-student", disable=not progress)
     for (task, rank), group in groupby(runs, key=lambda r: (r.task, r.rank)):
         group = list(group)

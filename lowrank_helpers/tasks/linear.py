@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .base import Task, register_task
+from .base import Task, extra_fields, register_task
 
 if TYPE_CHECKING:
     from ..core.protocol import Protocol, RunConfig
@@ -186,7 +186,7 @@ class LinearTeacher(Task):
         d = {"task": self.name, "d": run.shape}
         if model:
             d.update(method=run.method, rank=run.rank, init=run.init,
-                     **({"options": dict(sorted(run.options.items()))} if run.options else {}))
+                     **extra_fields(run, self.default_protocol)[0])   # options, where set
         d["seed"] = run.seed if seed else None
         d["protocol"] = asdict(run.protocol)
         return d

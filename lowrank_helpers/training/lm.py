@@ -16,10 +16,9 @@ at a time: the reference the batched one is tested and benchmarked against.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 

@@ -223,16 +223,6 @@ def _decays(model: torch.nn.Module, run: RunConfig, names: list[str]) -> list[fl
     return [wd.get(id(own[n]), run.protocol.weight_decay) for n in names]
 
 
-def stack_state_path(runs: list[RunConfig], root=None) -> Path:
-    """Where a stack of ``runs`` keeps its state while it trains (:func:`train_stacked`'s
-    ``resume``): the data cache's ``stacks/`` folder, named by the runs' ids."""
-    import hashlib
-
-    from ..tasks.images_data import default_root
-    key = hashlib.sha256(" ".join(sorted(r.run_id for r in runs)).encode()).hexdigest()[:16]
-    return (Path(root) if root is not None else default_root()) / "stacks" / f"{key}.pt"
-
-
 def train_stacked(runs: list[RunConfig], data, *, device="cpu", dtype=torch.float32,
                   progress: Callable[[int], None] | None = None,
                   pad: bool = False, resume: Path | None = None,
@@ -335,20 +325,16 @@ def train_stacked(runs: list[RunConfig], data, *, device="cpu", dtype=torch.floa
 
 def _write_state(path, runs, step, stack, opt, results, seen, since, seconds) -> None:
     """The stack's state after ``step`` (see :func:`train_stacked`), written atomically."""
-    import os
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"run_ids": [r.run_id for r in runs], "step": step,
-                "shapes": [list(t.shape) for t in stack.tensors()],
-                "dtype": str(stack.tensors()[0].dtype),
-                "params": [t.detach().cpu() for t in stack.tensors()],
-                "opt": {k: ([None if t is None else t.detach().cpu() for t in v]
-                            if isinstance(v, list) else v) for k, v in opt.state().items()},
-                "history": [r.history for r in results],
-                "diverged": [r.diverged for r in results],
-                "seen": seen, "since": since, "seconds": seconds}, tmp)
-    os.replace(tmp, path)
+    from ..core.checkpoints import torch_save_atomic
+    tensors = stack.tensors()
+    torch_save_atomic({
+        "run_ids": [r.run_id for r in runs], "step": step,
+        "shapes": [list(t.shape) for t in tensors], "dtype": str(tensors[0].dtype),
+        "params": [t.detach().cpu() for t in tensors],
+        "opt": {k: ([None if t is None else t.detach().cpu() for t in v]
+                    if isinstance(v, list) else v) for k, v in opt.state().items()},
+        "history": [r.history for r in results], "diverged": [r.diverged for r in results],
+        "seen": seen, "since": since, "seconds": seconds}, path)
 
 
 def _read_state(path, runs, tensors) -> dict | None:
