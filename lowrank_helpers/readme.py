@@ -82,6 +82,22 @@ def _x(v: float) -> str:
     return f"{v:.2f}×"
 
 
+def _phases(b: dict) -> str:
+    """Where the stacked step's time goes against the same models alone (bench_lm's phases),
+    or nothing where the JSON has none."""
+    got = {name: g["phases"] for name, g in b.items() if isinstance(g, dict) and "phases" in g}
+    if not got:
+        return ""
+    names = {"forward": "forward with the loss", "backward": "backward",
+             "optimizer": "clipping and AdamW"}
+    return (f" In tight loops on the same windows, ms per step of all {b['models']} models "
+            "together against one at a time: " + "; ".join(
+                f"{name}: " + ", ".join(
+                    f"{names[k]} {ph['together'][k]:.1f} against {ph['one_at_a_time'][k]:.1f}"
+                    for k in names) + f", the step {_x(ph['speedup']['step'])}"
+                for name, ph in got.items()) + ".")
+
+
 def lm_speed(path) -> str:
     """The LM benchmark's block (``benchmarks/bench_lm.py``'s JSON at ``path``): training
     together against one at a time, one model against nanoGPT's ``model.py`` timed in the
@@ -155,9 +171,13 @@ def lm_speed(path) -> str:
             out.append(text)
     t = b.get("factorized_target")
     if t is not None:
+        verdict = (f"{t['verdict']} (the {b['repeats']} repeats, each pair timed back to "
+                   f"back, range from {_x(t['paired_low'])} to {_x(t['paired_high'])}: "
+                   f"{100 * t['coverage']:.0f} % to hold the median ratio)")
         out.append(f"- **Training together.** {t['kind']}: {_x(t['speedup'])} over one at a "
-                   f"time, against the target of {_x(t['target'])}: "
-                   f"{'met' if t['met'] else 'not met'}; dense {_x(b['dense']['speedup'])}.")
+                   f"time, against the target of {_x(t['target'])}: {verdict}; dense "
+                   f"{_x(b['dense']['speedup'])}."
+                   + _phases(b))
     return "\n".join(out)
 
 
