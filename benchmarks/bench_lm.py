@@ -428,14 +428,14 @@ def phases(runs, splits, steps: int, repeats: int, chunk: int = CHUNK) -> dict:
     of all ``runs`` in the forward pass with the loss, the backward pass, and clipping with
     AdamW; the stack as ``train_stacked`` runs it (``Stack``, ``StackedAdamW``), each model
     alone as ``trainer.fit`` does (:func:`our_model`). In turns of ``chunk`` steps."""
-    from lowrank_helpers.training.stacking import Stack, StackedAdamW, _decays
+    from lowrank_helpers.training.stacking import Stack, StackedAdamW, stack_decays
     shape, p = runs[0].shape, runs[0].protocol
     batches = [fixed_batches(splits, shape, p.batch_size, steps, seed=r.seed) for r in runs]
     xs = [torch.stack([b[i][0] for b in batches]) for i in range(steps)]
     ys = [torch.stack([b[i][1] for b in batches]) for i in range(steps)]
     built = [r.build() for r in runs]
     stack = Stack(built, runs[0].task_spec.loss)
-    opt = StackedAdamW(stack.tensors(), _decays(built[0], runs[0], stack.trainable), p)
+    opt = StackedAdamW(stack.tensors(), stack_decays(built[0], runs[0], stack.trainable), p)
     lrs = torch.full((len(runs),), p.lr, dtype=torch.float64)
     alone = [our_model(r) for r in runs]
     kinds = ("forward", "backward", "optimizer")

@@ -213,7 +213,7 @@ def check_stack(runs: list[RunConfig], pad: bool = False) -> None:
                          "groups, optimizer or hook): train its runs alone (trainer.fit)")
 
 
-def _decays(model: torch.nn.Module, run: RunConfig, names: list[str]) -> list[float]:
+def stack_decays(model: torch.nn.Module, run: RunConfig, names: list[str]) -> list[float]:
     """Each stacked tensor's weight decay, from the task's groups of one model."""
     wd = {}
     for g in run.task_spec.param_groups(model, run.protocol):
@@ -247,7 +247,7 @@ def train_stacked(runs: list[RunConfig], data, *, device="cpu", dtype=torch.floa
     top = max((r.rank or 0) for r in runs)
     padded = [pad_ranks(m, top) for m in models] if pad and top else [[] for _ in models]
     stack = Stack(models, task.loss)
-    decays = _decays(models[0], runs[0], stack.trainable)
+    decays = stack_decays(models[0], runs[0], stack.trainable)
     opt = (StackedAdamW if protocol.optimizer == "adamw" else StackedSGD)(
         stack.tensors(), decays, protocol)
     per_epoch = task.steps_per_epoch(protocol, data)
