@@ -155,8 +155,45 @@ def test_the_gap_at_a_longer_budget_and_at_another_width_is_compared_seed_for_se
     a, b = gaps(short)[(4, "default")][1], gaps(long)[(4, "default")][1]
     text = "\n".join(budget_lines(short, long))
     assert "6 against 12 steps" in text and f"gap {a.diff:+.3f} → {b.diff:+.3f}" in text
+    assert "- **So** (budget): with 2× the steps, the gap to dense" in text
     assert f"change {change(a, b).diff:+.3f}" in text
     table = scale_table(pd.concat([short, load_lm_records(dirs["wide"])], ignore_index=True))
     assert sorted(table.d_model) == [32, 64] and set(table.fraction) == {1 / 8}
     text = "\n".join(scale_lines(table))
     assert "r = d/8 (default init): d=32 (r=4)" in text and "d=32→64" in text
+    assert "- **So** (scale): at a fixed fraction of d" in text
+
+
+def test_the_sections_cost_sums_each_part_and_the_whole_over_stacks():
+    """Each part's minutes are its stacks' wall time (a stack's shared among its models),
+    the series' own widths only, and the line gives the total."""
+    import pandas as pd
+    from lowrank_helpers.reports.lm_gap import cost_line
+    runs = pd.DataFrame({"method": ["svd_start", "svd_start", "lora"], "d_model": [128] * 3,
+                         "n_head": [4] * 3, "wall_time": [600.0, 600.0, 9999.0],
+                         "stack_size": [2, 2, 1], "torch_threads": [1, 1, 1]})
+    scale = pd.DataFrame({"method": ["lora", "full", "full"], "d_model": [64, 128, 256],
+                          "n_head": [2, 4, 8], "wall_time": [120.0, 5000.0, 1800.0],
+                          "stack_size": [1, 1, 3], "torch_threads": [1, 1, 1]})
+    budget = pd.DataFrame({"wall_time": [2400.0], "stack_size": [1], "torch_threads": [1]})
+    line = cost_line({"runs": runs, "scale_runs": scale, "students_runs": None,
+                      "budget": budget})
+    assert "SVD-started 2 runs, 10 min" in line          # one stack of two: 600 s
+    assert "longer budget 1 run, 40 min" in line
+    assert "other widths 2 runs, 12 min" in line         # d 64 and 256, not the study's 128
+    assert "in all 5 runs, 62 min (1.0 h)" in line and "students" not in line
+
+
+def test_the_so_lines_say_which_gaps_shrink_grow_or_cannot_be_told_apart():
+    """The budget's and the scale's conclusions read the corrected decisions: each change
+    counted where it goes, and which way none goes."""
+    from lowrank_helpers.core.stats import Difference
+    from lowrank_helpers.reports.lm_scale import _verdicts
+    d = lambda diff, p: Difference(diff, diff - 0.01, diff + 0.01, p, 3, 3, p_holm=p, family=3)
+    text = _verdicts(["a", "b", "c"], [d(-0.1, 0.01), d(-0.05, 0.2), d(0.02, 0.5)])
+    assert text == ("shrinks detectably at 1 of 3 (a); is not distinguishable from unchanged "
+                    "with these seeds at 2 of 3 (b, c); it grows detectably at none")
+    assert _verdicts(["a"], [d(0.01, 0.9)]).endswith(": it neither shrinks nor grows "
+                                                    "detectably at any")
+    assert _verdicts(["a", "b"], [d(0.1, 0.001), d(-0.1, 0.001)]) == (
+        "shrinks detectably at 1 of 2 (b); grows detectably at 1 of 2 (a)")

@@ -271,13 +271,16 @@ def cost_line(tables: dict) -> str:
              ("students", minutes(tables["students_runs"])),
              ("longer budget", minutes(tables["budget"])),
              ("other widths", minutes(scale))]
-    shown = [f"{what} {n} runs, {m:.0f} min" for what, (n, m) in parts if n]
+    shown = [f"{what} {n} run{'s' * (n != 1)}, {m:.0f} min" for what, (n, m) in parts if n]
     frames = [f for f in (runs[runs.method == "svd_start"] if len(runs) else None,
                           tables["students_runs"], tables["budget"],
                           scale)
               if f is not None and len(f)]
     threads = sorted({int(t) for f in frames for t in f.torch_threads.dropna()})
     on = "/".join(map(str, threads)) or "?"
+    total_n = sum(n for _, (n, _) in parts)
+    total_m = sum(m for _, (_, m) in parts)
+    shown.append(f"in all {total_n} runs, {total_m:.0f} min ({total_m / 60:.1f} h)")
     return ("- **Cost** of this section: " + "; ".join(shown) + f" of training wall time (on "
             f"{on} CPU thread{'s' if threads != [1] else ''} per stack, a stack's time shared "
             "among its models; the dense checkpoints the controls retrain are not counted).")

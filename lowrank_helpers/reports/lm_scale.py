@@ -77,7 +77,29 @@ def scale_lines(table: pd.DataFrame) -> list[str]:
                      f"{len(trends)}): " + "; ".join(
                          f"r = d/{round(1 / f)} ({i} init), d={a}→{b}: {_moved(d)}"
                          for (f, i, a, b, _), d in zip(trends, fixed)) + ".")
+        names = [f"r = d/{round(1 / f)} ({i} init)" for f, i, *_ in trends]
+        lines.append("- **So** (scale): at a fixed fraction of d, from the narrowest to the "
+                     "widest model the gap " + _verdicts(names, fixed) + ".")
     return lines
+
+
+def _verdicts(names: list[str], changes: list) -> str:
+    """Which changes of a gap (corrected) shrink, grow or cannot be told from none, in words,
+    and which way none goes."""
+    said = []
+    for word, pick in (("shrinks detectably", lambda d: d.real and d.diff < 0),
+                       ("grows detectably", lambda d: d.real and d.diff > 0),
+                       ("is not distinguishable from unchanged with these seeds",
+                        lambda d: not d.real)):
+        hit = [n for n, d in zip(names, changes) if pick(d)]
+        if hit:
+            said.append(f"{word} at {len(hit)} of {len(names)} ({', '.join(hit)})")
+    grows = any(d.real and d.diff > 0 for d in changes)
+    shrinks = any(d.real and d.diff < 0 for d in changes)
+    end = ("" if grows and shrinks else
+           ": it neither shrinks nor grows detectably at any" if not (grows or shrinks) else
+           "; it grows detectably at none" if shrinks else "; it shrinks detectably at none")
+    return "; ".join(said) + end
 
 
 def _moved(d) -> str:
@@ -121,4 +143,7 @@ def budget_lines(short: pd.DataFrame, long: pd.DataFrame) -> list[str]:
     for k, d in zip(both, fixed):
         lines.append(f"  - r={k[0]} ({k[1]} init): gap {a[k][1].diff:+.3f} → "
                      f"{b[k][1].diff:+.3f} (lr {b[k][0].lr:g}); change {_moved(d)}.")
+    names = [f"r={k[0]} ({k[1]} init)" for k in both]
+    lines.append(f"- **So** (budget): with {steps_b / steps_a:g}× the steps, the gap to dense "
+                 + _verdicts(names, fixed) + ".")
     return lines
