@@ -661,3 +661,15 @@ def test_galore_miniature_is_each_ranks_perplexity_ratio_to_dense():
     assert mini.iloc[0]["GaLore / dense"] == pytest.approx(math.exp(0.05))
     assert math.isnan(mini.iloc[1]["GaLore / dense"])
     assert "78.18" not in mini.attrs["published"] and "2.30" in mini.attrs["published"]
+
+
+def test_every_row_of_the_figures_has_its_own_colour_and_marker():
+    """More rows than matplotlib's ten colours still look different (the marker changes),
+    dense is black, and a row keeps its style in every figure; log axes read 50k, 1.5M."""
+    from lowrank_helpers.reports.extensions import DENSE, _short, _styles
+    names = [DENSE] + [f"m{i}" for i in range(12)]
+    styles = _styles(names + names[::-1])
+    assert styles[DENSE] == {"color": "black", "marker": "o"}
+    looks = {(s["color"], s["marker"]) for s in styles.values()}
+    assert len(looks) == len(names) == len(styles)
+    assert [_short(v) for v in (500, 5e4, 1.5e6, 2e9)] == ["500", "50k", "1.5M", "2G"]

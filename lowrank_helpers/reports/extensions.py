@@ -225,20 +225,57 @@ def _num(v, unit: float) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v / unit:,.0f}"
 
 
+def _styles(names) -> dict[str, dict]:
+    """A colour and marker per row name, the same in every figure: dense black, the others
+    through matplotlib's ten colours, the marker changing when the colours come round again
+    (so no two rows look alike)."""
+    cycle = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+             "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+    markers = ("o", "s", "^", "D")
+    out, i = {}, 0
+    for name in dict.fromkeys(names):
+        if name == DENSE:
+            out[name] = {"color": "black", "marker": "o"}
+            continue
+        out[name] = {"color": cycle[i % len(cycle)],
+                     "marker": markers[(i // len(cycle)) % len(markers)]}
+        i += 1
+    return out
+
+
+def _short(v: float, _pos=None) -> str:
+    """An axis number the short way: 30k, 200k, 1.5M."""
+    for unit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= unit:
+            return f"{v / unit:g}{suffix}"
+    return f"{v:g}"
+
+
+def _log_axis(axis) -> None:
+    """Log ticks at 1, 2 and 5 of each decade, labelled the short way, no minor labels."""
+    from matplotlib import ticker
+    axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(ticker.FuncFormatter(_short))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
 def extensions_figure(table: pd.DataFrame, part: str = "lm"):
     """The score against trainable parameters and against optimizer-state bytes, one marker
     per model and rank (its seeds' mean and 95 % interval)."""
     import matplotlib.pyplot as plt
     header, _, scale = METRICS[part]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    styles = _styles(table.name)
     for name, g in table.groupby("name", sort=False):
         half = [0.0 if math.isnan(hi) else scale * (hi - m)
                 for m, _, hi in map(mean_interval, g.scores)]
         for ax, x in zip(axes, ("parameters", "optimizer_state_bytes")):
-            ax.errorbar(g[x], g.score * scale, yerr=half, marker="o", capsize=3, label=name,
-                        linestyle="-" if len(g) > 1 else "none")
+            ax.errorbar(g[x], g.score * scale, yerr=half, capsize=3, label=name,
+                        linestyle="-" if len(g) > 1 else "none", **styles[name])
     axes[0].set(xscale="log", xlabel="trainable parameters", ylabel=header)
     axes[1].set(xscale="log", xlabel="optimizer state (bytes, from the state tensors)")
+    for ax in axes:
+        _log_axis(ax.xaxis)
     axes[1].legend(fontsize=8, loc="best")
     task = "the character transformer" if part == "lm" else "the Fashion-MNIST MLP"
     fig.suptitle(f"The extensions on {task} at each rank, against dense and plain B·A "
@@ -256,14 +293,16 @@ def extensions_curves(table: pd.DataFrame, rank: int, cfg):
                       if Path(d).is_dir()], ignore_index=True)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     rows = table[(table["rank"] == rank) | (table.name == DENSE)]
+    styles = _styles(table.name)
     for _, r in rows.iterrows():
         hist = runs[runs.run_id.isin(r.run_ids)].drop_duplicates("run_id").history
         curves = pd.DataFrame([{h["iter"]: h["val_loss"] for h in hs} for hs in hist])
         if curves.empty:
             continue
         mean = curves.mean()
-        ax.plot(mean.index, mean.values, marker=".", label=f"{r['name']} ({r.seeds} seeds)",
-                linestyle="--" if r["name"] == DENSE else "-")
+        ax.plot(mean.index, mean.values, label=f"{r['name']} ({r.seeds} seed{'s' * (r.seeds != 1)})",
+                linestyle="--" if r["name"] == DENSE else "-", markersize=3,
+                **styles[r["name"]])
     ax.set(xlabel="step", ylabel="held-out loss (nats/char)",
            title=f"Held-out loss during training at rank {rank} (mean over seeds)")
     ax.legend(fontsize=8)
