@@ -673,3 +673,26 @@ def test_every_row_of_the_figures_has_its_own_colour_and_marker():
     looks = {(s["color"], s["marker"]) for s in styles.values()}
     assert len(looks) == len(names) == len(styles)
     assert [_short(v) for v in (500, 5e4, 1.5e6, 2e9)] == ["500", "50k", "1.5M", "2G"]
+
+
+def test_the_table_gives_each_parts_costs_flops_on_the_transformer_and_its_speed():
+    """Every row's measured costs: the transformer's training FLOPs per token and tokens per
+    second; the MLP's seconds per epoch (its FLOPs not shown until its formula counts ReLoRA's
+    and SLTrain's dense parts)."""
+    import pandas as pd
+    from lowrank_helpers.reports.extensions import DENSE, extensions_markdown
+    row = dict(rank=float("nan"), lr=3e-3, edge=False, seeds=2, scores=[1.9, 1.92],
+               score=1.91, score_std=0.014, parameters=804_000, total_parameters=804_000,
+               optimizer_state_bytes=6.4e6, peak_memory_bytes=1.2e9, training_flops=5.16e6,
+               tokens_per_second=3722.0, seconds_per_epoch=3.04)
+    table = pd.DataFrame([{**row, "name": DENSE},
+                          {**row, "name": "cola", "rank": 32, "scores": [1.95, 1.97],
+                           "score": 1.96, "training_flops": 2.21e6}])
+    lm = extensions_markdown(table, "lm").splitlines()
+    assert lm[0].endswith("| training MFLOPs per token | tokens/s |")
+    assert lm[2].endswith("| 5.16 | 3,722 |") and lm[3].endswith("| 2.21 | 3,722 |")
+    assert all(line.count("|") == lm[0].count("|") for line in lm)
+    mlp = extensions_markdown(table, "mlp").splitlines()
+    assert "FLOPs" not in mlp[0] and mlp[0].endswith("| s per epoch |")
+    assert mlp[2].endswith("| 3.0 |")
+    assert all(line.count("|") == mlp[0].count("|") for line in mlp)

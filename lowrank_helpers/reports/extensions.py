@@ -31,11 +31,14 @@ def _measured(runs: pd.DataFrame, ids: list[str]) -> dict:
     at = runs[runs.run_id.isin(ids)]
     out = {"total_parameters": total_parameters(at.path.iloc[0]) if len(at) else math.nan,
            "optimizer_state_bytes": at.optimizer_state_bytes.mean(),
-           "peak_memory_bytes": at.peak_memory_bytes.mean()}
+           "peak_memory_bytes": at.peak_memory_bytes.mean(),
+           "training_flops": at.training_flops_per_sample.mean()}
+    stack = at.stack_size.fillna(1)
     if "tokens_per_second" in at:                    # the transformer's records
-        stack = at.stack_size.fillna(1)
         out.update(tokens_per_second=(at.tokens_per_second / stack).mean(),
                    seconds_per_run=(at.seconds / stack).mean())
+    elif "seconds_per_epoch" in at:                  # the MLP's: a stack's epoch, shared
+        out.update(seconds_per_epoch=(at.seconds_per_epoch / stack).mean())
     return out
 
 
@@ -164,6 +167,11 @@ def comparisons(table: pd.DataFrame) -> pd.DataFrame:
 #: How each part's score reads: its column header, its format, and its unit's scale.
 METRICS = {"lm": ("held-out loss (nats)", "{:.3f}", 1.0),
            "mlp": ("test accuracy (%)", "{:.2f}", 100.0)}
+#: Each part's unit of training FLOPs (None: not shown; the MLP task's formula does not yet
+#: count ReLoRA's dense W or SLTrain's S, whose methods count their own multiply-adds on the
+#: transformer) and its speed column (header, table column, format).
+COSTS = {"lm": ("token", "tokens/s", "tokens_per_second", "{:,.0f}"),
+         "mlp": (None, "s per epoch", "seconds_per_epoch", "{:,.1f}")}
 
 
 def extensions_markdown(table: pd.DataFrame, part: str = "lm") -> str:
@@ -173,9 +181,11 @@ def extensions_markdown(table: pd.DataFrame, part: str = "lm") -> str:
         return "(no records yet: run `lowrank-study extensions`)"
     header, fmt, scale = METRICS[part]
     tests = comparisons(table)
+    unit, speed_header, speed_column, speed_fmt = COSTS[part]
+    flops_header = f" training MFLOPs per {unit} |" if unit else ""
     out = [f"| model | rank | lr | seeds | {header} | Δ vs dense (95 % CI) | "
-           "trainable params | all params | optimizer state (kB) | peak memory (MB) | "
-           "tokens/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "trainable params | all params | optimizer state (kB) | peak memory (MB) |"
+           f"{flops_header} {speed_header} |", "|---" * (11 + bool(unit)) + "|"]
     for _, r in table.iterrows():
         ci = "—"
         if len(tests):
@@ -189,12 +199,16 @@ def extensions_markdown(table: pd.DataFrame, part: str = "lm") -> str:
         rank = "—" if pd.isna(r["rank"]) else int(r["rank"])
         std = f" ± {fmt.format(r.score_std * scale)}" if r.seeds > 1 else ""
         edge = " (edge)" if r.edge else ""
-        speed = r.get("tokens_per_second", math.nan)
+        speed = r.get(speed_column, math.nan)
+        speed = "—" if speed is None or pd.isna(speed) else speed_fmt.format(speed)
+        flops = r.get("training_flops", math.nan)
+        flops = "" if not unit else " — |" if flops is None or pd.isna(flops) else \
+            f" {flops / 1e6:,.2f} |"
         out.append(f"| {r['name']} | {rank} | {r.lr:g}{edge} | {r.seeds} | "
                    f"{fmt.format(r.score * scale)}{std} | {ci} | {r.parameters / 1e3:.0f}k | "
                    f"{_num(r.total_parameters, 1e3)}k | "
-                   f"{_num(r.optimizer_state_bytes, 1e3)} | {_num(r.peak_memory_bytes, 1e6)} | "
-                   f"{_num(speed, 1)} |")
+                   f"{_num(r.optimizer_state_bytes, 1e3)} | {_num(r.peak_memory_bytes, 1e6)} |"
+                   f"{flops} {speed} |")
     return "\n".join(out)
 
 
