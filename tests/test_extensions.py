@@ -676,9 +676,8 @@ def test_every_row_of_the_figures_has_its_own_colour_and_marker():
 
 
 def test_the_table_gives_each_parts_costs_flops_on_the_transformer_and_its_speed():
-    """Every row's measured costs: the transformer's training FLOPs per token and tokens per
-    second; the MLP's seconds per epoch (its FLOPs not shown until its formula counts ReLoRA's
-    and SLTrain's dense parts)."""
+    """Every row's costs: training FLOPs per token (transformer) or per sample (MLP), and the
+    speed: tokens per second, or the MLP's seconds per epoch."""
     import pandas as pd
     from lowrank_helpers.reports.extensions import DENSE, extensions_markdown
     row = dict(rank=float("nan"), lr=3e-3, edge=False, seeds=2, scores=[1.9, 1.92],
@@ -693,6 +692,28 @@ def test_the_table_gives_each_parts_costs_flops_on_the_transformer_and_its_speed
     assert lm[2].endswith("| 5.16 | 3,722 |") and lm[3].endswith("| 2.21 | 3,722 |")
     assert all(line.count("|") == lm[0].count("|") for line in lm)
     mlp = extensions_markdown(table, "mlp").splitlines()
-    assert "FLOPs" not in mlp[0] and mlp[0].endswith("| s per epoch |")
-    assert mlp[2].endswith("| 3.0 |")
+    assert mlp[0].endswith("| training MFLOPs per sample | s per epoch |")
+    assert mlp[2].endswith("| 5.16 | 3.0 |")
     assert all(line.count("|") == mlp[0].count("|") for line in mlp)
+
+
+def test_the_mlps_flops_count_each_methods_own_layers():
+    """On the MLP, a method that counts its own multiply-adds is counted by them (ReLoRA's
+    frozen W, SLTrain's formed W, AdaLoRA's r₀ and Λ), less the first layer's input gradient;
+    dense and plain B·A keep the formula of models.mlp."""
+    from lowrank_helpers.core.protocol import RunConfig
+    from lowrank_helpers.methods.adalora import initial_rank
+    from lowrank_helpers.models.mlp import training_flops_per_sample
+    flops = lambda m, r: (lambda run: run.task_spec.training_flops(run))(
+        RunConfig("fashion_mnist", m, r, None))
+    for m, r in (("full", None), ("lora", 8), ("ae", 32), ("densehead", 8), ("cola", 8)):
+        assert flops(m, r) == training_flops_per_sample(m, r)
+    widths, r = (784, 512, 512, 10), 8                     # the MLP's default widths
+    layers = list(zip(widths[:-1], widths[1:]))
+    relora = sum(2 * i * o + 3 * r * (i + o) for i, o in layers) - (784 * 512 + r * 784)
+    assert flops("relora", r) == 2 * relora
+    sltrain = sum(3 * i * o for i, o in layers) - 784 * 512
+    assert flops("sltrain", r) == 2 * sltrain
+    r0 = [initial_rank(r, i, o) for i, o in layers]
+    adalora = sum(3 * (k * (i + o) + k) for k, (i, o) in zip(r0, layers)) - r0[0] * 784
+    assert flops("adalora", r) == 2 * adalora

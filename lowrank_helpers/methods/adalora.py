@@ -182,6 +182,10 @@ class AdaLoRA(Method):
         r0 = initial_rank(rank, d_in, d_out)
         return 3 * (r0 * (d_in + d_out) + r0)
 
+    def input_macs(self, d_in: int, d_out: int, rank: int | None) -> int:
+        """Q's product (r₀ × d_in) takes the input."""
+        return initial_rank(rank, d_in, d_out) * d_in
+
     def state_bytes(self, model: nn.Module, optimizer) -> int:
         """The optimizer's state and the importance and uncertainty EMAs (2 × A, E, B)."""
         allocator = getattr(model, "_adalora", None)

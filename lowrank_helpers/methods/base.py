@@ -202,6 +202,12 @@ class Method:
         per step, not per token, is not counted)."""
         return 3 * (rank * (d_in + d_out) if self.factorized else d_in * d_out)
 
+    def input_macs(self, d_in: int, d_out: int, rank: int | None) -> int:
+        """Multiply-adds per token (or sample) of the products that take the layer's input:
+        what its input gradient costs, which a network's first layer does not need (x·Aᵀ's
+        r·d_in for B·A, d_in·d_out for a dense W)."""
+        return rank * d_in if self.factorized else d_in * d_out
+
     def state_bytes(self, model: nn.Module, optimizer) -> int:
         """Bytes of the training state beside the weights: the optimizer's, measured from its
         state tensors (:func:`optimizer_state_bytes`), and any the method keeps itself."""

@@ -76,6 +76,10 @@ class ReLoRA(Periodic):
         """The frozen W's forward and input gradient (no weight gradient), and B·A's three."""
         return 2 * d_in * d_out + 3 * rank * (d_in + d_out)
 
+    def input_macs(self, d_in: int, d_out: int, rank: int | None) -> int:
+        """The frozen W's product and A's both take the input."""
+        return d_in * d_out + rank * d_in
+
     def after_step(self, model: nn.Module, optimizer, step: int, run) -> None:
         """The merge (:meth:`ReLoRALinear.merge`) and the factors' state reset."""
         gen = torch.Generator().manual_seed(run.seed * 1_000_003 + step)

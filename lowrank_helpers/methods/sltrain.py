@@ -106,6 +106,10 @@ class SLTrain(Method):
         official kernel's count, r·(d_in + d_out) + δ·d_in·d_out per product, is lower."""
         return 3 * d_in * d_out
 
+    def input_macs(self, d_in: int, d_out: int, rank: int | None) -> int:
+        """The formed W's one product takes the input."""
+        return d_in * d_out
+
 
 def _set_alpha(model: nn.Module, alpha: float) -> None:
     for m in model.modules():

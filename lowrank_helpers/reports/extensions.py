@@ -17,13 +17,23 @@ from .lm import lm_table
 DENSE, PLAIN = "dense", "B·A ({init} init)"
 
 
+def _run_of(path):
+    from ..core.protocol import RunConfig
+    from ..core.results import read_record
+    return RunConfig.from_dict(read_record(path)["config"])
+
+
 def total_parameters(path) -> int:
     """Every parameter of the model a record's run builds, trainable or not (ReLoRA's frozen
     W counts here, not among its trainable ones)."""
-    from ..core.protocol import RunConfig
-    from ..core.results import read_record
-    model = RunConfig.from_dict(read_record(path)["config"]).build()
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in _run_of(path).build().parameters())
+
+
+def training_flops(path) -> int:
+    """A record's run's training FLOPs per token or sample, by its task's count today (records
+    of the MLP written before that count took a method's own layers keep a lower one)."""
+    run = _run_of(path)
+    return run.task_spec.training_flops(run)
 
 
 def _measured(runs: pd.DataFrame, ids: list[str]) -> dict:
@@ -32,7 +42,7 @@ def _measured(runs: pd.DataFrame, ids: list[str]) -> dict:
     out = {"total_parameters": total_parameters(at.path.iloc[0]) if len(at) else math.nan,
            "optimizer_state_bytes": at.optimizer_state_bytes.mean(),
            "peak_memory_bytes": at.peak_memory_bytes.mean(),
-           "training_flops": at.training_flops_per_sample.mean()}
+           "training_flops": training_flops(at.path.iloc[0]) if len(at) else math.nan}
     stack = at.stack_size.fillna(1)
     if "tokens_per_second" in at:                    # the transformer's records
         out.update(tokens_per_second=(at.tokens_per_second / stack).mean(),
@@ -167,11 +177,9 @@ def comparisons(table: pd.DataFrame) -> pd.DataFrame:
 #: How each part's score reads: its column header, its format, and its unit's scale.
 METRICS = {"lm": ("held-out loss (nats)", "{:.3f}", 1.0),
            "mlp": ("test accuracy (%)", "{:.2f}", 100.0)}
-#: Each part's unit of training FLOPs (None: not shown; the MLP task's formula does not yet
-#: count ReLoRA's dense W or SLTrain's S, whose methods count their own multiply-adds on the
-#: transformer) and its speed column (header, table column, format).
+#: Each part's unit of training FLOPs and its speed column (header, table column, format).
 COSTS = {"lm": ("token", "tokens/s", "tokens_per_second", "{:,.0f}"),
-         "mlp": (None, "s per epoch", "seconds_per_epoch", "{:,.1f}")}
+         "mlp": ("sample", "s per epoch", "seconds_per_epoch", "{:,.1f}")}
 
 
 def extensions_markdown(table: pd.DataFrame, part: str = "lm") -> str:

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import images_data as data_mod
-from ..models.mlp import (DEFAULT_WIDTHS, MLP, count_parameters, forward_flops_per_sample,
-                     training_flops_per_sample)
+from ..models.mlp import DEFAULT_WIDTHS, MLP, count_parameters, forward_flops_per_sample
 from .base import Task, register_task
 
 if TYPE_CHECKING:
@@ -154,7 +153,22 @@ class ImageClassification(Task):
         return parameter_counts(self.build(run))
 
     def training_flops(self, run: "RunConfig") -> int:
-        return training_flops_per_sample(run.method, run.rank, run.widths)
+        """Matrix-product FLOPs to train on one sample (2 per multiply-add): every layer's
+        forward, input gradient and weight gradient as its method counts them
+        (:meth:`~lowrank_helpers.methods.Method.training_macs`: ReLoRA's frozen W, SLTrain's
+        formed W and AdaLoRA's Λ included), less the first layer's input gradient
+        (:meth:`~lowrank_helpers.methods.Method.input_macs`), which the image does not need;
+        for dense and B·A layers :func:`~lowrank_helpers.models.mlp.training_flops_per_sample`."""
+        from ..methods import METHODS
+        from ..models.mlp import layer_ranks
+        m, widths = METHODS[run.method], run.widths
+        ranks = layer_ranks(run.method, run.rank, widths)
+        layers = list(zip(widths[:-1], widths[1:], ranks))
+        macs = sum(METHODS["full"].training_macs(i, o, None) if r is None else
+                   m.training_macs(i, o, r) for i, o, r in layers)
+        i, o, r = layers[0]
+        first = METHODS["full"].input_macs(i, o, None) if r is None else m.input_macs(i, o, r)
+        return 2 * (macs - first)
 
     def forward_flops(self, run: "RunConfig") -> int:
         return forward_flops_per_sample(run.method, run.rank, run.widths)
