@@ -171,7 +171,8 @@ def lm_speed(path) -> str:
             out.append(text)
     t = b.get("factorized_target")
     if t is not None:
-        verdict = (f"{t['verdict']} (the {b['repeats']} repeats, each pair timed back to "
+        verdict = (f"{t['verdict']} (the {b['repeats']} repeat{'s' * (b['repeats'] != 1)}, "
+                   "each pair timed back to "
                    f"back, range from {_x(t['paired_low'])} to {_x(t['paired_high'])}: "
                    f"{100 * t['coverage']:.0f} % to hold the median ratio)")
         out.append(f"- **Training together.** {t['kind']}: {_x(t['speedup'])} over one at a "

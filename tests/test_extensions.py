@@ -714,6 +714,13 @@ def test_the_mlps_flops_count_each_methods_own_layers():
     assert flops("relora", r) == 2 * relora
     sltrain = sum(3 * i * o for i, o in layers) - 784 * 512
     assert flops("sltrain", r) == 2 * sltrain
-    r0 = [initial_rank(r, i, o) for i, o in layers]
-    adalora = sum(3 * (k * (i + o) + k) for k, (i, o) in zip(r0, layers)) - r0[0] * 784
-    assert flops("adalora", r) == 2 * adalora
+    # AdaLoRA's from the built layers: P·Λ·Q costs its parameters' products three times (the
+    # forward, the input and the weight gradients), and Q takes the input
+    model = RunConfig("fashion_mnist", "adalora", r, None).build()
+    shapes = [[p.numel() for p in m.parameters(recurse=False) if p.dim() > 0 and p.numel() > 1
+               and p is not getattr(m, "bias", None)] for m in model.modules()
+              if type(m).__name__ == "AdaLoRALinear"]
+    first = next(m for m in model.modules() if type(m).__name__ == "AdaLoRALinear")
+    q_input = first.A.numel()                                 # forward: B·(E ⊙ (A·x))
+    assert len(shapes) == 3 and q_input == initial_rank(r, 784, 512) * 784
+    assert flops("adalora", r) == 2 * (3 * sum(map(sum, shapes)) - q_input)

@@ -30,8 +30,10 @@ def total_parameters(path) -> int:
 
 
 def training_flops(path) -> int:
-    """A record's run's training FLOPs per token or sample, by its task's count today (records
-    of the MLP written before that count took a method's own layers keep a lower one)."""
+    """A record's run's training FLOPs per token or sample, by its task's count today: what the
+    tables show. The record's own ``training_flops_per_sample`` is the count when it was
+    written, lower for ReLoRA, SLTrain and AdaLoRA on the MLP before that task counted a
+    method's own layers."""
     run = _run_of(path)
     return run.task_spec.training_flops(run)
 
@@ -190,10 +192,9 @@ def extensions_markdown(table: pd.DataFrame, part: str = "lm") -> str:
     header, fmt, scale = METRICS[part]
     tests = comparisons(table)
     unit, speed_header, speed_column, speed_fmt = COSTS[part]
-    flops_header = f" training MFLOPs per {unit} |" if unit else ""
     out = [f"| model | rank | lr | seeds | {header} | Δ vs dense (95 % CI) | "
-           "trainable params | all params | optimizer state (kB) | peak memory (MB) |"
-           f"{flops_header} {speed_header} |", "|---" * (11 + bool(unit)) + "|"]
+           "trainable params | all params | optimizer state (kB) | peak memory (MB) | "
+           f"training MFLOPs per {unit} | {speed_header} |", "|---" * 12 + "|"]
     for _, r in table.iterrows():
         ci = "—"
         if len(tests):
@@ -210,13 +211,12 @@ def extensions_markdown(table: pd.DataFrame, part: str = "lm") -> str:
         speed = r.get(speed_column, math.nan)
         speed = "—" if speed is None or pd.isna(speed) else speed_fmt.format(speed)
         flops = r.get("training_flops", math.nan)
-        flops = "" if not unit else " — |" if flops is None or pd.isna(flops) else \
-            f" {flops / 1e6:,.2f} |"
+        flops = "—" if flops is None or pd.isna(flops) else f"{flops / 1e6:,.2f}"
         out.append(f"| {r['name']} | {rank} | {r.lr:g}{edge} | {r.seeds} | "
                    f"{fmt.format(r.score * scale)}{std} | {ci} | {r.parameters / 1e3:.0f}k | "
                    f"{_num(r.total_parameters, 1e3)}k | "
-                   f"{_num(r.optimizer_state_bytes, 1e3)} | {_num(r.peak_memory_bytes, 1e6)} |"
-                   f"{flops} {speed} |")
+                   f"{_num(r.optimizer_state_bytes, 1e3)} | {_num(r.peak_memory_bytes, 1e6)} | "
+                   f"{flops} | {speed} |")
     return "\n".join(out)
 
 
@@ -250,7 +250,7 @@ def _num(v, unit: float) -> str:
 def _styles(names) -> dict[str, dict]:
     """A colour and marker per row name, the same in every figure: dense black, the others
     through matplotlib's ten colours, the marker changing when the colours come round again
-    (so no two rows look alike)."""
+    (no two of the first 40 rows look alike)."""
     cycle = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
              "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
     markers = ("o", "s", "^", "D")

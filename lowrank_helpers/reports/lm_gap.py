@@ -280,7 +280,8 @@ def cost_line(tables: dict) -> str:
     on = "/".join(map(str, threads)) or "?"
     total_n = sum(n for _, (n, _) in parts)
     total_m = sum(m for _, (_, m) in parts)
-    shown.append(f"in all {total_n} runs, {total_m:.0f} min ({total_m / 60:.1f} h)")
+    shown.append(f"in all {total_n} run{'s' * (total_n != 1)}, {total_m:.0f} min "
+                 f"({total_m / 60:.1f} h)")
     return ("- **Cost** of this section: " + "; ".join(shown) + f" of training wall time (on "
             f"{on} CPU thread{'s' if threads != [1] else ''} per stack, a stack's time shared "
             "among its models; the dense checkpoints the controls retrain are not counted).")

@@ -157,8 +157,10 @@ class ImageClassification(Task):
         forward, input gradient and weight gradient as its method counts them
         (:meth:`~lowrank_helpers.methods.Method.training_macs`: ReLoRA's frozen W, SLTrain's
         formed W and AdaLoRA's Λ included), less the first layer's input gradient
-        (:meth:`~lowrank_helpers.methods.Method.input_macs`), which the image does not need;
-        for dense and B·A layers :func:`~lowrank_helpers.models.mlp.training_flops_per_sample`."""
+        (:meth:`~lowrank_helpers.methods.Method.input_macs`), which the image does not need.
+        For dense and B·A layers this equals
+        :func:`~lowrank_helpers.models.mlp.training_flops_per_sample`; :meth:`forward_flops`
+        still counts a method's layers as B·A of its rank."""
         from ..methods import METHODS
         from ..models.mlp import layer_ranks
         m, widths = METHODS[run.method], run.widths
