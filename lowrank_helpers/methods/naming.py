@@ -33,8 +33,8 @@ RANK_COLORS = {1: "tab:cyan", 2: "tab:olive", 4: "blue", 8: "green", 16: "red", 
                64: "orange", 128: "brown"}
 INIT_COLORS = {"lora": "tab:blue", "default": "tab:orange", "matched": "tab:green",
                "he": "tab:red", "spectral": "tab:purple", "spectral_he": "tab:pink"}
-_CYCLE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-          "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+COLOR_CYCLE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+               "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
 
 
 def rank_color(rank) -> str:
@@ -43,11 +43,11 @@ def rank_color(rank) -> str:
         r = int(rank)
     except (TypeError, ValueError):
         return "black"
-    return RANK_COLORS.get(r, _CYCLE[max(r, 1).bit_length() % len(_CYCLE)])
+    return RANK_COLORS.get(r, COLOR_CYCLE[max(r, 1).bit_length() % len(COLOR_CYCLE)])
 
 
 def init_color(init: str) -> str:
-    return INIT_COLORS.get(init, _CYCLE[sorted(INITS).index(init) % len(_CYCLE)]
+    return INIT_COLORS.get(init, COLOR_CYCLE[sorted(INITS).index(init) % len(COLOR_CYCLE)]
                            if init in INITS else "black")
 
 

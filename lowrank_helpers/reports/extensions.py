@@ -23,28 +23,28 @@ def _run_of(path):
     return RunConfig.from_dict(read_record(path)["config"])
 
 
+def _total(run) -> int:
+    return sum(p.numel() for p in run.build().parameters())
+
+
 def total_parameters(path) -> int:
     """Every parameter of the model a record's run builds, trainable or not (ReLoRA's frozen
     W counts here, not among its trainable ones)."""
-    return sum(p.numel() for p in _run_of(path).build().parameters())
-
-
-def training_flops(path) -> int:
-    """A record's run's training FLOPs per token or sample, by its task's count today: what the
-    tables show. The record's own ``training_flops_per_sample`` is the count when it was
-    written, lower for ReLoRA, SLTrain and AdaLoRA on the MLP before that task counted a
-    method's own layers."""
-    run = _run_of(path)
-    return run.task_spec.training_flops(run)
+    return _total(_run_of(path))
 
 
 def _measured(runs: pd.DataFrame, ids: list[str]) -> dict:
-    """Means over a row's seeds of what the records measured beside the loss."""
+    """Means over a row's seeds of what the records measured beside the loss; the row's total
+    parameters and training FLOPs per token or sample from its run (one record read): the
+    FLOPs by its task's count today, where a record's own ``training_flops_per_sample`` is the
+    count when it was written (lower for ReLoRA, SLTrain and AdaLoRA on the MLP before that
+    task counted a method's own layers)."""
     at = runs[runs.run_id.isin(ids)]
-    out = {"total_parameters": total_parameters(at.path.iloc[0]) if len(at) else math.nan,
+    run = _run_of(at.path.iloc[0]) if len(at) else None
+    out = {"total_parameters": _total(run) if run else math.nan,
            "optimizer_state_bytes": at.optimizer_state_bytes.mean(),
            "peak_memory_bytes": at.peak_memory_bytes.mean(),
-           "training_flops": training_flops(at.path.iloc[0]) if len(at) else math.nan}
+           "training_flops": run.task_spec.training_flops(run) if run else math.nan}
     stack = at.stack_size.fillna(1)
     if "tokens_per_second" in at:                    # the transformer's records
         out.update(tokens_per_second=(at.tokens_per_second / stack).mean(),
@@ -251,8 +251,7 @@ def _styles(names) -> dict[str, dict]:
     """A colour and marker per row name, the same in every figure: dense black, the others
     through matplotlib's ten colours, the marker changing when the colours come round again
     (no two of the first 40 rows look alike)."""
-    cycle = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-             "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+    from ..methods.naming import COLOR_CYCLE as cycle
     markers = ("o", "s", "^", "D")
     out, i = {}, 0
     for name in dict.fromkeys(names):
@@ -322,9 +321,9 @@ def extensions_curves(table: pd.DataFrame, rank: int, cfg):
         if curves.empty:
             continue
         mean = curves.mean()
-        ax.plot(mean.index, mean.values, label=f"{r['name']} ({r.seeds} seed{'s' * (r.seeds != 1)})",
-                linestyle="--" if r["name"] == DENSE else "-", markersize=3,
-                **styles[r["name"]])
+        seeds = f"{r.seeds} seed{'s' * (r.seeds != 1)}"
+        ax.plot(mean.index, mean.values, label=f"{r['name']} ({seeds})", markersize=3,
+                linestyle="--" if r["name"] == DENSE else "-", **styles[r["name"]])
     ax.set(xlabel="step", ylabel="held-out loss (nats/char)",
            title=f"Held-out loss during training at rank {rank} (mean over seeds)")
     ax.legend(fontsize=8)

@@ -86,16 +86,13 @@ def scale_lines(table: pd.DataFrame) -> list[str]:
 def _verdicts(names: list[str], changes: list) -> str:
     """Which changes of a gap (corrected) shrink, grow or cannot be told from none, in words,
     and which way none goes."""
-    said = []
-    for word, pick in (("shrinks detectably", lambda d: d.real and d.diff < 0),
-                       ("grows detectably", lambda d: d.real and d.diff > 0),
-                       ("is not distinguishable from unchanged with these seeds",
-                        lambda d: not d.real)):
-        hit = [n for n, d in zip(names, changes) if pick(d)]
-        if hit:
-            said.append(f"{word} at {len(hit)} of {len(names)} ({', '.join(hit)})")
-    grows = any(d.real and d.diff > 0 for d in changes)
-    shrinks = any(d.real and d.diff < 0 for d in changes)
+    hits = {word: [n for n, d in zip(names, changes) if pick(d)] for word, pick in (
+        ("shrinks detectably", lambda d: d.real and d.diff < 0),
+        ("grows detectably", lambda d: d.real and d.diff > 0),
+        ("is not distinguishable from unchanged with these seeds", lambda d: not d.real))}
+    said = [f"{word} at {len(hit)} of {len(names)} ({', '.join(hit)})"
+            for word, hit in hits.items() if hit]
+    shrinks, grows = bool(hits["shrinks detectably"]), bool(hits["grows detectably"])
     end = ("" if grows and shrinks else
            ": it neither shrinks nor grows detectably at any" if not (grows or shrinks) else
            "; it grows detectably at none" if shrinks else "; it shrinks detectably at none")
