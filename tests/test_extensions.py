@@ -551,7 +551,8 @@ def test_the_extensions_study_trains_resumes_and_reports_each_model(tmp_path):
 def test_the_extensions_mlp_part_trains_on_the_tuned_adamw_protocol(tmp_path):
     from dataclasses import replace
     from lowrank_helpers.core.results import load_records
-    from lowrank_helpers.reports.extensions import extensions_markdown, mlp_table
+    from lowrank_helpers.reports.extensions import (comparisons, extensions_markdown, gap_summary,
+                                                    mlp_table)
     from lowrank_helpers.studies.extensions import ExtensionsConfig, run_extensions
     from lowrank_helpers.studies.tuned import GRIDS
     cfg = replace(ExtensionsConfig(smoke=True, results_dir=str(tmp_path / "ext"),
@@ -567,10 +568,25 @@ def test_the_extensions_mlp_part_trains_on_the_tuned_adamw_protocol(tmp_path):
     ada = runs[runs.method == "adalora"]
     assert all(a and a["adalora_total_rank"] == 4 * 3 for a in ada.analysis)  # 3 layers
     table = mlp_table(cfg)
-    assert list(table.name) == ["dense", "B·A (lora init)", "B·A (default init)", "adalora"]
-    assert (table.seeds[:3] == cfg.seeds).all()                # the baselines: the seed rule
-    assert table.seeds.iloc[3] in (cfg.seeds, cfg.close_seeds)  # a close call's extra seeds count
+    # the narrower dense model of plain B·A's parameter count (equal parameters), after dense
+    narrow = "narrow dense (widths 784-15-15-10)"
+    assert list(table.name) == ["dense", narrow, "B·A (lora init)", "B·A (default init)",
+                                "adalora"]
+    plain = table[table.name == "B·A (lora init)"].parameters.iloc[0]
+    assert abs(table.parameters[1] / plain - 1) <= 0.10
+    assert (table.seeds[:4] == cfg.seeds).all()                # the baselines: the seed rule
+    assert table.seeds.iloc[4] in (cfg.seeds, cfg.close_seeds)  # a close call's extra seeds count
     assert "| adalora | 4 |" in extensions_markdown(table, "mlp")
+    tests = comparisons(table)
+    assert set(tests[tests.name == narrow].against) == {"dense"}
+    assert set(tests[tests.name == "B·A (lora init)"].against) == {
+        "dense", "B·A (default init)", narrow}
+    # adalora's trainable parameters (r0 = 1.5 r, and Λ) are not plain B·A's: no narrow test
+    assert narrow not in set(tests[tests.name == "adalora"].against)
+    summary = gap_summary(table, "mlp", models=("adalora",))
+    assert "*At equal steps*, against dense: **detectably better**:" in summary
+    assert "Not compared (no narrower dense model of their trainable parameters in the " \
+        "records): adalora r=4." in summary
     # the baselines start from another folder's records of the same runs (the tuned study's)
     from lowrank_helpers.studies.extensions import _adopt, mlp_baselines
     base = runs[runs.method != "adalora"]

@@ -53,3 +53,19 @@ def test_parameter_table():
     assert table.loc["full-rank", "total"] == 669_706
     assert table.loc["rank 1", "total"] == 3_876
     assert table.loc["full-rank", "% of full"] == 100
+
+
+def test_narrow_widths_give_the_dense_mlp_closest_in_parameters_and_name_it():
+    from lowrank_helpers.core.protocol import RunConfig
+    from lowrank_helpers.models.mlp import narrow_widths
+    target = count_parameters("lora", 8)["total"]              # 23,770
+    widths = narrow_widths(target)
+    assert widths[0] == 784 and widths[-1] == 10 and widths[1] == widths[2]
+    err = abs(count_parameters("full", None, widths)["total"] - target)
+    for h in (widths[1] - 1, widths[1] + 1):                    # no width comes closer
+        assert abs(count_parameters("full", None, (784, h, h, 10))["total"] - target) >= err
+    assert narrow_widths(count_parameters("full")["total"]) == (784, 512, 512, 10)
+    narrow, default = RunConfig(method="full", widths=widths), RunConfig(method="full")
+    assert narrow.name == f"fashion_mnist-full-w784x{widths[1]}x{widths[1]}x10-s0"
+    assert narrow.label.endswith(f"widths 784-{widths[1]}-{widths[1]}-10")
+    assert default.name == "fashion_mnist-full-s0" and "widths" not in default.label

@@ -108,6 +108,17 @@ def count_parameters(method: str, rank: int | None = None,
     return counts
 
 
+def narrow_widths(target: int, widths: Sequence[int] = DEFAULT_WIDTHS) -> tuple[int, ...]:
+    """``widths`` with every hidden layer narrowed to the one width whose dense MLP's
+    parameter count (:func:`count_parameters`) is closest to ``target``: the narrower dense
+    model of equal parameters."""
+    def shape(h):
+        return (widths[0], *[h] * (len(widths) - 2), widths[-1])
+    h = min(range(1, max(widths[1:-1]) + 1),
+            key=lambda h: abs(count_parameters("full", None, shape(h))["total"] - target))
+    return shape(h)
+
+
 def parameter_table(ranks: Sequence[int] = RANKS, widths=DEFAULT_WIDTHS,
                     task: str = "fashion_mnist"):
     """Parameters per layer and in total for the full-rank model and each rank (pandas): the

@@ -13,8 +13,12 @@ from ..studies.extensions import EXT_MODELS, ext_name
 from ..studies.lm import load_lm_records
 from .lm import lm_table
 
-#: The names of the rows the LM study's records give.
-DENSE, PLAIN = "dense", "B·A ({init} init)"
+#: The names of the rows the LM study's records give; NARROW: a narrower dense model (its
+#: shape in the brackets), beside the rows whose trainable parameters it matches.
+DENSE, PLAIN, NARROW = "dense", "B·A ({init} init)", "narrow dense ({shape})"
+#: How close (relative) two rows' counts must be to compare them "at equal" parameters or
+#: optimizer memory (the LM study's rule for its narrower dense models).
+EQUAL_WITHIN = 0.10
 
 
 def _run_of(path):
@@ -64,9 +68,12 @@ def extensions_table(cfg) -> pd.DataFrame:
     rows = []
     if len(lm):
         base = lm_table(lm)
-        base = base[base.d_model == cfg.d_model]
         for _, r in base.iterrows():
-            if r["factorize"] == "none":
+            if r["factorize"] == "none" and r.d_model < cfg.d_model:
+                name = NARROW.format(shape=f"d_model {r.d_model}")
+            elif r.d_model != cfg.d_model:
+                continue
+            elif r["factorize"] == "none":
                 name = DENSE
             elif r["factorize"] == "both" and r["rank"] in cfg.ranks and r["init"] in cfg.inits:
                 name = PLAIN.format(init=r["init"])
@@ -87,7 +94,36 @@ def extensions_table(cfg) -> pd.DataFrame:
                     rows.append({**r.to_dict(), "name": name, "scores": r.losses,
                                  "score": r.val_loss, "score_std": r.val_std,
                                  **_measured(own, r.run_ids)})
-    return _ordered(pd.DataFrame(rows))
+    return _ordered(_matched(pd.DataFrame(rows)))
+
+
+def _is_narrow(names) -> pd.Series:
+    return pd.Series(names).str.startswith(NARROW.split("(")[0]).values
+
+
+def _equal(a: float, b: float) -> bool:
+    return abs(a / b - 1) <= EQUAL_WITHIN
+
+
+def _matched(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` without the narrower dense models that match no plain B·A row's trainable
+    parameters (within :data:`EQUAL_WITHIN`)."""
+    if table.empty:
+        return table
+    narrow = _is_narrow(table.name)
+    plain = table[table.name.str.startswith("B·A")].parameters
+    keep = [not n or any(_equal(p, q) for q in plain) for n, p in zip(narrow, table.parameters)]
+    return table[keep].reset_index(drop=True)
+
+
+def narrow_for(table: pd.DataFrame, row) -> pd.Series | None:
+    """The narrower dense model of ``table`` closest to ``row``'s trainable parameters, if
+    within :data:`EQUAL_WITHIN`; else None."""
+    narrow = table[_is_narrow(table.name)]
+    if narrow.empty:
+        return None
+    best = narrow.iloc[(narrow.parameters - row.parameters).abs().argmin()]
+    return best if _equal(best.parameters, row.parameters) else None
 
 
 def _ordered(table: pd.DataFrame) -> pd.DataFrame:
@@ -95,8 +131,10 @@ def _ordered(table: pd.DataFrame) -> pd.DataFrame:
         return table
     order = {n: i for i, n in enumerate([DENSE, *(PLAIN.format(init=i) for i in
                                                    ("lora", "default")), *EXT_MODELS])}
-    table["_o"] = table.name.map(lambda n: order.get(n, len(order)))
-    return (table.sort_values(["_o", "rank"], na_position="first").drop(columns="_o")
+    table["_o"] = [0.5 if narrow else order.get(n, len(order))      # narrow after dense
+                   for n, narrow in zip(table.name, _is_narrow(table.name))]
+    return (table.sort_values(["_o", "rank", "parameters"], na_position="first")
+            .drop(columns="_o")
             .reset_index(drop=True))
 
 
@@ -110,8 +148,10 @@ def mlp_table(cfg) -> pd.DataFrame:
     from pathlib import Path
     from ..core.results import load_records
     from ..studies.tuned import tuned_table
+    from ..tasks import TASKS
     tuned = cfg.mlp_config()
     epochs = tuned.protocol("adamw").epochs          # not the convergence check's
+    default_widths = TASKS[tuned.task].default_widths
 
     def records(where):
         runs = load_records(where) if Path(where).is_dir() else pd.DataFrame()
@@ -136,7 +176,10 @@ def mlp_table(cfg) -> pd.DataFrame:
                 if own is False or name not in cfg.models:
                     continue
             elif r.method == "full":
-                name = DENSE
+                widths = runs[runs.model_key == r.key].widths.iloc[0]   # "784-512-512-10"
+                widths = widths if isinstance(widths, str) else "-".join(map(str, widths))
+                name = DENSE if widths == "-".join(map(str, default_widths)) else \
+                    NARROW.format(shape=f"widths {widths}")
             elif (r.method, r.init) in (("lora", "lora"), ("ae", "default")) \
                     and r["rank"] in cfg.mlp_ranks and r.rescale == 1:
                 name = PLAIN.format(init=r.init)
@@ -149,27 +192,42 @@ def mlp_table(cfg) -> pd.DataFrame:
                          "scores": list(r.test_values), "score": r.mean_test,
                          "score_std": r.std_test, "parameters": r.params,
                          **_measured(at, list(at.run_id))})
-    return _ordered(pd.DataFrame(rows))
+    return _ordered(_matched(pd.DataFrame(rows)))
+
+
+def _welch(row, other):
+    """Welch's test of two rows' ``scores`` (row − other), or None with fewer than 2 seeds
+    on a side."""
+    return welch(row.scores, other.scores) if min(len(row.scores), len(other.scores)) >= 2 \
+        else None
 
 
 def comparisons(table: pd.DataFrame) -> pd.DataFrame:
-    """Each row against the dense model and against plain B·A (default init) of its rank:
-    Welch's difference of ``scores`` (row − other: held-out loss on the LM, where negative is
-    better; test accuracy on the MLP, where positive is), 95 % intervals with Holm's
-    correction over every test of the table (one family)."""
+    """Each row against the dense model (equal steps), against plain B·A (default init) of
+    its rank, and against the narrower dense model of its trainable parameters where the table
+    has one (:func:`narrow_for`: equal parameters): Welch's difference of ``scores`` (row −
+    other: held-out loss on the LM, where negative is better; test accuracy on the MLP, where
+    positive is), 95 % intervals with Holm's correction over every test of the table (one
+    family)."""
     if table.empty or not (table.name == DENSE).any():
         return pd.DataFrame()
     dense = table[table.name == DENSE].iloc[0]
     tests = []
     for _, r in table[table.name != DENSE].iterrows():
+        if _is_narrow([r["name"]])[0]:                  # fewer parameters alone: the cost
+            tests.append({"name": r["name"], "rank": r["rank"], "against": "dense",
+                          "test": _welch(r, dense)})
+            continue
         against = [("dense", dense)]
         plain = table[(table.name == PLAIN.format(init="default")) & (table["rank"] == r["rank"])]
         if r["name"] != PLAIN.format(init="default") and len(plain):
             against.append(("B·A (default init)", plain.iloc[0]))
+        narrow = narrow_for(table, r)
+        if narrow is not None:
+            against.append((narrow["name"], narrow))
         for what, other in against:
-            d = welch(r.scores, other.scores) if len(r.scores) >= 2 and \
-                len(other.scores) >= 2 else None
-            tests.append({"name": r["name"], "rank": r["rank"], "against": what, "test": d})
+            tests.append({"name": r["name"], "rank": r["rank"], "against": what,
+                          "test": _welch(r, other)})
     fixed = correct([t["test"] for t in tests])
     for t, d in zip(tests, fixed):
         t["test"] = d
@@ -198,9 +256,9 @@ def extensions_markdown(table: pd.DataFrame, part: str = "lm") -> str:
     for _, r in table.iterrows():
         ci = "—"
         if len(tests):
-            t = tests[(tests.name == r["name"]) & (tests["rank"].astype(str) == str(r["rank"]))
-                      & (tests.against == "dense")]
-            if len(t) and t.test.iloc[0] is not None:
+            t = tests[(tests.name == r["name"]) & (tests.against == "dense")
+                      & ((tests["rank"] == r["rank"]) | pd.isna(r["rank"]))]
+            if len(t) and hasattr(t.test.iloc[0], "diff"):
                 d = t.test.iloc[0]
                 signed = fmt.replace("{:", "{:+")
                 ci = (f"{signed.format(d.diff * scale)} ({signed.format(d.low * scale)} to "
@@ -248,7 +306,8 @@ def _num(v, unit: float) -> str:
 
 
 def _styles(names) -> dict[str, dict]:
-    """A colour and marker per row name, the same in every figure: dense black, the others
+    """A colour and marker per row name, the same in every figure: dense black (the narrower
+    dense models hollow), the others
     through matplotlib's ten colours, the marker changing when the colours come round again
     (no two of the first 40 rows look alike)."""
     from ..methods.naming import COLOR_CYCLE as cycle
@@ -257,6 +316,9 @@ def _styles(names) -> dict[str, dict]:
     for name in dict.fromkeys(names):
         if name == DENSE:
             out[name] = {"color": "black", "marker": "o"}
+            continue
+        if _is_narrow([name])[0]:                       # dense's, hollow
+            out[name] = {"color": "black", "marker": "o", "markerfacecolor": "white"}
             continue
         out[name] = {"color": cycle[i % len(cycle)],
                      "marker": markers[(i // len(cycle)) % len(markers)]}
@@ -286,8 +348,10 @@ def extensions_figure(table: pd.DataFrame, part: str = "lm"):
     import matplotlib.pyplot as plt
     header, _, scale = METRICS[part]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    styles = _styles(table.name)
-    for name, g in table.groupby("name", sort=False):
+    # the narrower dense models as one series: dense at fewer parameters
+    series = table.name.where(~_is_narrow(table.name), NARROW.format(shape="equal parameters"))
+    styles = _styles(series)
+    for name, g in table.groupby(series, sort=False):
         half = [0.0 if math.isnan(hi) else scale * (hi - m)
                 for m, _, hi in map(mean_interval, g.scores)]
         for ax, x in zip(axes, ("parameters", "optimizer_state_bytes")):
@@ -355,10 +419,22 @@ def galore_miniature(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _verdict(d, part: str) -> str:
+    """A test's verdict for a row (row − other): better, worse or not distinguishable."""
+    better = d.diff < 0 if part == "lm" else d.diff > 0
+    return ("detectably better" if d.real and better else "detectably worse" if d.real
+            else "not distinguishable")
+
+
+def _where(t) -> str:
+    return "" if pd.isna(t["rank"]) else f"r={int(t['rank'])} "
+
+
 def extensions_answer(table: pd.DataFrame, part: str, models=tuple(EXT_MODELS)) -> str:
-    """The part's sentences: each method's rows against dense and against plain B·A (default
-    init) of the same rank, one Holm family over the table's tests; the methods and rows
-    the records do not have yet are named."""
+    """The part's sentences: the narrower dense models against dense, then each method's
+    rows against dense, against plain B·A (default init) of the same rank and against the
+    narrower dense model of their trainable parameters, one Holm family over the table's tests
+    (:func:`comparisons`); the methods and rows the records do not have yet are named."""
     task = {"lm": "Transformer (held-out loss, nats/char)",
             "mlp": "MLP (test accuracy, points)"}[part]
     if table.empty or not (table.name == DENSE).any():
@@ -367,29 +443,90 @@ def extensions_answer(table: pd.DataFrame, part: str, models=tuple(EXT_MODELS)) 
     signed = fmt.replace("{:", "{:+")
     tests = comparisons(table)
     n = int(tests.test.notna().sum()) if len(tests) else 0
-    better = (lambda d: d.diff < 0) if part == "lm" else (lambda d: d.diff > 0)
     lines = [f"- **{task}**: each row − the other, Welch's 95 % interval (uncorrected) and "
              f"the verdict after Holm's correction over these {n} tests (Holm p):"]
     plain = [PLAIN.format(init=i) for i in ("lora", "default")]
-    for name in [*plain, *models]:
+    narrow = list(table.name[_is_narrow(table.name)])
+    for name in [*narrow, *plain, *models]:
         own = tests[tests.name == name] if len(tests) else tests
         if own.empty:
-            if name not in plain:
+            if name in models:
                 lines.append(f"  - {name}: not yet in the records.")
             continue
         parts = []
         for _, t in own.iterrows():
             d = t.test
-            if d is None:
-                parts.append(f"r={int(t['rank'])} against {t.against}: fewer than 2 seeds")
+            if not hasattr(d, "diff"):                  # None (NaN in a frame)
+                parts.append(f"{_where(t)}against {t.against}: fewer than 2 seeds")
                 continue
-            verdict = ("detectably better" if d.real and better(d) else "detectably worse"
-                       if d.real else "not distinguishable")
-            parts.append(f"r={int(t['rank'])} against {t.against} "
+            parts.append(f"{_where(t)}against {t.against} "
                          f"{signed.format(d.diff * scale)} ({signed.format(d.low * scale)} to "
-                         f"{signed.format(d.high * scale)}, Holm p {d.p_holm:.2g}): {verdict}")
+                         f"{signed.format(d.high * scale)}, Holm p {d.p_holm:.2g}): "
+                         f"{_verdict(d, part)}")
         lines.append(f"  - {name}: " + "; ".join(parts) + ".")
     return "\n".join(lines)
+
+
+def gap_summary(table: pd.DataFrame, part: str, models=tuple(EXT_MODELS)) -> str:
+    """The README's answer to "which method, if any, closes the gap to dense?", three ways,
+    each from the verdicts of :func:`extensions_answer`'s one Holm family: at equal steps
+    (each method's rows against dense), at equal trainable parameters (against the narrower
+    dense model of their count, within :data:`EQUAL_WITHIN`) and at equal optimizer memory
+    (against plain B·A (default init) of their rank, for the rows whose optimizer state is at
+    most :data:`EQUAL_WITHIN` above its). The rows left out of a comparison are named."""
+    task = {"lm": "the transformer", "mlp": "the MLP"}[part]
+    tests = comparisons(table)
+    if tests.empty:
+        return f"- **Which method closes the gap on {task}?** No records of the dense model yet."
+    _, fmt, scale = METRICS[part]
+    signed = fmt.replace("{:", "{:+")
+    plain_name = PLAIN.format(init="default")
+    mine = tests[tests.name.isin(list(models))]
+
+    def state(name, rank):
+        hit = table[(table.name == name) & (table["rank"] == rank)]
+        return hit.optimizer_state_bytes.iloc[0] if len(hit) else math.nan
+
+    def row(t):
+        return f"{t['name']} {_where(t).strip()}"
+
+    def sort(against, keep=lambda t: True):
+        out = {"detectably better": [], "not distinguishable": [], "detectably worse": [],
+               "fewer than 2 seeds so far": []}
+        for _, t in mine.iterrows():
+            if not against(t.against) or not keep(t):
+                continue
+            d = t.test
+            if not hasattr(d, "diff"):
+                out["fewer than 2 seeds so far"].append(row(t))
+                continue
+            out[_verdict(d, part)].append(
+                f"{row(t)} ({signed.format(d.diff * scale)}, {signed.format(d.low * scale)} "
+                f"to {signed.format(d.high * scale)})")
+        return "; ".join(f"**{k}**: " + (", ".join(v) if v else "none") for k, v in out.items()
+                         if v or k == "detectably better")
+
+    def left_out(against, keep=lambda t: True, why=""):
+        compared = {row(t) for _, t in mine.iterrows() if against(t.against) and keep(t)}
+        rest = [row(t) for _, t in mine.drop_duplicates(["name", "rank"]).iterrows()
+                if row(t) not in compared]
+        return f" Not compared ({why}): {', '.join(rest)}." if rest else ""
+
+    narrow = lambda a: _is_narrow([a])[0]                            # noqa: E731
+    plain = lambda a: a == plain_name                                # noqa: E731
+    fits = lambda t: state(t["name"], t["rank"]) <= (1 + EQUAL_WITHIN) * state(  # noqa: E731
+        plain_name, t["rank"])
+    return "\n".join([
+        f"- **Which method closes the gap on {task}?** The verdicts below, sorted (row − "
+        "other, Welch's 95 % interval uncorrected, verdict after Holm):",
+        f"  - *At equal steps*, against dense: {sort(lambda a: a == 'dense')}.",
+        "  - *At equal trainable parameters*, against the narrower dense model of the same "
+        f"count (within {EQUAL_WITHIN:.0%}): {sort(narrow)}."
+        + left_out(narrow, why="no narrower dense model of their trainable parameters in "
+                   "the records"),
+        "  - *At equal optimizer memory*, against plain B·A (default init) of the same rank, "
+        f"for the rows whose optimizer state is at most {EQUAL_WITHIN:.0%} above its: "
+        f"{sort(plain, fits)}." + left_out(plain, fits, "more optimizer state")])
 
 
 def readme_block(ext_dir, lm_dir, tuned_dir) -> str:
@@ -398,5 +535,6 @@ def readme_block(ext_dir, lm_dir, tuned_dir) -> str:
     cfg = ExtensionsConfig(results_dir=str(ext_dir), lm_dir=str(lm_dir),
                            tuned_dir=str(tuned_dir))
     lm, mlp = extensions_table(cfg), mlp_table(cfg)
-    return "\n".join([extensions_answer(lm, "lm"), extensions_answer(mlp, "mlp"), "",
+    return "\n".join([gap_summary(lm, "lm"), gap_summary(mlp, "mlp"),
+                      extensions_answer(lm, "lm"), extensions_answer(mlp, "mlp"), "",
                       extensions_markdown(lm, "lm"), "", extensions_markdown(mlp, "mlp")])

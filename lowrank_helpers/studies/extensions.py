@@ -184,13 +184,33 @@ def mlp_runs(cfg: ExtensionsConfig) -> list:
 
 def mlp_baselines(cfg: ExtensionsConfig) -> list:
     """The MLP's dense model and plain B·A (the LoRA layers, the autoencoder layers) at
-    ``mlp_ranks``, seed 0, under the tuned AdamW protocol."""
+    ``mlp_ranks``, then the narrower dense models of their parameter counts (equal
+    parameters: :func:`mlp_narrow`), seed 0, under the tuned AdamW protocol."""
     from ..core.protocol import RunConfig
     tuned = cfg.mlp_config()
     p = tuned.protocol("adamw")
     return [RunConfig(tuned.task, "full", protocol=p)] + [
         RunConfig(tuned.task, m, r, i, protocol=p) for m, i in (("lora", "lora"), ("ae", None))
-        for r in cfg.mlp_ranks]
+        for r in cfg.mlp_ranks] + mlp_narrow(cfg)
+
+
+def mlp_narrow(cfg: ExtensionsConfig) -> list:
+    """The MLP's narrower dense models, one per rank of ``mlp_ranks``: every hidden layer as
+    wide as makes the dense MLP's parameter count closest to plain B·A's at that rank
+    (:func:`~lowrank_helpers.models.mlp.narrow_widths`), under the tuned AdamW protocol."""
+    from ..core.protocol import RunConfig
+    from ..models.mlp import narrow_widths
+    tuned = cfg.mlp_config()
+    p = tuned.protocol("adamw")
+    out = []
+    for r in cfg.mlp_ranks:
+        plain = RunConfig(tuned.task, "lora", r, "lora", protocol=p)
+        run = RunConfig(tuned.task, "full", protocol=p,
+                        widths=narrow_widths(plain.task_spec.parameters(plain)["total"],
+                                             plain.widths))
+        if run not in out:
+            out.append(run)
+    return out
 
 
 def _adopt(models: list, source, target) -> int:

@@ -229,11 +229,15 @@ class ImageClassification(Task):
                  else f"{run.method}-r{run.rank:03d}-{run.init}")
         for k, v in sorted(run.options.items()):
             model += f"-c{v:g}" if k == "rescale" else f"-{k}{v:g}"
+        if tuple(run.widths) != self.default_widths:         # a narrower (or wider) model
+            model += "-w" + "x".join(map(str, run.widths))
         return f"{run.task}-{model}-s{run.seed}"
 
     def label_of(self, run: "RunConfig") -> str:
         from ..methods import model_label
         label = model_label(run.method, run.rank, run.init)
+        if tuple(run.widths) != self.default_widths:
+            label += ", widths " + "-".join(map(str, run.widths))
         c = run.options.get("rescale", 1.0)
         return label if c == 1 else f"{label}, A×{c:g}, B÷{c:g}"
 
