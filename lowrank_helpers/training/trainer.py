@@ -39,6 +39,47 @@ def set_lr(opt: torch.optim.Optimizer, scales: list[float], lr: float) -> None:
         g["lr"] = lr * scale
 
 
+class Step:
+    """The trainer's one training step of ``run`` on ``model`` (``total`` steps in all): its
+    optimizer (the method's own, else the protocol's over the method's or the task's groups,
+    :func:`param_groups`), begun by the method; called as ``step(i, x, y)`` (``i`` from 1) it
+    sets the schedule's rate times the method's factor, adds the method's penalty to the
+    task's loss, clips as the protocol says, steps the optimizer and runs the method's hook
+    when it is due; it returns the task's loss (detached) and the rate. :func:`fit` trains
+    with it, ``benchmarks/bench_extensions.py`` times it."""
+
+    def __init__(self, run: RunConfig, model: torch.nn.Module, total: int,
+                 groups: list[dict] | None = None):
+        self.run, self.model, self.total = run, model, total
+        self.task, self.method, self.protocol = run.task_spec, METHODS[run.method], run.protocol
+        groups = groups or param_groups(model, run)
+        self.opt = self.method.make_optimizer(groups, run) or make_optimizer(groups,
+                                                                               self.protocol)
+        self.hook_every = self.method.every_for(run)
+        self.method.begin(model, self.opt, total, run)
+        self.scales = [g.get("lr", self.protocol.lr) / self.protocol.lr
+                       for g in self.opt.param_groups]
+        self.last_factor = None
+
+    def __call__(self, step: int, x: torch.Tensor, y: torch.Tensor):
+        run, method, protocol, opt = self.run, self.method, self.protocol, self.opt
+        factor = method.lr_factor(step - 1, run)
+        lr = protocol.lr_at(step - 1, self.total) * factor
+        if not protocol.constant_lr or factor != self.last_factor:  # step 1, and a factor change
+            set_lr(opt, self.scales, lr)
+        self.last_factor = factor
+        loss = self.task.loss(self.model(x), y)
+        opt.zero_grad(set_to_none=True)
+        extra = method.penalty(self.model, run)
+        (loss if extra is None else loss + extra).backward()
+        if protocol.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), protocol.grad_clip)
+        opt.step()
+        if self.hook_every and step % self.hook_every == 0:
+            method.after_step(self.model, opt, step, run)
+        return loss.detach(), lr
+
+
 def fit(run: RunConfig, data, *, device="cpu", progress: bool = True,
         model: torch.nn.Module | None = None, dtype: torch.dtype | None = None,
         groups: list[dict] | None = None, desc: str | None = None, final_eval: bool = True,
@@ -58,11 +99,8 @@ def fit(run: RunConfig, data, *, device="cpu", progress: bool = True,
     per_epoch = task.steps_per_epoch(protocol, data)
     total = protocol.total_steps(per_epoch)
     every = protocol.eval_every or per_epoch or total
-    groups = groups or param_groups(model, run)
-    opt = method.make_optimizer(groups, run) or make_optimizer(groups, protocol)
-    hook_every = method.every_for(run)
-    method.begin(model, opt, total, run)
-    scales = [g.get("lr", protocol.lr) / protocol.lr for g in opt.param_groups]
+    train_step = Step(run, model, total, groups)
+    opt = train_step.opt
     result = TrainResult(device=device_name(dev), engine="plain")
     result.init = task.evaluate(model, data, protocol)
     reset_peak_memory(dev)
@@ -70,23 +108,9 @@ def fit(run: RunConfig, data, *, device="cpu", progress: bool = True,
     model.train()
     start = last = time.perf_counter()
     loss_sum, seen = None, 0  # summed on the device (no sync per step), in the loss's dtype
-    last_factor = None
     for step, (x, y) in enumerate(task.batches(run, data), start=1):
-        factor = method.lr_factor(step - 1, run)
-        lr = protocol.lr_at(step - 1, total) * factor
-        if not protocol.constant_lr or factor != last_factor:   # step 1, and a method's factor
-            set_lr(opt, scales, lr)
-        last_factor = factor
-        loss = task.loss(model(x.to(dev)), y.to(dev))
-        opt.zero_grad(set_to_none=True)
-        extra = method.penalty(model, run)
-        (loss if extra is None else loss + extra).backward()
-        if protocol.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), protocol.grad_clip)
-        opt.step()
-        if hook_every and step % hook_every == 0:
-            method.after_step(model, opt, step, run)
-        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        loss, lr = train_step(step, x.to(dev), y.to(dev))
+        loss_sum = loss if loss_sum is None else loss_sum + loss
         seen += 1
         if step % every == 0 or step == total:
             now = time.perf_counter()
