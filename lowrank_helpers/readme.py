@@ -26,7 +26,7 @@ from .core.results import is_reference, load_records
 
 README_BLOCK = re.compile(
     r"(<!-- generated: (table|discussion|agreement|inits|tuned|tuned-tables|tuned-headline|lm|"
-    r"lm-table|lm-speed|lm-gap|extensions) (\S+) -->\n)(.*?)"
+    r"lm-table|lm-speed|lm-gap|extensions|extensions-speed) (\S+) -->\n)(.*?)"
     r"(<!-- end -->)", re.S)
 
 
@@ -44,6 +44,9 @@ def render_block(kind: str, results_dir) -> str:
     if kind == "agreement":
         other, reference = str(results_dir).rsplit(":", 1)
         return agreement(reference_records(reference), reference_records(other))
+    if kind == "extensions-speed":    # benchmarks/bench_extensions.py's JSON
+        from .reports.extensions import speed_block
+        return speed_block(results_dir)
     if kind == "extensions":    # its folder, the LM study's and the tuned study's
         from .reports.extensions import readme_block
         return readme_block(*str(results_dir).split(":"))

@@ -181,3 +181,36 @@ def test_the_speed_target_is_judged_from_the_range_of_the_repeats_paired_ratios(
     assert verdict([1.1, 1.0, 1.19, 0.9, 1.15])["verdict"] == "not met"
     assert verdict([0.93, 1.12, 1.35, 1.2, 1.37])["verdict"] == "not distinguishable"
     assert verdict([1.5, 1.6, 1.7, 1.8])["verdict"] == "not distinguishable"  # 88 % < 90 %
+
+
+def test_bench_extensions_smoke(tmp_path):
+    """The extensions' side-by-side costs: every row of each part at its rank (dense, plain
+    B·A, the narrower dense model of the MLP, the methods), each time over dense's from the
+    same repeat, peak tensor memory at least the parameters and the optimizer state, and the
+    README block rendered from the JSON."""
+    from lowrank_helpers.reports.extensions import speed_block
+    out = tmp_path / "ext.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_extensions.py"), "--smoke",
+         "--lm-ranks", "4", "--mlp-ranks", "4", "--steps", "2", "--mlp-steps", "2",
+         "--repeats", "2", "--data-root", os.environ["LOWRANK_DATA"], "--out", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(out.read_text())
+    lm, mlp = got["parts"]["lm"]["ranks"]["4"], got["parts"]["mlp"]["ranks"]["4"]
+    assert list(lm) == ["dense", "B·A (default init)", "adalora"]
+    assert list(mlp) == ["dense", "B·A (default init)", "narrow dense (widths 784-15-15-10)",
+                         "adalora"]
+    for part, models in (("lm", lm), ("mlp", mlp)):
+        dense = models["dense"]["seconds"]
+        for m in models.values():
+            ratios = [t / d for t, d in zip(m["seconds"], dense)]
+            assert len(ratios) == 2
+            assert m["time_over_dense_range"] == pytest.approx([min(ratios), max(ratios)])
+            assert m["peak_tensor_bytes"] >= 4 * m["parameters"] + m["optimizer_state_bytes"]
+    block = speed_block(out)
+    assert "**Transformer, rank 4**" in block and "**MLP, rank 4**" in block
+    assert "| dense |" in block and "| 1.00× (1.00–1.00) |" in block
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_extensions.py"),
+                          "--repeats", "0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--repeats must be at least 1, got 0" in bad.stderr

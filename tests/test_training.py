@@ -90,3 +90,32 @@ def test_bad_train_config():
         Protocol(batch_size=64.0)
     with pytest.raises(ValueError, match="batch_size must be > 0"):
         Protocol(batch_size=0)
+
+
+def test_tensor_memory_counts_parameters_gradients_state_and_the_steps_temporaries():
+    """On the CPU: after two AdamW steps the live tensors are the parameters, their
+    gradients, AdamW's two moments (and its step counters) and the batch; the peak is above
+    that (the activations, the backward's and the optimizer's temporaries); views of one
+    storage count once; freed tensors stop counting."""
+    from lowrank_helpers.core.devices import TensorMemory
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    opt = torch.optim.AdamW(m.parameters(), foreach=False)
+    x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
+    params = sum(p.numel() * 4 for p in m.parameters())
+    with TensorMemory(*m.parameters(), x, y, x[:4], x.view(-1)) as mem:
+        assert mem.current == params + x.numel() * 4 + y.numel() * 8   # views: no more
+        for _ in range(2):
+            loss = torch.nn.functional.cross_entropy(m(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        del loss
+        steps = sum(s["step"].numel() * s["step"].element_size() for s in opt.state.values())
+        settled = 4 * params + steps + x.numel() * 4 + y.numel() * 8   # W, grad, m, v
+        assert mem.current == settled
+        assert mem.peak >= settled + 32 * 64 * 4                       # an activation more
+        big = torch.zeros(1000, 1000)
+        assert mem.current == settled + big.numel() * 4
+        del big
+        assert mem.current == settled

@@ -65,3 +65,59 @@ def peak_memory(device: torch.device) -> dict:
                 "kind": "process peak RSS (CPU)"}
     except ImportError:  # Windows
         return {}
+
+
+class TensorMemory:
+    """Live tensor memory, measured on any device, the CPU included (where
+    :func:`peak_memory` can only give the process's resident set): inside ``with
+    TensorMemory(*tensors) as m:`` every storage an operation returns is counted until it is
+    freed; ``m.peak`` is the most bytes alive at once (the ``tensors`` given, e.g. a model's
+    parameters, count from the start; storages shared by views count once). It sees what
+    goes through PyTorch's dispatcher (a ``TorchDispatchMode``): on the CPU autograd runs the
+    backward pass in the calling thread, so activations, gradients, optimizer state and
+    temporaries are all seen. Each operation checks every live storage, so keep the window
+    short (a few training steps)."""
+
+    def __init__(self, *tensors):
+        self._refs: dict[int, tuple] = {}
+        self.peak = 0
+        for t in tensors:
+            self._add(t)
+        self.peak = self.current
+
+    def _add(self, t) -> None:
+        from torch.multiprocessing.reductions import StorageWeakRef
+        if not isinstance(t, torch.Tensor) or t.is_meta:
+            return
+        storage = t.untyped_storage()
+        key = storage._cdata
+        known = self._refs.get(key)
+        if known is None or known[0].expired():      # new, or an address freed and reused
+            self._refs[key] = (StorageWeakRef(storage), storage.nbytes())
+
+    @property
+    def current(self) -> int:
+        """Bytes of the storages alive now."""
+        for key in [k for k, (ref, _) in self._refs.items() if ref.expired()]:
+            del self._refs[key]
+        return sum(n for _, n in self._refs.values())
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+        outer = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_flatten(out)[0]:
+                    outer._add(t)
+                outer.peak = max(outer.peak, outer.current)
+                return out
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+        return False

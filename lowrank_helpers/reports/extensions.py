@@ -237,22 +237,24 @@ def comparisons(table: pd.DataFrame) -> pd.DataFrame:
 #: How each part's score reads: its column header, its format, and its unit's scale.
 METRICS = {"lm": ("held-out loss (nats)", "{:.3f}", 1.0),
            "mlp": ("test accuracy (%)", "{:.2f}", 100.0)}
-#: Each part's unit of training FLOPs and its speed column (header, table column, format).
-COSTS = {"lm": ("token", "tokens/s", "tokens_per_second", "{:,.0f}"),
-         "mlp": ("sample", "s per epoch", "seconds_per_epoch", "{:,.1f}")}
+#: Each part's unit of training FLOPs.
+UNITS = {"lm": "token", "mlp": "sample"}
 
 
 def extensions_markdown(table: pd.DataFrame, part: str = "lm") -> str:
     """The comparison as a Markdown table (Δ against dense: Welch's uncorrected interval; the
-    answer's lines give each verdict after Holm's correction)."""
+    answer's lines give each verdict after Holm's correction). Time and peak memory are not
+    columns: the records measured them under different conditions (stacked or alone, beside
+    other jobs; the process's resident set on a CPU), so :func:`speed_block` gives them from a
+    benchmark that measures every row alike."""
     if table.empty:
         return "(no records yet: run `lowrank-study extensions`)"
     header, fmt, scale = METRICS[part]
     tests = comparisons(table)
-    unit, speed_header, speed_column, speed_fmt = COSTS[part]
+    unit = UNITS[part]
     out = [f"| model | rank | lr | seeds | {header} | Δ vs dense (95 % CI) | "
-           "trainable params | all params | optimizer state (kB) | peak memory (MB) | "
-           f"training MFLOPs per {unit} | {speed_header} |", "|---" * 12 + "|"]
+           "trainable params | all params | optimizer state (kB) | "
+           f"training MFLOPs per {unit} |", "|---" * 10 + "|"]
     for _, r in table.iterrows():
         ci = "—"
         if len(tests):
@@ -266,15 +268,12 @@ def extensions_markdown(table: pd.DataFrame, part: str = "lm") -> str:
         rank = "—" if pd.isna(r["rank"]) else int(r["rank"])
         std = f" ± {fmt.format(r.score_std * scale)}" if r.seeds > 1 else ""
         edge = " (edge)" if r.edge else ""
-        speed = r.get(speed_column, math.nan)
-        speed = "—" if speed is None or pd.isna(speed) else speed_fmt.format(speed)
         flops = r.get("training_flops", math.nan)
         flops = "—" if flops is None or pd.isna(flops) else f"{flops / 1e6:,.2f}"
         out.append(f"| {r['name']} | {rank} | {r.lr:g}{edge} | {r.seeds} | "
                    f"{fmt.format(r.score * scale)}{std} | {ci} | {r.parameters / 1e3:.0f}k | "
                    f"{_num(r.total_parameters, 1e3)}k | "
-                   f"{_num(r.optimizer_state_bytes, 1e3)} | {_num(r.peak_memory_bytes, 1e6)} | "
-                   f"{flops} | {speed} |")
+                   f"{_num(r.optimizer_state_bytes, 1e3)} | {flops} |")
     return "\n".join(out)
 
 
@@ -430,6 +429,23 @@ def _where(t) -> str:
     return "" if pd.isna(t["rank"]) else f"r={int(t['rank'])} "
 
 
+def galore_line(table: pd.DataFrame) -> str:
+    """:func:`galore_miniature` as one README line."""
+    mini = galore_miniature(table)
+    if mini.empty:
+        return "- **GaLore's Table 2 in miniature.** No records of the dense model yet."
+    said = []
+    for _, r in mini.iterrows():
+        got = [f"{k.split(' / ')[0]} {v:.3f}" for k, v in r.items()
+               if k != "rank" and pd.notna(v)]
+        if got:
+            said.append(f"rank {int(r['rank'])}: " + ", ".join(got))
+    return ("- **GaLore's Table 2 in miniature** (character perplexity e^loss over dense's, "
+            "at each rank; means of the rows' seeds): " + "; ".join(said)
+            + f". Beside it the {mini.attrs['published']} (validation perplexity per subword "
+            "token on C4, so only the direction compares).")
+
+
 def extensions_answer(table: pd.DataFrame, part: str, models=tuple(EXT_MODELS)) -> str:
     """The part's sentences: the narrower dense models against dense, then each method's
     rows against dense, against plain B·A (default init) of the same rank and against the
@@ -529,12 +545,69 @@ def gap_summary(table: pd.DataFrame, part: str, models=tuple(EXT_MODELS)) -> str
         f"{sort(plain, fits)}." + left_out(plain, fits, "more optimizer state")])
 
 
+def speed_block(path) -> str:
+    """README's ``extensions-speed`` block: ``benchmarks/bench_extensions.py``'s JSON at
+    ``path`` as one table per part and rank: each row's time per step (median of the
+    repeats), its time over dense's in the same repeat (median, and the range over repeats),
+    its throughput, and its peak tensor memory (over dense's) with its optimizer state."""
+    import json
+    from pathlib import Path
+    b = json.loads(Path(path).read_text())
+    out = [f"Measured side by side in one process ({b['torch_threads']} thread"
+           f"{'s' * (b['torch_threads'] != 1)}, {b['repeats']} repeats, the order reversed "
+           f"on every other; memory over the first {b['memory_steps']} steps of a fresh "
+           "model)" + (f"; {b['note']}" if b.get("note") else "") + "."]
+    for part, p in b["parts"].items():
+        task = {"lm": "Transformer", "mlp": "MLP"}[part]
+        for rank, models in p["ranks"].items():
+            dense = models.get(DENSE)
+            out += ["", f"**{task}, rank {rank}** ({p['steps']} steps from step 1, "
+                    f"{p['per_step']:,} {p['unit']} per step):", "",
+                    f"| model | ms per step | time over dense (range) | {p['unit']}/s | "
+                    "peak tensor memory (MB) | over dense | optimizer state (kB) |",
+                    "|---|---:|---:|---:|---:|---:|---:|"]
+            for name, m in models.items():
+                lo, hi = m["time_over_dense_range"]
+                mem = (f"{m['peak_tensor_bytes'] / dense['peak_tensor_bytes']:.2f}×"
+                       if dense else "—")
+                out.append(f"| {name} | {m['ms_per_step']:.1f} | {m['time_over_dense']:.2f}× "
+                           f"({lo:.2f}–{hi:.2f}) | {m['per_second']:,.0f} | "
+                           f"{m['peak_tensor_bytes'] / 1e6:,.1f} | {mem} | "
+                           f"{m['optimizer_state_bytes'] / 1e3:,.0f} |")
+    return "\n".join(out)
+
+
+def training_time(cfg) -> str:
+    """The comparison's own training time: every record in its folders (the transformer's
+    and the MLP's, searches and seeds), its wall time over the models of its stack, summed
+    per part; the baselines' records adopted from another study (the same file in
+    ``cfg.tuned_dir``) and the LM study's dense and plain B·A are not counted."""
+    from pathlib import Path
+    from ..core.results import read_record
+    parts, total, threads = [], 0.0, set()
+    for what, where in (("transformer", cfg.results_dir), ("MLP", cfg.mlp_dir)):
+        paths = [p for p in (sorted(Path(where).glob("*.json")) if Path(where).is_dir()
+                             else []) if not (Path(cfg.tuned_dir) / p.name).exists()]
+        seconds = 0.0
+        for p in paths:
+            r = read_record(p)
+            seconds += (r.get("wall_time") or 0.0) / (r.get("cost", {}).get("stack_size") or 1)
+            threads.add(r.get("torch_threads"))
+        total += seconds
+        parts.append(f"{what}: {len(paths)} runs, {seconds / 3600:.1f} h")
+    return (f"- **Time.** The comparison's own runs took {total / 3600:.1f} h of training "
+            f"wall time on this CPU, summed over runs at {' or '.join(map(str, sorted(threads, key=str)))} "
+            f"thread{'s' * (threads != {1})} each ({'; '.join(parts)}; "
+            "the baselines the LM and tuned studies trained are not counted).")
+
+
 def readme_block(ext_dir, lm_dir, tuned_dir) -> str:
-    """README's ``extensions`` block: both parts' tables and answers."""
+    """README's ``extensions`` block: both parts' answers, tests, tables and time."""
     from ..studies.extensions import ExtensionsConfig
     cfg = ExtensionsConfig(results_dir=str(ext_dir), lm_dir=str(lm_dir),
                            tuned_dir=str(tuned_dir))
     lm, mlp = extensions_table(cfg), mlp_table(cfg)
-    return "\n".join([gap_summary(lm, "lm"), gap_summary(mlp, "mlp"),
+    return "\n".join([gap_summary(lm, "lm"), gap_summary(mlp, "mlp"), galore_line(lm),
+                      training_time(cfg),
                       extensions_answer(lm, "lm"), extensions_answer(mlp, "mlp"), "",
                       extensions_markdown(lm, "lm"), "", extensions_markdown(mlp, "mlp")])

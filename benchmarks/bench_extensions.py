@@ -1,0 +1,219 @@
+"""The extensions' training cost, every row measured side by side in one run.
+
+The comparison's records hold each run's own throughput and the process's peak resident set,
+but its rows were trained under different conditions: the methods one at a time beside
+another job, the dense model and plain B·A of the LM study stacked several to a call (their
+time shared out), and a process's peak resident set counts Python, the data and every model
+the process trained before. This script measures every row alike, in one process, at one
+rank at a time:
+
+- **Time.** Each model trains ``--steps`` steps through the trainer's own step
+  (:class:`~lowrank_helpers.training.trainer.Step`: the method's optimizer, schedule, penalty,
+  clipping and hook), from step 1 of the study's protocol, so periodic work falls where it
+  does in a run (GaLore's SVD at step 1 and every 200, LORO's exact step every 100,
+  ReLoRA's merge every 500; the window shows what of it falls inside). Models run in turn,
+  the order reversed on every other repeat, after an untimed warm-up of each; the JSON keeps
+  every time and gives the median per step and each model's time over dense's in the same
+  repeat (median and range over repeats).
+- **Memory.** The most bytes of tensors alive at once over the first ``--memory-steps``
+  steps of a fresh model (:class:`~lowrank_helpers.core.devices.TensorMemory`: parameters,
+  gradients, optimizer state as it is created, activations and temporaries, the batch; not
+  the dataset the batches are cut from), on any device; beside it the optimizer state's
+  bytes from its tensors.
+
+    python benchmarks/bench_extensions.py [--parts lm mlp] [--lm-ranks 16 32]
+        [--mlp-ranks 8 32] [--steps 100] [--mlp-steps 200] [--repeats 3] [--data-root DIR]
+
+Writes benchmarks/bench_extensions.json (README's extensions section cites it). ``--smoke``:
+tiny sizes on made-up data (the test).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def rows(cfg, part: str, rank: int, vocab: int | None = None) -> dict:
+    """The comparison's rows at ``rank`` as runs, by name: dense, plain B·A (default init),
+    the narrower dense model of its parameter count where the part has one (the MLP), and
+    every model of ``cfg.models`` (the study's own run builders, at ``rank``)."""
+    from lowrank_helpers.reports.extensions import DENSE, EQUAL_WITHIN, NARROW, PLAIN
+    from lowrank_helpers.studies.extensions import (EXT_MODELS, ext_name, extension_runs,
+                                                    mlp_baselines, mlp_runs)
+    plain = PLAIN.format(init="default")
+    if part == "lm":
+        from lowrank_helpers.studies.lm import _models
+        base = _models(cfg, vocab, "search")                   # the LM study's rows
+        ext = extension_runs(cfg, vocab)
+    else:
+        base, ext = mlp_baselines(cfg), mlp_runs(cfg)
+    dense = next(r for r in base if r.method == "full")
+    ba = [r for r in base if r.method != "full" and r.rank == rank
+          and r.init in ("default", None)]
+    if not ba:
+        raise ValueError(f"rank {rank} is not among the {part} part's ranks here")
+    out = {DENSE: dense, plain: ba[0]}
+    count = ba[0].task_spec.parameters(ba[0])["total"]
+    for r in base:                                              # narrower dense models
+        n = r.task_spec.parameters(r)["total"]
+        if r.method == "full" and r is not dense and abs(n / count - 1) <= EQUAL_WITHIN:
+            out[NARROW.format(shape="widths " + "-".join(map(str, r.widths)))] = r
+    for r in ext:
+        name = ext_name(r.method, r.options)
+        if r.rank == rank and name in EXT_MODELS:
+            out[name] = r
+    return out
+
+
+def _stepper(run, data, total: int):
+    """A fresh model of ``run``, its trainer step, and its batches, each a tensor of its own
+    (the MLP's are views of the whole split, which would count as live memory)."""
+    from lowrank_helpers.training.trainer import Step
+    task = run.task_spec
+    model = run.build()
+    model.train()
+    batches = ((x.clone(), y.clone()) for x, y in task.batches(run, data))
+    return Step(run, model, total), batches, model
+
+
+def timed(run, data, steps: int, total: int) -> float:
+    """Seconds for ``steps`` training steps of a fresh model of ``run`` from step 1."""
+    step, batches, _ = _stepper(run, data, total)
+    got = [next(batches) for _ in range(steps)]             # the batches, drawn untimed
+    start = time.perf_counter()
+    for i, (x, y) in enumerate(got, start=1):
+        step(i, x, y)
+    return time.perf_counter() - start
+
+
+def memory(run, data, steps: int, total: int) -> dict:
+    """Peak tensor bytes over the first ``steps`` steps of a fresh model, and the optimizer
+    state's bytes after them."""
+    from lowrank_helpers.core.devices import TensorMemory
+    from lowrank_helpers.methods import METHODS
+    step, batches, model = _stepper(run, data, total)
+    got = [next(batches) for _ in range(steps)]
+    with TensorMemory(*model.parameters(), *model.buffers(),
+                      *[t for xy in got for t in xy]) as m:
+        for i, (x, y) in enumerate(got, start=1):
+            step(i, x, y)
+    return {"peak_tensor_bytes": m.peak,
+            "optimizer_state_bytes": METHODS[run.method].state_bytes(model, step.opt)}
+
+
+def measure(models: dict, data, steps: int, repeats: int, memory_steps: int,
+            per_step: int, progress: bool = True) -> dict:
+    """Every model of ``models`` (name → run): a warm-up, then ``repeats`` rounds of ``steps``
+    timed steps each (order reversed every other round), then its memory."""
+    total = next(iter(models.values())).task_spec.steps_per_epoch(
+        next(iter(models.values())).protocol, data)
+    total = next(iter(models.values())).protocol.total_steps(total)
+    names = list(models)
+    for n in names:                                        # warm-up: first-call costs
+        timed(models[n], data, min(3, steps), total)
+    times = {n: [] for n in names}
+    for rep in range(repeats):
+        order = names if rep % 2 == 0 else names[::-1]
+        for n in order:
+            times[n].append(timed(models[n], data, steps, total))
+            if progress:
+                print(f"  repeat {rep + 1}/{repeats}: {n}: {times[n][-1] / steps * 1e3:.1f} "
+                      "ms/step", file=sys.stderr)
+    dense = times[names[0]]
+    out = {}
+    for n in names:
+        ratios = [t / d for t, d in zip(times[n], dense)]
+        ms = statistics.median(times[n]) / steps * 1e3
+        out[n] = {"seconds": times[n], "ms_per_step": ms,
+                  "per_second": per_step / ms * 1e3,
+                  "time_over_dense": statistics.median(ratios),
+                  "time_over_dense_range": [min(ratios), max(ratios)],
+                  **memory(models[n], data, memory_steps, total),
+                  "parameters": models[n].task_spec.parameters(models[n])["total"]}
+    return out
+
+
+def bench(args) -> dict:
+    from lowrank_helpers.studies.extensions import ExtensionsConfig
+    cfg = ExtensionsConfig(data_root=args.data_root, smoke=args.smoke, device="cpu")
+    got = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+           "cpus": os.cpu_count(), "machine": platform.machine(), "repeats": args.repeats,
+           "memory_steps": args.memory_steps, "note": args.note, "parts": {}}
+    if "lm" in args.parts:
+        from lowrank_helpers.tasks.text import read_corpus, split_text
+        splits = split_text(read_corpus(cfg.corpus, cfg.data_root), cfg.tune_chars, cfg.corpus)
+        shape = cfg.shape(splits.vocab_size)
+        per = cfg.batch_size * shape.block_size
+        got["parts"]["lm"] = {"unit": "tokens", "steps": args.steps, "per_step": per,
+                              "ranks": {}}
+        for r in args.lm_ranks:
+            print(f"LM, rank {r}", file=sys.stderr)
+            got["parts"]["lm"]["ranks"][str(r)] = measure(
+                rows(cfg, "lm", r, splits.vocab_size), splits, args.steps, args.repeats,
+                args.memory_steps, per)
+    if "mlp" in args.parts:
+        from lowrank_helpers.tasks import TASKS
+        tuned = cfg.mlp_config()
+        task = TASKS[tuned.task]
+        protocol = tuned.protocol("adamw")
+        task.prepare(cfg.data_root)
+        data = task.load(protocol, cfg.data_root)
+        got["parts"]["mlp"] = {"unit": "samples", "steps": args.mlp_steps,
+                               "per_step": protocol.batch_size, "ranks": {}}
+        for r in args.mlp_ranks:
+            print(f"MLP, rank {r}", file=sys.stderr)
+            got["parts"]["mlp"]["ranks"][str(r)] = measure(
+                rows(cfg, "mlp", r), data, args.mlp_steps, args.repeats, args.memory_steps,
+                protocol.batch_size)
+    return got
+
+
+def report(got: dict) -> None:
+    for part, p in got["parts"].items():
+        for rank, models in p["ranks"].items():
+            print(f"\n{part}, rank {rank}: {p['steps']} steps, median of {got['repeats']}")
+            print(f"{'model':40s} {'ms/step':>8s} {'× dense':>16s} {'peak MB':>8s} "
+                  f"{'opt MB':>7s}")
+            for n, m in models.items():
+                lo, hi = m["time_over_dense_range"]
+                print(f"{n:40s} {m['ms_per_step']:8.1f} {m['time_over_dense']:6.2f} "
+                      f"({lo:.2f}-{hi:.2f}) {m['peak_tensor_bytes'] / 1e6:8.1f} "
+                      f"{m['optimizer_state_bytes'] / 1e6:7.2f}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--parts", nargs="+", default=["lm", "mlp"], choices=["lm", "mlp"])
+    p.add_argument("--lm-ranks", nargs="+", type=int, default=[16, 32])
+    p.add_argument("--mlp-ranks", nargs="+", type=int, default=[8, 32])
+    p.add_argument("--steps", type=int, default=100, help="timed steps per model (LM)")
+    p.add_argument("--mlp-steps", type=int, default=200, help="timed steps per model (MLP)")
+    p.add_argument("--memory-steps", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes (the test)")
+    p.add_argument("--note", default="", help="what else the machine ran (kept in the JSON)")
+    p.add_argument("--out", default=str(HERE / "bench_extensions.json"))
+    args = p.parse_args(argv)
+    for name in ("steps", "mlp_steps", "memory_steps", "repeats"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    got = bench(args)
+    report(got)
+    Path(args.out).write_text(json.dumps(got, indent=1))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
