@@ -11,7 +11,7 @@ directories ``a:b:...`` compared by init (:func:`~lowrank_helpers.reports.answer
 (:func:`~lowrank_helpers.reports.lm.lm_answer`, ``lm_tables_markdown``) and ``lm-speed`` of its
 benchmark's JSON (:func:`lm_speed`); ``lm-gap`` of the LM study's controls
 (:func:`~lowrank_helpers.reports.lm_gap.gap_answer`); ``extensions`` of
-``extensions:lm:tuned`` (:func:`~lowrank_helpers.reports.extensions.readme_block`).
+``extensions:lm:tuned`` (:func:`~lowrank_helpers.reports.extensions_answer.readme_block`).
 """
 from __future__ import annotations
 
@@ -45,10 +45,10 @@ def render_block(kind: str, results_dir) -> str:
         other, reference = str(results_dir).rsplit(":", 1)
         return agreement(reference_records(reference), reference_records(other))
     if kind == "extensions-speed":    # benchmarks/bench_extensions.py's JSON
-        from .reports.extensions import speed_block
+        from .reports.extensions_answer import speed_block
         return speed_block(results_dir)
     if kind == "extensions":    # its folder, the LM study's and the tuned study's
-        from .reports.extensions import readme_block
+        from .reports.extensions_answer import readme_block
         return readme_block(*str(results_dir).split(":"))
     if kind == "lm-gap":        # the study's folder, the longer budget's, the scale series'
         from .reports.lm_gap import gap_answer, gap_tables

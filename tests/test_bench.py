@@ -188,7 +188,7 @@ def test_bench_extensions_smoke(tmp_path):
     B·A, the narrower dense model of the MLP, the methods), each time over dense's from the
     same repeat, peak tensor memory at least the parameters and the optimizer state, and the
     README block rendered from the JSON."""
-    from lowrank_helpers.reports.extensions import speed_block
+    from lowrank_helpers.reports.extensions_answer import speed_block
     out = tmp_path / "ext.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_extensions.py"), "--smoke",

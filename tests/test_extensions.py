@@ -551,8 +551,8 @@ def test_the_extensions_study_trains_resumes_and_reports_each_model(tmp_path):
 def test_the_extensions_mlp_part_trains_on_the_tuned_adamw_protocol(tmp_path):
     from dataclasses import replace
     from lowrank_helpers.core.results import load_records
-    from lowrank_helpers.reports.extensions import (comparisons, extensions_markdown, gap_summary,
-                                                    mlp_table)
+    from lowrank_helpers.reports.extensions import comparisons, extensions_markdown, mlp_table
+    from lowrank_helpers.reports.extensions_answer import gap_summary
     from lowrank_helpers.studies.extensions import ExtensionsConfig, run_extensions
     from lowrank_helpers.studies.tuned import GRIDS
     cfg = replace(ExtensionsConfig(smoke=True, results_dir=str(tmp_path / "ext"),
@@ -666,7 +666,7 @@ def test_close_calls_are_the_rows_whose_interval_overlaps_dense_or_plain_of_thei
 
 def test_galore_miniature_is_each_ranks_perplexity_ratio_to_dense():
     import pandas as pd
-    from lowrank_helpers.reports.extensions import galore_miniature
+    from lowrank_helpers.reports.extensions_answer import galore_miniature
     table = pd.DataFrame([{"name": "dense", "rank": pd.NA, "score": 1.9},
                           {"name": "B·A (default init)", "rank": 4, "score": 2.0},
                           {"name": "galore", "rank": 4, "score": 1.95},
@@ -682,7 +682,8 @@ def test_galore_miniature_is_each_ranks_perplexity_ratio_to_dense():
 def test_every_row_of_the_figures_has_its_own_colour_and_marker():
     """More rows than matplotlib's ten colours still look different (the marker changes),
     dense is black, and a row keeps its style in every figure; log axes read 50k, 1.5M."""
-    from lowrank_helpers.reports.extensions import DENSE, _short, _styles
+    from lowrank_helpers.reports.extensions import DENSE
+    from lowrank_helpers.reports.extensions_plots import _short, _styles
     names = [DENSE] + [f"m{i}" for i in range(12)]
     styles = _styles(names + names[::-1])
     assert styles[DENSE] == {"color": "black", "marker": "o"}
