@@ -11,7 +11,9 @@ directories ``a:b:...`` compared by init (:func:`~lowrank_helpers.reports.answer
 (:func:`~lowrank_helpers.reports.lm.lm_answer`, ``lm_tables_markdown``) and ``lm-speed`` of its
 benchmark's JSON (:func:`lm_speed`); ``lm-gap`` of the LM study's controls
 (:func:`~lowrank_helpers.reports.lm_gap.gap_answer`); ``extensions`` of
-``extensions:lm:tuned`` (:func:`~lowrank_helpers.reports.extensions_answer.readme_block`).
+``extensions:lm:tuned`` (:func:`~lowrank_helpers.reports.extensions_answer.readme_block`)
+and ``extensions-speed`` of its benchmark's JSON
+(:func:`~lowrank_helpers.reports.extensions_answer.speed_block`).
 """
 from __future__ import annotations
 

@@ -208,6 +208,19 @@ def test_bench_extensions_smoke(tmp_path):
             assert len(ratios) == 2
             assert m["time_over_dense_range"] == pytest.approx([min(ratios), max(ratios)])
             assert m["peak_tensor_bytes"] >= 4 * m["parameters"] + m["optimizer_state_bytes"]
+    # the memory measured again into the same JSON keeps its times (exact bytes, no noise)
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_extensions.py"), "--smoke",
+         "--memory-only", "--lm-ranks", "4", "--mlp-ranks", "4", "--data-root",
+         os.environ["LOWRANK_DATA"], "--out", str(out)], capture_output=True, text=True,
+        timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    redone = json.loads(out.read_text())
+    for part in ("lm", "mlp"):
+        for name, m in got["parts"][part]["ranks"]["4"].items():
+            r = redone["parts"][part]["ranks"]["4"][name]
+            assert r["seconds"] == m["seconds"]
+            assert r["peak_tensor_bytes"] == m["peak_tensor_bytes"]   # deterministic
     block = speed_block(out)
     assert "**Transformer, rank 4**" in block and "**MLP, rank 4**" in block
     assert "| dense |" in block and "| 1.00× (1.00–1.00) |" in block

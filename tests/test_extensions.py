@@ -742,3 +742,46 @@ def test_the_mlps_flops_count_each_methods_own_layers():
     q_input = first.A.numel()                                 # forward: B·(E ⊙ (A·x))
     assert len(shapes) == 3 and q_input == initial_rank(r, 784, 512) * 784
     assert flops("adalora", r) == 2 * (3 * sum(map(sum, shapes)) - q_input)
+
+
+def test_gap_summary_sorts_by_the_holm_verdict_and_says_why_a_row_is_left_out():
+    """The three-way answer: a row whose uncorrected interval excludes 0 but whose Holm p is
+    not below 0.05 reads "not distinguishable" (never better or worse); a clearly worse row
+    "detectably worse"; a 1-seed row is still searching; the rows without a comparison are
+    named with their reason: more optimizer state, no plain B·A of their rank, a frozen
+    dense W (total parameters not a narrower model's)."""
+    import pandas as pd
+    from lowrank_helpers.reports.extensions import DENSE, PLAIN, comparisons
+    from lowrank_helpers.reports.extensions_answer import gap_summary
+    nan = float("nan")
+
+    def row(name, rank, scores, params, state, total=None):
+        return {"name": name, "rank": rank, "scores": scores, "parameters": params,
+                "total_parameters": total or params, "optimizer_state_bytes": state}
+    plain = PLAIN.format(init="default")
+    table = pd.DataFrame([
+        row(DENSE, nan, [1.00, 1.01, 1.02], 800, 6400),
+        row("narrow dense (d_model 8)", nan, [1.10, 1.12, 1.14], 160, 1280),
+        row(plain, 4, [1.06, 1.07, 1.08], 165, 1320),
+        row("cola", 4, [1.03, 1.04, 1.05], 165, 1320),           # close: Holm decides
+        row("loro", 4, [1.50, 1.51, 1.52], 165, 1320),           # far: detectably worse
+        row("adalora", 4, [1.06, 1.07, 1.08], 240, 3700),        # more state, more params
+        row("relora", 4, [1.06, 1.07, 1.08], 165, 1320, total=900),   # a frozen dense W
+        row("galore", 8, [1.05], 800, 1100),                      # 1 seed; no B·A at rank 8
+    ])
+    models = ("cola", "loro", "adalora", "relora", "galore")
+    tests = comparisons(table)
+    close = tests[(tests.name == "cola") & (tests.against == "dense")].test.iloc[0]
+    assert close.low > 0 and close.p_holm >= 0.05 and not close.real   # the case at issue
+    got = gap_summary(table, "lm", models=models)
+    steps, params, memory = got.splitlines()[1:]
+    assert "+ is worse" in got.splitlines()[0]
+    assert "**detectably better**: none" in steps
+    assert "**not distinguishable**: cola r=4 (+0.030" in steps
+    assert "**detectably worse**: loro r=4" in steps
+    assert "**fewer than 2 seeds so far**: galore r=8" in steps
+    assert "against the narrower dense model" in params and "cola r=4" in params
+    assert "Not compared (its total parameters (a frozen dense W) are not a narrower " \
+        "model's): relora r=4." in params
+    assert "Not compared (more optimizer state): adalora r=4." in memory
+    assert "Not compared (no plain B·A of its rank): galore r=8." in memory

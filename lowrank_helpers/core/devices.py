@@ -71,12 +71,14 @@ class TensorMemory:
     """Live tensor memory, measured on any device, the CPU included (where
     :func:`peak_memory` can only give the process's resident set): inside ``with
     TensorMemory(*tensors) as m:`` every storage an operation returns is counted until it is
-    freed; ``m.peak`` is the most bytes alive at once (the ``tensors`` given, e.g. a model's
-    parameters, count from the start; storages shared by views count once). It sees what
-    goes through PyTorch's dispatcher (a ``TorchDispatchMode``): on the CPU autograd runs the
-    backward pass in the calling thread, so activations, gradients, optimizer state and
-    temporaries are all seen. Each operation checks every live storage, so keep the window
-    short (a few training steps)."""
+    freed; ``m.peak`` is the most bytes alive at once between operations (the ``tensors``
+    given, e.g. a model's parameters, and those passed to :meth:`track` count from then on;
+    storages shared by views count once). It sees the tensors that go through PyTorch's
+    dispatcher (a ``TorchDispatchMode``, which autograd's backward pass honours too):
+    activations, gradients, optimizer state and the temporaries between operations, not
+    the workspace a single kernel allocates and frees inside itself (a LAPACK SVD's, say).
+    Each operation checks every live storage, so keep the window short (a few training
+    steps)."""
 
     def __init__(self, *tensors):
         self._refs: dict[int, tuple] = {}
@@ -84,6 +86,12 @@ class TensorMemory:
         for t in tensors:
             self._add(t)
         self.peak = self.current
+
+    def track(self, *tensors) -> None:
+        """Count ``tensors`` (made outside the dispatcher, e.g. a batch) from now on."""
+        for t in tensors:
+            self._add(t)
+        self.peak = max(self.peak, self.current)
 
     def _add(self, t) -> None:
         from torch.multiprocessing.reductions import StorageWeakRef

@@ -1,7 +1,9 @@
-"""The extensions comparison's report (``notebooks/extensions.ipynb``, the README's section):
-one row per model at its chosen rate, beside the language-model study's dense model and plain
-B·A of the same ranks, with held-out loss, its comparisons (one Holm family), parameters,
-optimizer-state bytes, peak memory and throughput as the records measured them."""
+"""The extensions comparison's tables and tests (``notebooks/extensions.ipynb``, the README's
+section): one row per model at its chosen rate, beside the language-model study's dense model,
+plain B·A of the same ranks and the narrower dense model of B·A's parameter count, with
+held-out loss (test accuracy on the MLP), its comparisons (one Holm family), parameters,
+optimizer-state bytes and training FLOPs. Time and memory are measured side by side by
+``benchmarks/bench_extensions.py`` (:mod:`.extensions_answer` reads its JSON)."""
 from __future__ import annotations
 
 import math
@@ -11,14 +13,19 @@ import pandas as pd
 from ..core.stats import correct, mean_interval, welch
 from ..studies.extensions import EXT_MODELS, ext_name
 from ..studies.lm import load_lm_records
-from .lm import lm_table
+from .lm import EQUAL_WITHIN, lm_table
 
 #: The names of the rows the LM study's records give; NARROW: a narrower dense model (its
-#: shape in the brackets), beside the rows whose trainable parameters it matches.
+#: shape in the brackets, :func:`narrow_name`), beside the rows whose parameters it matches.
 DENSE, PLAIN, NARROW = "dense", "B·A ({init} init)", "narrow dense ({shape})"
-#: How close (relative) two rows' counts must be to compare them "at equal" parameters or
-#: optimizer memory (the LM study's rule for its narrower dense models).
-EQUAL_WITHIN = 0.10
+
+
+def narrow_name(shape) -> str:
+    """A narrower dense model's row name from its shape: the transformer's (an LMShape, or
+    its d_model) or the MLP's widths."""
+    d_model = shape if isinstance(shape, int) else getattr(shape, "d_model", None)
+    return NARROW.format(shape=f"d_model {d_model}" if d_model is not None
+                         else "widths " + "-".join(map(str, shape)))
 
 
 def _run_of(path):
@@ -38,24 +45,16 @@ def total_parameters(path) -> int:
 
 
 def _measured(runs: pd.DataFrame, ids: list[str]) -> dict:
-    """Means over a row's seeds of what the records measured beside the loss; the row's total
+    """The optimizer state's bytes the records measured (mean over a row's seeds); the row's total
     parameters and training FLOPs per token or sample from its run (one record read): the
     FLOPs by its task's count today, where a record's own ``training_flops_per_sample`` is the
     count when it was written (lower for ReLoRA, SLTrain and AdaLoRA on the MLP before that
     task counted a method's own layers)."""
     at = runs[runs.run_id.isin(ids)]
     run = _run_of(at.path.iloc[0]) if len(at) else None
-    out = {"total_parameters": _total(run) if run else math.nan,
-           "optimizer_state_bytes": at.optimizer_state_bytes.mean(),
-           "peak_memory_bytes": at.peak_memory_bytes.mean(),
-           "training_flops": run.task_spec.training_flops(run) if run else math.nan}
-    stack = at.stack_size.fillna(1)
-    if "tokens_per_second" in at:                    # the transformer's records
-        out.update(tokens_per_second=(at.tokens_per_second / stack).mean(),
-                   seconds_per_run=(at.seconds / stack).mean())
-    elif "seconds_per_epoch" in at:                  # the MLP's: a stack's epoch, shared
-        out.update(seconds_per_epoch=(at.seconds_per_epoch / stack).mean())
-    return out
+    return {"total_parameters": _total(run) if run else math.nan,
+            "optimizer_state_bytes": at.optimizer_state_bytes.mean(),
+            "training_flops": run.task_spec.training_flops(run) if run else math.nan}
 
 
 def extensions_table(cfg) -> pd.DataFrame:
@@ -70,7 +69,7 @@ def extensions_table(cfg) -> pd.DataFrame:
         base = lm_table(lm)
         for _, r in base.iterrows():
             if r["factorize"] == "none" and r.d_model < cfg.d_model:
-                name = NARROW.format(shape=f"d_model {r.d_model}")
+                name = narrow_name(int(r.d_model))
             elif r.d_model != cfg.d_model:
                 continue
             elif r["factorize"] == "none":
@@ -111,19 +110,23 @@ def _matched(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return table
     narrow = _is_narrow(table.name)
-    plain = table[table.name.str.startswith("B·A")].parameters
+    plain = table[table.name.str.startswith(PLAIN.split(" (")[0])].parameters
     keep = [not n or any(_equal(p, q) for q in plain) for n, p in zip(narrow, table.parameters)]
     return table[keep].reset_index(drop=True)
 
 
 def narrow_for(table: pd.DataFrame, row) -> pd.Series | None:
     """The narrower dense model of ``table`` closest to ``row``'s trainable parameters, if
-    within :data:`EQUAL_WITHIN`; else None."""
+    within :data:`EQUAL_WITHIN` of both its trainable and its total parameters (ReLoRA, whose
+    frozen W is a dense model's, has none); else None."""
     narrow = table[_is_narrow(table.name)]
     if narrow.empty:
         return None
     best = narrow.iloc[(narrow.parameters - row.parameters).abs().argmin()]
-    return best if _equal(best.parameters, row.parameters) else None
+    total = row.get("total_parameters", row.parameters)
+    total = row.parameters if pd.isna(total) else total
+    return best if _equal(best.parameters, row.parameters) and \
+        _equal(best.parameters, total) else None
 
 
 def _ordered(table: pd.DataFrame) -> pd.DataFrame:
@@ -176,10 +179,9 @@ def mlp_table(cfg) -> pd.DataFrame:
                 if own is False or name not in cfg.models:
                     continue
             elif r.method == "full":
-                widths = runs[runs.model_key == r.key].widths.iloc[0]   # "784-512-512-10"
-                widths = widths if isinstance(widths, str) else "-".join(map(str, widths))
-                name = DENSE if widths == "-".join(map(str, default_widths)) else \
-                    NARROW.format(shape=f"widths {widths}")
+                run = _run_of(runs[runs.model_key == r.key].path.iloc[0])
+                name = DENSE if tuple(run.widths) == tuple(default_widths) else \
+                    narrow_name(run.widths)
             elif (r.method, r.init) in (("lora", "lora"), ("ae", "default")) \
                     and r["rank"] in cfg.mlp_ranks and r.rescale == 1:
                 name = PLAIN.format(init=r.init)
@@ -294,7 +296,7 @@ def close_calls(table: pd.DataFrame) -> set[tuple[str, int]]:
         if mine is None:
             continue
         others = [dense] + [interval(o.scores) for _, o in table[
-            table.name.str.startswith("B·A") & (table["rank"] == r["rank"])].iterrows()]
+            table.name.str.startswith(PLAIN.split(" (")[0]) & (table["rank"] == r["rank"])].iterrows()]
         if any(o is not None and mine[0] <= o[1] and o[0] <= mine[1] for o in others):
             out.add((r["name"], int(r["rank"])))
     return out

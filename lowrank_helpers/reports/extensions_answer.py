@@ -9,7 +9,7 @@ import math
 import pandas as pd
 
 from ..studies.extensions import EXT_MODELS
-from .extensions import (DENSE, EQUAL_WITHIN, METRICS, PLAIN, _is_narrow, comparisons,
+from .extensions import (DENSE, EQUAL_WITHIN, METRICS, PLAIN, _equal, _is_narrow, comparisons,
                          extensions_markdown, extensions_table, mlp_table)
 
 
@@ -30,6 +30,7 @@ def galore_miniature(table: pd.DataFrame) -> pd.DataFrame:
                             ("GaLore / dense", "galore")):
             hit = table[(table.name == name) & (table["rank"] == rank)]
             row[label] = math.exp(hit.iloc[0].score - dense) if len(hit) else math.nan
+            row[label.split(" / ")[0] + " seeds"] = int(hit.iloc[0].seeds) if len(hit) else 0
         rows.append(row)
     out = pd.DataFrame(rows)
     out.attrs["published"] = (f"published 60M (rank {published['rank']}): Low-Rank / "
@@ -49,20 +50,23 @@ def _where(t) -> str:
 
 
 def galore_line(table: pd.DataFrame) -> str:
-    """:func:`galore_miniature` as one README line."""
+    """:func:`galore_miniature` as one README line, each ratio with its seeds."""
     mini = galore_miniature(table)
     if mini.empty:
         return "- **GaLore's Table 2 in miniature.** No records of the dense model yet."
     said = []
     for _, r in mini.iterrows():
-        got = [f"{k.split(' / ')[0]} {v:.3f}" for k, v in r.items()
-               if k != "rank" and pd.notna(v)]
+        got = []
+        for k, v in r.items():
+            if " / " in k and pd.notna(v):
+                n = int(r[k.split(" / ")[0] + " seeds"])
+                got.append(f"{k.split(' / ')[0]} {v:.3f} ({n} seed{'s' * (n != 1)})")
         if got:
             said.append(f"rank {int(r['rank'])}: " + ", ".join(got))
     return ("- **GaLore's Table 2 in miniature** (character perplexity e^loss over dense's, "
-            "at each rank; means of the rows' seeds): " + "; ".join(said)
-            + f". Beside it the {mini.attrs['published']} (validation perplexity per subword "
-            "token on C4, so only the direction compares).")
+            "at each rank; means of the rows' seeds; a row of 1 seed is still in its search): "
+            + "; ".join(said) + f". Beside it the {mini.attrs['published']} (validation "
+            "perplexity per subword token on C4, so only the direction compares).")
 
 
 def extensions_answer(table: pd.DataFrame, part: str, models=tuple(EXT_MODELS)) -> str:
@@ -102,13 +106,19 @@ def extensions_answer(table: pd.DataFrame, part: str, models=tuple(EXT_MODELS)) 
     return "\n".join(lines)
 
 
+#: How each part's difference reads: its unit and which sign is worse.
+SIGNS = {"lm": "nats/char; + is worse", "mlp": "points of accuracy; − is worse"}
+
+
 def gap_summary(table: pd.DataFrame, part: str, models=tuple(EXT_MODELS)) -> str:
     """The README's answer to "which method, if any, closes the gap to dense?", three ways,
     each from the verdicts of :func:`extensions_answer`'s one Holm family: at equal steps
-    (each method's rows against dense), at equal trainable parameters (against the narrower
-    dense model of their count, within :data:`EQUAL_WITHIN`) and at equal optimizer memory
-    (against plain B·A (default init) of their rank, for the rows whose optimizer state is at
-    most :data:`EQUAL_WITHIN` above its). The rows left out of a comparison are named."""
+    (each method's rows against dense), at equal parameters (against the narrower dense model
+    of their count, :func:`~.extensions.narrow_for`) and at equal optimizer memory (against
+    plain B·A (default init) of their rank, for the rows whose optimizer state is at most
+    :data:`EQUAL_WITHIN` above its). Each difference comes with its uncorrected interval and
+    its Holm p: a row whose uncorrected interval excludes 0 can still be not distinguishable
+    after the correction. The rows left out of a comparison are named, with why."""
     task = {"lm": "the transformer", "mlp": "the MLP"}[part]
     tests = comparisons(table)
     if tests.empty:
@@ -117,6 +127,8 @@ def gap_summary(table: pd.DataFrame, part: str, models=tuple(EXT_MODELS)) -> str
     signed = fmt.replace("{:", "{:+")
     plain_name = PLAIN.format(init="default")
     mine = tests[tests.name.isin(list(models))]
+    if mine.empty:
+        return f"- **Which method closes the gap on {task}?** No method's records yet."
 
     def state(name, rank):
         hit = table[(table.name == name) & (table["rank"] == rank)]
@@ -137,15 +149,31 @@ def gap_summary(table: pd.DataFrame, part: str, models=tuple(EXT_MODELS)) -> str
                 continue
             out[_verdict(d, part)].append(
                 f"{row(t)} ({signed.format(d.diff * scale)}, {signed.format(d.low * scale)} "
-                f"to {signed.format(d.high * scale)})")
+                f"to {signed.format(d.high * scale)}, Holm p {d.p_holm:.2g})")
         return "; ".join(f"**{k}**: " + (", ".join(v) if v else "none") for k, v in out.items()
                          if v or k == "detectably better")
 
-    def left_out(against, keep=lambda t: True, why=""):
+    def left_out(against, why, keep=lambda t: True):
+        """The rows without a test of this kind (or kept out by ``keep``), each with
+        ``why(row)``, the reason."""
         compared = {row(t) for _, t in mine.iterrows() if against(t.against) and keep(t)}
-        rest = [row(t) for _, t in mine.drop_duplicates(["name", "rank"]).iterrows()
-                if row(t) not in compared]
-        return f" Not compared ({why}): {', '.join(rest)}." if rest else ""
+        rest = {}
+        for _, t in mine.drop_duplicates(["name", "rank"]).iterrows():
+            if row(t) not in compared:
+                rest.setdefault(why(t), []).append(row(t))
+        return "".join(f" Not compared ({k}): {', '.join(v)}." for k, v in rest.items())
+
+    def why_narrow(t):
+        r = table[(table.name == t["name"]) & (table["rank"] == t["rank"])].iloc[0]
+        total = r.get("total_parameters", r.parameters)
+        return ("its total parameters (a frozen dense W) are not a narrower model's"
+                if pd.notna(total) and not _equal(total, r.parameters)
+                else "no narrower dense model of its parameters in the records")
+
+    def why_memory(t):
+        mine_s, plain_s = state(t["name"], t["rank"]), state(plain_name, t["rank"])
+        return ("no plain B·A of its rank" if math.isnan(plain_s) else
+                "optimizer state unknown" if math.isnan(mine_s) else "more optimizer state")
 
     narrow = lambda a: _is_narrow([a])[0]                            # noqa: E731
     plain = lambda a: a == plain_name                                # noqa: E731
@@ -153,15 +181,16 @@ def gap_summary(table: pd.DataFrame, part: str, models=tuple(EXT_MODELS)) -> str
         plain_name, t["rank"])
     return "\n".join([
         f"- **Which method closes the gap on {task}?** The verdicts below, sorted (row − "
-        "other, Welch's 95 % interval uncorrected, verdict after Holm):",
+        f"other in {SIGNS[part]}; Welch's 95 % interval, uncorrected; Holm p over the part's "
+        "tests: only p < 0.05 is a verdict; an interval that excludes 0 with a larger Holm p is "
+        "not one):",
         f"  - *At equal steps*, against dense: {sort(lambda a: a == 'dense')}.",
-        "  - *At equal trainable parameters*, against the narrower dense model of the same "
-        f"count (within {EQUAL_WITHIN:.0%}): {sort(narrow)}."
-        + left_out(narrow, why="no narrower dense model of their trainable parameters in "
-                   "the records"),
+        "  - *At equal parameters*, against the narrower dense model of the same trainable "
+        f"and total count (within {EQUAL_WITHIN:.0%}): {sort(narrow)}."
+        + left_out(narrow, why_narrow),
         "  - *At equal optimizer memory*, against plain B·A (default init) of the same rank, "
         f"for the rows whose optimizer state is at most {EQUAL_WITHIN:.0%} above its: "
-        f"{sort(plain, fits)}." + left_out(plain, fits, "more optimizer state")])
+        f"{sort(plain, fits)}." + left_out(plain, why_memory, fits)])
 
 
 def speed_block(path) -> str:
@@ -175,11 +204,23 @@ def speed_block(path) -> str:
     out = [f"Measured side by side in one process ({b['torch_threads']} thread"
            f"{'s' * (b['torch_threads'] != 1)}, {b['repeats']} repeats, the order reversed "
            f"on every other; memory over the first {b['memory_steps']} steps of a fresh "
-           "model)" + (f"; {b['note']}" if b.get("note") else "") + "."]
+           "model, its one batch counted, not the dataset)"
+           + (f"; {b['note']}" if b.get("note") else "") + "."]
+    periods = {n: m["period"] for p in b["parts"].values() for ms in p["ranks"].values()
+               for n, m in ms.items() if (m.get("period") or 1) > 1}
+    if periods:
+        out.append("Periodic work falls in each window as in a run from step 1 ("
+                   + ", ".join(f"{n} every {t} steps" for n, t in periods.items())
+                   + "): a window holds a whole number of events (GaLore's first projection "
+                   "falls at step 1), so a row whose period does not divide the window is off "
+                   "by at most one event over it.")
     for part, p in b["parts"].items():
         task = {"lm": "Transformer", "mlp": "MLP"}[part]
         for rank, models in p["ranks"].items():
             dense = models.get(DENSE)
+            if dense is None:
+                out += ["", f"**{task}, rank {rank}**: no dense row in this run."]
+                continue
             out += ["", f"**{task}, rank {rank}** ({p['steps']} steps from step 1, "
                     f"{p['per_step']:,} {p['unit']} per step):", "",
                     f"| model | ms per step | time over dense (range) | {p['unit']}/s | "
@@ -187,8 +228,7 @@ def speed_block(path) -> str:
                     "|---|---:|---:|---:|---:|---:|---:|"]
             for name, m in models.items():
                 lo, hi = m["time_over_dense_range"]
-                mem = (f"{m['peak_tensor_bytes'] / dense['peak_tensor_bytes']:.2f}×"
-                       if dense else "—")
+                mem = f"{m['peak_tensor_bytes'] / dense['peak_tensor_bytes']:.2f}×"
                 out.append(f"| {name} | {m['ms_per_step']:.1f} | {m['time_over_dense']:.2f}× "
                            f"({lo:.2f}–{hi:.2f}) | {m['per_second']:,.0f} | "
                            f"{m['peak_tensor_bytes'] / 1e6:,.1f} | {mem} | "
@@ -214,6 +254,7 @@ def training_time(cfg) -> str:
             threads.add(r.get("torch_threads"))
         total += seconds
         parts.append(f"{what}: {len(paths)} runs, {seconds / 3600:.1f} h")
+    threads.discard(None)
     return (f"- **Time.** The comparison's own runs took {total / 3600:.1f} h of training "
             f"wall time on this CPU, summed over runs at {' or '.join(map(str, sorted(threads, key=str)))} "
             f"thread{'s' * (threads != {1})} each ({'; '.join(parts)}; "

@@ -28,6 +28,9 @@ GALORE_TABLE = [
     {"model": "1B", "rank": "512 of 2048", "full_rank": 15.56, "low_rank": 142.53},
 ]
 LN2 = math.log(2.0)
+#: How close (relative) two models' counts must be to compare them "at equal" parameters
+#: (a narrower dense model against a factorized one) or optimizer memory.
+EQUAL_WITHIN = 0.10
 
 
 def anchor_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -95,12 +98,13 @@ def versus(a: pd.Series, b: pd.Series):
 
 
 def narrow_for(table: pd.DataFrame, row: pd.Series) -> pd.Series | None:
-    """The narrower dense model closest in parameters to ``row`` (within 10 %), or None."""
+    """The narrower dense model closest in parameters to ``row`` (within
+    :data:`EQUAL_WITHIN`), or None."""
     dense = table[(table.factorize == "none") & (table.d_model < dense_row(table).d_model)]
     if dense.empty:
         return None
     best = dense.iloc[(dense.parameters - row.parameters).abs().argmin()]
-    return best if abs(best.parameters / row.parameters - 1) <= 0.10 else None
+    return best if abs(best.parameters / row.parameters - 1) <= EQUAL_WITHIN else None
 
 
 def _nats(d) -> str:
