@@ -54,7 +54,7 @@ def extensions_figure(table: pd.DataFrame, part: str = "lm"):
     per model and rank (its seeds' mean and 95 % interval)."""
     import matplotlib.pyplot as plt
     header, _, scale = METRICS[part]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), sharey=True)
     # the narrower dense models as one series: dense at fewer parameters
     series = table.name.where(~_is_narrow(table.name), NARROW.format(shape="equal parameters"))
     styles = _styles(series)
@@ -68,7 +68,7 @@ def extensions_figure(table: pd.DataFrame, part: str = "lm"):
     axes[1].set(xscale="log", xlabel="optimizer state (bytes, from the state tensors)")
     for ax in axes:
         _log_axis(ax.xaxis)
-    axes[1].legend(fontsize=8, loc="best")
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))  # off the data
     task = "the character transformer" if part == "lm" else "the Fashion-MNIST MLP"
     fig.suptitle(f"The extensions on {task} at each rank, against dense and plain B·A "
                  "(mean, 95 % CI)")
