@@ -585,8 +585,8 @@ def test_the_extensions_mlp_part_trains_on_the_tuned_adamw_protocol(tmp_path):
     assert narrow not in set(tests[tests.name == "adalora"].against)
     summary = gap_summary(table, "mlp", models=("adalora",))
     assert "*At equal steps*, against dense: **detectably better**:" in summary
-    assert "Not compared (no narrower dense model of their trainable parameters in the " \
-        "records): adalora r=4." in summary
+    assert "Not compared (no narrower dense model of its parameters in the records): " \
+        "adalora r=4." in summary
     # the baselines start from another folder's records of the same runs (the tuned study's)
     from lowrank_helpers.studies.extensions import _adopt, mlp_baselines
     base = runs[runs.method != "adalora"]
@@ -666,12 +666,16 @@ def test_close_calls_are_the_rows_whose_interval_overlaps_dense_or_plain_of_thei
 
 def test_galore_miniature_is_each_ranks_perplexity_ratio_to_dense():
     import pandas as pd
-    from lowrank_helpers.reports.extensions_answer import galore_miniature
-    table = pd.DataFrame([{"name": "dense", "rank": pd.NA, "score": 1.9},
-                          {"name": "B·A (default init)", "rank": 4, "score": 2.0},
-                          {"name": "galore", "rank": 4, "score": 1.95},
-                          {"name": "B·A (default init)", "rank": 8, "score": 1.92}])
+    from lowrank_helpers.reports.extensions_answer import galore_line, galore_miniature
+    table = pd.DataFrame([{"name": "dense", "rank": pd.NA, "score": 1.9, "seeds": 3},
+                          {"name": "B·A (default init)", "rank": 4, "score": 2.0, "seeds": 3},
+                          {"name": "galore", "rank": 4, "score": 1.95, "seeds": 1},
+                          {"name": "B·A (default init)", "rank": 8, "score": 1.92, "seeds": 5}])
     mini = galore_miniature(table)
+    line = galore_line(table)
+    assert f"rank 4: Low-Rank (B·A) {math.exp(0.1):.3f} (3 seeds), GaLore " \
+        f"{math.exp(0.05):.3f} (1 seed); rank 8: Low-Rank (B·A) {math.exp(0.02):.3f} " \
+        "(5 seeds)." in line
     assert list(mini["rank"]) == [4, 8]
     assert mini.iloc[0]["Low-Rank (B·A) / dense"] == pytest.approx(math.exp(0.1))
     assert mini.iloc[0]["GaLore / dense"] == pytest.approx(math.exp(0.05))
