@@ -73,7 +73,7 @@ lab: setup
 # The sweep one model at a time vs stacked vs its FLOP bound, three seeds vs one, and one epoch
 # against the original's DataLoader pipeline (about 3 minutes on a 2-core CPU); then the
 # character LM one model at a time against many at once (about 2 minutes); then every row of
-# the extensions' comparison side by side (about 10 minutes, single-threaded).
+# the extensions' comparison side by side (about 7 minutes, single-threaded).
 bench: setup
 	$(BIN)/python benchmarks/bench_sweep.py
 	$(BIN)/python benchmarks/bench_lm.py --profile $(if $(NANOGPT),--nanogpt $(NANOGPT))

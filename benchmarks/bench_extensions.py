@@ -97,6 +97,11 @@ def _stepper(run, data, total: int):
     return Step(run, model, total), batches, model
 
 
+def total_steps(run, data) -> int:
+    """The steps of ``run``'s whole protocol on ``data`` (the schedule's length)."""
+    return run.protocol.total_steps(run.task_spec.steps_per_epoch(run.protocol, data))
+
+
 def timed(run, data, steps: int, total: int) -> float:
     """Seconds for ``steps`` training steps of a fresh model of ``run`` from step 1."""
     step, batches, _ = _stepper(run, data, total)
@@ -128,9 +133,7 @@ def measure(models: dict, data, steps: int, repeats: int, memory_steps: int,
             per_step: int, progress: bool = True) -> dict:
     """Every model of ``models`` (name → run): a warm-up, then ``repeats`` rounds of ``steps``
     timed steps each (order reversed every other round), then its memory."""
-    total = next(iter(models.values())).task_spec.steps_per_epoch(
-        next(iter(models.values())).protocol, data)
-    total = next(iter(models.values())).protocol.total_steps(total)
+    total = total_steps(next(iter(models.values())), data)
     names = list(models)
     for n in names:                                        # warm-up: first-call costs
         timed(models[n], data, min(3, steps), total)
@@ -185,9 +188,7 @@ def bench(args) -> dict:
             for r, models in ranks.items():
                 for name, m in got["parts"][part]["ranks"][str(r)].items():
                     run = models[name]
-                    total = run.protocol.total_steps(run.task_spec.steps_per_epoch(
-                        run.protocol, data))
-                    m.update(memory(run, data, args.memory_steps, total))
+                    m.update(memory(run, data, args.memory_steps, total_steps(run, data)))
         got["memory_steps"] = args.memory_steps
         return got
     got = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),

@@ -83,9 +83,7 @@ class TensorMemory:
     def __init__(self, *tensors):
         self._refs: dict[int, tuple] = {}
         self.peak = 0
-        for t in tensors:
-            self._add(t)
-        self.peak = self.current
+        self.track(*tensors)
 
     def track(self, *tensors) -> None:
         """Count ``tensors`` (made outside the dispatcher, e.g. a batch) from now on."""

@@ -100,6 +100,10 @@ def _is_narrow(names) -> pd.Series:
     return pd.Series(names).str.startswith(NARROW.split("(")[0]).values
 
 
+def _is_plain(names) -> pd.Series:
+    return pd.Series(names).str.startswith(PLAIN.split(" (")[0]).values
+
+
 def _equal(a: float, b: float) -> bool:
     return abs(a / b - 1) <= EQUAL_WITHIN
 
@@ -110,7 +114,7 @@ def _matched(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return table
     narrow = _is_narrow(table.name)
-    plain = table[table.name.str.startswith(PLAIN.split(" (")[0])].parameters
+    plain = table[_is_plain(table.name)].parameters
     keep = [not n or any(_equal(p, q) for q in plain) for n, p in zip(narrow, table.parameters)]
     return table[keep].reset_index(drop=True)
 
@@ -221,9 +225,10 @@ def comparisons(table: pd.DataFrame) -> pd.DataFrame:
                           "test": _welch(r, dense)})
             continue
         against = [("dense", dense)]
-        plain = table[(table.name == PLAIN.format(init="default")) & (table["rank"] == r["rank"])]
-        if r["name"] != PLAIN.format(init="default") and len(plain):
-            against.append(("B·A (default init)", plain.iloc[0]))
+        plain_name = PLAIN.format(init="default")
+        plain = table[(table.name == plain_name) & (table["rank"] == r["rank"])]
+        if r["name"] != plain_name and len(plain):
+            against.append((plain_name, plain.iloc[0]))
         narrow = narrow_for(table, r)
         if narrow is not None:
             against.append((narrow["name"], narrow))
@@ -247,8 +252,9 @@ def extensions_markdown(table: pd.DataFrame, part: str = "lm") -> str:
     """The comparison as a Markdown table (Δ against dense: Welch's uncorrected interval; the
     answer's lines give each verdict after Holm's correction). Time and peak memory are not
     columns: the records measured them under different conditions (stacked or alone, beside
-    other jobs; the process's resident set on a CPU), so :func:`speed_block` gives them from a
-    benchmark that measures every row alike."""
+    other jobs; the process's resident set on a CPU), so
+    :func:`~.extensions_answer.speed_block` gives them from a benchmark that measures every row
+    alike."""
     if table.empty:
         return "(no records yet: run `lowrank-study extensions`)"
     header, fmt, scale = METRICS[part]
@@ -296,7 +302,7 @@ def close_calls(table: pd.DataFrame) -> set[tuple[str, int]]:
         if mine is None:
             continue
         others = [dense] + [interval(o.scores) for _, o in table[
-            table.name.str.startswith(PLAIN.split(" (")[0]) & (table["rank"] == r["rank"])].iterrows()]
+            _is_plain(table.name) & (table["rank"] == r["rank"])].iterrows()]
         if any(o is not None and mine[0] <= o[1] and o[0] <= mine[1] for o in others):
             out.add((r["name"], int(r["rank"])))
     return out

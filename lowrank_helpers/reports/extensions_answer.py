@@ -238,27 +238,30 @@ def speed_block(path) -> str:
 
 def training_time(cfg) -> str:
     """The comparison's own training time: every record in its folders (the transformer's
-    and the MLP's, searches and seeds), its wall time over the models of its stack, summed
-    per part; the baselines' records adopted from another study (the same file in
-    ``cfg.tuned_dir``) and the LM study's dense and plain B·A are not counted."""
+    and the MLP's, searches and seeds), a stack's wall time shared among its models
+    (:func:`~.lm.sweep_seconds`), summed per part; the baselines' records adopted from
+    another study (the same file in ``cfg.tuned_dir``) and the LM study's dense and plain
+    B·A are not counted."""
     from pathlib import Path
-    from ..core.results import read_record
+    from ..core.results import load_records
+    from ..studies.lm import load_lm_records
+    from .lm import sweep_seconds
+    adopted = {p.name for p in Path(cfg.tuned_dir).glob("*.json")}
     parts, total, threads = [], 0.0, set()
-    for what, where in (("transformer", cfg.results_dir), ("MLP", cfg.mlp_dir)):
-        paths = [p for p in (sorted(Path(where).glob("*.json")) if Path(where).is_dir()
-                             else []) if not (Path(cfg.tuned_dir) / p.name).exists()]
-        seconds = 0.0
-        for p in paths:
-            r = read_record(p)
-            seconds += (r.get("wall_time") or 0.0) / (r.get("cost", {}).get("stack_size") or 1)
-            threads.add(r.get("torch_threads"))
+    for what, where, load in (("transformer", cfg.results_dir, load_lm_records),
+                              ("MLP", cfg.mlp_dir, load_records)):
+        runs = load(where) if Path(where).is_dir() else pd.DataFrame()
+        if len(runs):
+            runs = runs[~runs.path.map(lambda p: Path(p).name).isin(adopted)]
+            threads |= {int(t) for t in runs.torch_threads.dropna()}
+        seconds = sweep_seconds(runs)
         total += seconds
-        parts.append(f"{what}: {len(paths)} runs, {seconds / 3600:.1f} h")
-    threads.discard(None)
+        parts.append(f"{what}: {len(runs)} runs, {seconds / 3600:.1f} h")
+    on = " or ".join(map(str, sorted(threads))) or "?"
     return (f"- **Time.** The comparison's own runs took {total / 3600:.1f} h of training "
-            f"wall time on this CPU, summed over runs at {' or '.join(map(str, sorted(threads, key=str)))} "
-            f"thread{'s' * (threads != {1})} each ({'; '.join(parts)}; "
-            "the baselines the LM and tuned studies trained are not counted).")
+            f"wall time on this CPU, summed over runs at {on} thread"
+            f"{'s' * (threads != {1})} each ({'; '.join(parts)}; the baselines the LM and "
+            "tuned studies trained are not counted).")
 
 
 def readme_block(ext_dir, lm_dir, tuned_dir) -> str:

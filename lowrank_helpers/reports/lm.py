@@ -154,8 +154,8 @@ def anchor_summary(runs: pd.DataFrame) -> dict:
 
 def sweep_seconds(runs: pd.DataFrame) -> float:
     """Wall time of every stack the records came from, summed (a stack's M records share
-    its seconds)."""
-    return float((runs.seconds / runs.stack_size).sum())
+    its seconds): records of any task."""
+    return float((runs.wall_time / runs.stack_size.fillna(1)).sum()) if len(runs) else 0.0
 
 
 def energy_beyond(runs: pd.DataFrame, ranks, key: str = "singular_values"

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..core.stats import correct, mean_interval
 from ..studies.search import choose
-from .lm import dense_row, lm_table
+from .lm import dense_row, lm_table, sweep_seconds
 from .lm_scale import _diff, budget_lines, scale_lines, scale_table
 
 
@@ -262,7 +262,7 @@ def cost_line(tables: dict) -> str:
     def minutes(df) -> tuple[int, float]:
         if df is None or df.empty:
             return 0, 0.0
-        return len(df), float((df.wall_time / df.stack_size).sum()) / 60
+        return len(df), sweep_seconds(df) / 60
     runs, scale = tables["runs"], tables["scale_runs"]
     own = runs.d_model.max() if len(runs) else None
     if len(scale):                        # the series' own models: head size 32, another width
